@@ -1,0 +1,76 @@
+"""scrapy-pharox: a leased proxy per Scrapy request, from a pool shared by a fleet."""
+
+from __future__ import annotations
+
+from .aio import (
+    acquire_proxy_async,
+    acquire_proxy_with_retry_async,
+    release_proxy_async,
+    with_lease_async,
+    with_retrying_lease_async,
+)
+from .bootstrap import bootstrap_pool, bootstrap_proxy
+from .exceptions import (
+    InvalidArgumentError,
+    InvalidLeaseError,
+    InvalidProxyURLError,
+    PharoxError,
+    PoolNotFoundError,
+    ProxyNotFoundError,
+    ProxyUnavailableError,
+    StorageError,
+    UnsupportedStorageURLError,
+)
+from .manager import ProxyManager
+from .models import (
+    AcquireEventPayload,
+    Consumer,
+    Lease,
+    LeaseStatus,
+    PoolStatsSnapshot,
+    Proxy,
+    ProxyCredentials,
+    ProxyFilters,
+    ProxyPool,
+    ProxyProtocol,
+    ProxyStatus,
+    ReleaseEventPayload,
+    SelectorStrategy,
+)
+from .storage import InMemoryStorage, IStorage, open_storage
+
+__all__ = [
+    "AcquireEventPayload",
+    "Consumer",
+    "IStorage",
+    "InMemoryStorage",
+    "InvalidArgumentError",
+    "InvalidLeaseError",
+    "InvalidProxyURLError",
+    "Lease",
+    "LeaseStatus",
+    "PharoxError",
+    "PoolNotFoundError",
+    "PoolStatsSnapshot",
+    "Proxy",
+    "ProxyCredentials",
+    "ProxyFilters",
+    "ProxyManager",
+    "ProxyNotFoundError",
+    "ProxyPool",
+    "ProxyProtocol",
+    "ProxyStatus",
+    "ProxyUnavailableError",
+    "ReleaseEventPayload",
+    "SelectorStrategy",
+    "StorageError",
+    "UnsupportedStorageURLError",
+    "acquire_proxy_async",
+    "acquire_proxy_with_retry_async",
+    "bootstrap_pool",
+    "bootstrap_proxy",
+    "open_storage",
+    "release_proxy_async",
+    "with_lease_async",
+    "with_retrying_lease_async",
+]

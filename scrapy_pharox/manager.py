@@ -1,0 +1,268 @@
+"""``ProxyManager``: acquire, release and retry leases over any ``IStorage``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+from .exceptions import InvalidArgumentError, InvalidLeaseError
+from .models import (
+    AcquireEventPayload,
+    Lease,
+    LeaseStatus,
+    ProxyFilters,
+    ReleaseEventPayload,
+    SelectorStrategy,
+    utc_now,
+)
+from .storage.base import IStorage
+
+logger = logging.getLogger(__name__)
+
+Payload = TypeVar("Payload", AcquireEventPayload, ReleaseEventPayload)
+
+
+class ProxyManager:
+    """Leases proxies from a storage and gives them back.
+
+    The manager keeps no state but its callbacks, so any number of managers, in
+    any number of processes, can share one storage.
+    """
+
+    DEFAULT_CONSUMER_NAME = "default"
+
+    def __init__(self, storage: IStorage) -> None:
+        self.storage = storage
+        self._acquire_callbacks: list[Callable[[AcquireEventPayload], None]] = []
+        self._release_callbacks: list[Callable[[ReleaseEventPayload], None]] = []
+
+    def acquire_proxy(
+        self,
+        pool_name: str,
+        consumer_name: str | None = None,
+        duration_seconds: float = 300,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+    ) -> Lease | None:
+        """Lease an eligible proxy of the pool, or return None when there is none.
+
+        The consumer is registered on first use; expired leases are reclaimed
+        before the search.
+        """
+        check_duration(duration_seconds)
+        consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
+        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        started_at = utc_now()
+        lease = self.storage.acquire(
+            pool_name, consumer, duration_seconds, filters, strategy
+        )
+        if self._acquire_callbacks:
+            self._notify(
+                self._acquire_callbacks,
+                lambda: AcquireEventPayload(
+                    lease=lease,
+                    pool_name=pool_name,
+                    consumer_name=consumer,
+                    filters=filters,
+                    selector=strategy,
+                    started_at=started_at,
+                    completed_at=(completed_at := utc_now()),
+                    duration_ms=_elapsed_ms(started_at, completed_at),
+                    pool_stats=self.storage.get_pool_stats(pool_name),
+                ),
+            )
+        return lease
+
+    def release_proxy(self, lease: Lease) -> bool:
+        """Give a lease back; True when this call released it.
+
+        A second release, or the release of a lease that expired and was
+        reclaimed, changes nothing, returns False and runs no callback.
+        """
+        released = self.storage.release_lease(lease)
+        lease.status = LeaseStatus.RELEASED
+        if not released:
+            return False
+        released_at = lease.released_at = utc_now()
+        if self._release_callbacks:
+            self._notify(
+                self._release_callbacks,
+                lambda: ReleaseEventPayload(
+                    lease=lease,
+                    pool_name=lease.pool_name,
+                    released_at=released_at,
+                    lease_duration_ms=_elapsed_ms(lease.acquired_at, released_at),
+                    pool_stats=(
+                        self.storage.get_pool_stats(lease.pool_name)
+                        if lease.pool_name
+                        else None
+                    ),
+                ),
+            )
+        return True
+
+    def cleanup_expired_leases(self) -> int:
+        """Reclaim every expired lease; return how many."""
+        return self.storage.cleanup_expired_leases()
+
+    @contextmanager
+    def with_lease(
+        self,
+        pool_name: str,
+        consumer_name: str | None = None,
+        duration_seconds: float = 300,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+    ) -> Iterator[Lease | None]:
+        """Yield a lease (or None) and release it however the block ends."""
+        lease = self.acquire_proxy(
+            pool_name, consumer_name, duration_seconds, filters, selector
+        )
+        try:
+            yield lease
+        finally:
+            if lease is not None:
+                self.release_proxy(lease)
+
+    def acquire_proxy_with_retry(
+        self,
+        pool_name: str,
+        consumer_name: str | None = None,
+        duration_seconds: float = 300,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+        max_attempts: int = 3,
+        backoff_seconds: float = 0.5,
+        backoff_multiplier: float = 2.0,
+        max_backoff_seconds: float | None = None,
+        sleep_fn: Callable[[float], Any] | None = None,
+    ) -> Lease | None:
+        """Try ``acquire_proxy`` up to ``max_attempts`` times, backing off between."""
+        waits = backoff_schedule(
+            max_attempts, backoff_seconds, backoff_multiplier, max_backoff_seconds
+        )
+        check_duration(duration_seconds)
+        sleep = sleep_fn or time.sleep
+        for wait in [*waits, None]:
+            lease = self.acquire_proxy(
+                pool_name, consumer_name, duration_seconds, filters, selector
+            )
+            if lease is not None or wait is None:
+                return lease
+            if wait > 0:
+                sleep(wait)
+        return None  # pragma: no cover - the loop always returns
+
+    @contextmanager
+    def with_retrying_lease(
+        self,
+        pool_name: str,
+        consumer_name: str | None = None,
+        duration_seconds: float = 300,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+        max_attempts: int = 3,
+        backoff_seconds: float = 0.5,
+        backoff_multiplier: float = 2.0,
+        max_backoff_seconds: float | None = None,
+        sleep_fn: Callable[[float], Any] | None = None,
+    ) -> Iterator[Lease | None]:
+        """``with_lease`` over ``acquire_proxy_with_retry``; always releases."""
+        lease = self.acquire_proxy_with_retry(
+            pool_name,
+            consumer_name,
+            duration_seconds,
+            filters,
+            selector,
+            max_attempts,
+            backoff_seconds,
+            backoff_multiplier,
+            max_backoff_seconds,
+            sleep_fn,
+        )
+        try:
+            yield lease
+        finally:
+            if lease is not None:
+                self.release_proxy(lease)
+
+    def register_acquire_callback(
+        self, callback: Callable[[AcquireEventPayload], None]
+    ) -> None:
+        """Run ``callback`` after every acquire attempt, hit or miss."""
+        self._acquire_callbacks.append(callback)
+
+    def register_release_callback(
+        self, callback: Callable[[ReleaseEventPayload], None]
+    ) -> None:
+        """Run ``callback`` after every release that gave a slot back."""
+        self._release_callbacks.append(callback)
+
+    def _notify(
+        self, callbacks: list[Callable[[Payload], None]], build: Callable[[], Payload]
+    ) -> None:
+        # A failing callback or stats query must not cost the caller its lease.
+        try:
+            payload = build()
+        except Exception:
+            logger.exception("could not build the pharox event payload")
+            return
+        for callback in callbacks:
+            try:
+                callback(payload)
+            except Exception:
+                logger.exception("pharox callback %r raised", callback)
+
+
+def check_duration(duration_seconds: float) -> None:
+    """Raise InvalidLeaseError unless the lease duration is a positive number."""
+    if (
+        isinstance(duration_seconds, bool)
+        or not isinstance(duration_seconds, (int, float))
+        or not math.isfinite(duration_seconds)
+        or duration_seconds <= 0
+    ):
+        raise InvalidLeaseError(
+            f"duration_seconds must be a positive number, got {duration_seconds!r}"
+        )
+
+
+def backoff_schedule(
+    max_attempts: int,
+    backoff_seconds: float,
+    backoff_multiplier: float,
+    max_backoff_seconds: float | None,
+) -> list[float]:
+    """The waits between ``max_attempts`` attempts; InvalidArgumentError if bad."""
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise InvalidArgumentError(f"max_attempts must be an int, got {max_attempts!r}")
+    if max_attempts < 1:
+        raise InvalidArgumentError(f"max_attempts must be >= 1, got {max_attempts}")
+    if not backoff_seconds >= 0:
+        raise InvalidArgumentError(
+            f"backoff_seconds must be >= 0, got {backoff_seconds!r}"
+        )
+    if not backoff_multiplier >= 1:
+        raise InvalidArgumentError(
+            f"backoff_multiplier must be >= 1, got {backoff_multiplier!r}"
+        )
+    if max_backoff_seconds is not None and not max_backoff_seconds > 0:
+        raise InvalidArgumentError(
+            f"max_backoff_seconds must be > 0, got {max_backoff_seconds!r}"
+        )
+    waits = []
+    wait = float(backoff_seconds)
+    for _ in range(max_attempts - 1):
+        capped = wait if max_backoff_seconds is None else min(wait, max_backoff_seconds)
+        waits.append(capped)
+        wait = capped * backoff_multiplier
+    return waits
+
+
+def _elapsed_ms(start: datetime, end: datetime) -> int:
+    return max(0, int((end - start).total_seconds() * 1000))

@@ -1,0 +1,116 @@
+"""The storage contract every adapter honours, documented once."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from uuid import UUID
+
+from ..exceptions import ProxyUnavailableError
+from ..models import (
+    Lease,
+    PoolStatsSnapshot,
+    Proxy,
+    ProxyFilters,
+    ProxyPool,
+    SelectorStrategy,
+)
+
+# How often the composed acquire tries again when another worker took the proxy
+# between find and lease.
+_COMPOSED_ACQUIRE_ATTEMPTS = 5
+
+
+class IStorage(ABC):
+    """Where pools, proxies, consumers and leases live.
+
+    Eligible proxies are ACTIVE, have a free slot (``current_leases <
+    max_concurrency``, or no limit) and match the filters. Selectors order them:
+    FIRST_AVAILABLE by ``checked_at`` newest first then id; LEAST_USED by fewest
+    active leases, then ``checked_at`` oldest first, then id; ROUND_ROBIN by id,
+    starting after the proxy it handed out last, a cursor kept per pool in the
+    storage so every manager on it shares one cycle.
+    """
+
+    @abstractmethod
+    def find_available_proxy(
+        self,
+        pool_name: str,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+    ) -> Proxy | None:
+        """The eligible proxy the selector picks, or None (unknown pool included)."""
+
+    @abstractmethod
+    def create_lease(
+        self, proxy: Proxy, consumer_name: str, duration_seconds: float
+    ) -> Lease:
+        """Lease one slot of ``proxy``; ProxyUnavailableError when none is free."""
+
+    @abstractmethod
+    def ensure_consumer(self, consumer_name: str) -> UUID:
+        """The id of the consumer with that name, registering it on first use."""
+
+    @abstractmethod
+    def release_lease(self, lease: Lease) -> bool:
+        """Give the lease's slot back; True when this call released it.
+
+        Fenced by lease id and status: releasing a lease twice, or one that
+        expired and was reclaimed, changes nothing and returns False.
+        """
+
+    @abstractmethod
+    def cleanup_expired_leases(self) -> int:
+        """Release every active lease past its expiry; return how many."""
+
+    @abstractmethod
+    def get_pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
+        """Counts of the pool now, or None for an unknown pool."""
+
+    @abstractmethod
+    def add_pool(self, pool: ProxyPool) -> ProxyPool:
+        """Store a pool; a pool of the same name already there is returned as is."""
+
+    @abstractmethod
+    def add_proxy(self, proxy: Proxy) -> Proxy:
+        """Store a proxy in its pool and return the stored one.
+
+        Idempotent: a proxy with the same id, or the same protocol, host, port and
+        user in that pool, is returned unchanged. PoolNotFoundError when the pool
+        does not exist.
+        """
+
+    @abstractmethod
+    def list_pools(self) -> list[ProxyPool]:
+        """Every pool, by name."""
+
+    @abstractmethod
+    def list_proxies(self, pool_name: str) -> list[Proxy]:
+        """The proxies of a pool with their current lease counts (empty if unknown)."""
+
+    def acquire(
+        self,
+        pool_name: str,
+        consumer_name: str,
+        duration_seconds: float,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+    ) -> Lease | None:
+        """Reclaim expired leases, pick an eligible proxy and lease it, or None.
+
+        This default composes the primitives above; adapters override it with one
+        atomic step, which the manager always calls.
+        """
+        self.ensure_consumer(consumer_name)
+        self.cleanup_expired_leases()
+        for _ in range(_COMPOSED_ACQUIRE_ATTEMPTS):
+            proxy = self.find_available_proxy(pool_name, filters, selector)
+            if proxy is None:
+                return None
+            try:
+                return self.create_lease(proxy, consumer_name, duration_seconds)
+            except ProxyUnavailableError:
+                continue
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Free connections and threads the adapter holds."""
