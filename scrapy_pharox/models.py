@@ -264,6 +264,9 @@ class Lease(BaseModel):
     proxy: Proxy | None = None
 
 
+SCALAR_FILTER_FIELDS = ("protocol", "source", "country", "city", "isp", "asn")
+
+
 class ProxyFilters(BaseModel):
     """Criteria a proxy must meet; nested with ``all_of``, ``any_of``, ``none_of``.
 
@@ -272,6 +275,7 @@ class ProxyFilters(BaseModel):
     select proxies within that great-circle distance, without it the exact point.
     """
 
+    protocol: ProxyProtocol | None = None
     source: str | None = None
     country: str | None = None
     city: str | None = None
@@ -301,7 +305,7 @@ class ProxyFilters(BaseModel):
 
     def matches(self, proxy: Proxy) -> bool:
         """True when the proxy meets every criterion of this filter."""
-        for name in ("source", "country", "city", "isp", "asn"):
+        for name in SCALAR_FILTER_FIELDS:
             wanted = getattr(self, name)
             if wanted is not None and getattr(proxy, name) != wanted:
                 return False

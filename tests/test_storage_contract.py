@@ -435,6 +435,7 @@ def located_pool(storage: IStorage) -> IStorage:
             asn=asn,
             latitude=lat,
             longitude=lon,
+            protocol="socks5" if port == 5 else "http",
         )
     return storage
 
@@ -487,6 +488,13 @@ def matching_ports(storage: IStorage, filters: ProxyFilters) -> set[int]:
             {1, 3},
         ),
         (ProxyFilters(country="JP"), set()),
+        (ProxyFilters(protocol="socks5"), {5}),
+        (
+            ProxyFilters(
+                any_of=[ProxyFilters(protocol="http"), ProxyFilters(protocol="https")]
+            ),
+            {1, 2, 3, 4},
+        ),
     ],
     ids=lambda value: str(value) if isinstance(value, set) else None,
 )
