@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 from uuid import UUID
 
 from ..exceptions import ProxyUnavailableError
@@ -30,6 +31,10 @@ class IStorage(ABC):
     starting after the proxy it handed out last, a cursor kept per pool in the
     storage so every manager on it shares one cycle.
     """
+
+    #: True when calls wait on I/O (a database): callers on an event loop run
+    #: them in a worker thread. The in-memory adapter answers inline.
+    blocking_io: ClassVar[bool] = True
 
     @abstractmethod
     def find_available_proxy(

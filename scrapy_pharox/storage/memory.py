@@ -97,6 +97,8 @@ def _order_key(proxy: Proxy) -> FirstAvailableKey:
 class InMemoryStorage(IStorage):
     """Thread-safe storage in this process's memory; ``clock`` gives epoch seconds."""
 
+    blocking_io = False
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
