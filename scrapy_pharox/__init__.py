@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .addon import Addon
 from .aio import (
     acquire_proxy_async,
     acquire_proxy_with_retry_async,
@@ -10,6 +11,7 @@ from .aio import (
     with_retrying_lease_async,
 )
 from .bootstrap import bootstrap_pool, bootstrap_proxy
+from .config import PharoxConfig, PharoxSettingError
 from .exceptions import (
     InvalidArgumentError,
     InvalidLeaseError,
@@ -21,7 +23,9 @@ from .exceptions import (
     StorageError,
     UnsupportedStorageURLError,
 )
+from .extension import PharoxStatsExtension
 from .manager import ProxyManager
+from .middleware import PharoxProxyMiddleware
 from .models import (
     AcquireEventPayload,
     Consumer,
@@ -41,6 +45,7 @@ from .storage import InMemoryStorage, IStorage, open_storage
 
 __all__ = [
     "AcquireEventPayload",
+    "Addon",
     "Consumer",
     "IStorage",
     "InMemoryStorage",
@@ -49,7 +54,11 @@ __all__ = [
     "InvalidProxyURLError",
     "Lease",
     "LeaseStatus",
+    "PharoxConfig",
     "PharoxError",
+    "PharoxProxyMiddleware",
+    "PharoxSettingError",
+    "PharoxStatsExtension",
     "PoolNotFoundError",
     "PoolStatsSnapshot",
     "Proxy",

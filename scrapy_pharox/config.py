@@ -1,0 +1,250 @@
+"""The one reader of ``PHAROX_*`` settings: plain values, checked at start-up."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+from scrapy.settings import BaseSettings
+
+from .exceptions import InvalidArgumentError, PharoxError
+from .models import Proxy, ProxyFilters, ProxyProtocol, SelectorStrategy
+
+DEFAULTS: dict[str, Any] = {
+    "PHAROX_ENABLED": True,
+    "PHAROX_STORAGE_URL": "memory://",
+    "PHAROX_POOL": "default",
+    "PHAROX_PROXIES": [],
+    "PHAROX_PROXIES_FILE": None,
+    "PHAROX_PROXY_MAX_CONCURRENCY": 1,
+    "PHAROX_CONSUMER": None,
+    "PHAROX_LEASE_SECONDS": 300,
+    "PHAROX_SELECTOR": "round_robin",
+    "PHAROX_FILTERS": None,
+    "PHAROX_ACQUIRE_TIMEOUT": 60,
+    "PHAROX_STATS_INTERVAL": 60,
+    "PHAROX_PROTOCOLS": ["http", "https"],
+}
+
+# A placeholder pool id: proxies are parsed before the pool exists in storage.
+_UNBOUND_POOL = UUID(int=0)
+
+
+class PharoxSettingError(InvalidArgumentError):
+    """A ``PHAROX_*`` setting has a value that cannot work; the message names it."""
+
+
+@dataclass(frozen=True)
+class PharoxConfig:
+    """Every PHAROX_* setting, parsed and checked."""
+
+    enabled: bool = True
+    storage_url: str = "memory://"
+    pool: str = "default"
+    proxies: tuple[Proxy, ...] = ()
+    proxy_max_concurrency: int | None = 1
+    consumer: str | None = None
+    lease_seconds: float = 300.0
+    selector: SelectorStrategy = SelectorStrategy.ROUND_ROBIN
+    filters: ProxyFilters | None = None
+    acquire_timeout: float = 60.0
+    stats_interval: float = 60.0
+    protocols: frozenset[ProxyProtocol] = field(
+        default_factory=lambda: frozenset({ProxyProtocol.HTTP, ProxyProtocol.HTTPS})
+    )
+    unknown_settings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> PharoxConfig:
+        """Read and check the settings; PharoxSettingError names a bad one."""
+        if not _read(settings, "PHAROX_ENABLED", settings.getbool):
+            return cls(enabled=False)
+        max_concurrency = _optional_positive_int(
+            settings, "PHAROX_PROXY_MAX_CONCURRENCY"
+        )
+        proxies = [
+            *_parse_proxies(
+                "PHAROX_PROXIES",
+                _read(settings, "PHAROX_PROXIES", settings.getlist),
+                max_concurrency,
+            ),
+            *_proxies_from_file(settings.get("PHAROX_PROXIES_FILE"), max_concurrency),
+        ]
+        pool = _non_empty_text(settings, "PHAROX_POOL")
+        consumer = settings.get("PHAROX_CONSUMER")
+        if consumer is not None and (not isinstance(consumer, str) or not consumer):
+            raise PharoxSettingError(
+                f"PHAROX_CONSUMER must be a non-empty string, got {consumer!r}"
+            )
+        return cls(
+            storage_url=_non_empty_text(settings, "PHAROX_STORAGE_URL"),
+            pool=pool,
+            proxies=tuple(proxies),
+            proxy_max_concurrency=max_concurrency,
+            consumer=consumer,
+            lease_seconds=_number(settings, "PHAROX_LEASE_SECONDS", positive=True),
+            selector=parse_selector(
+                "PHAROX_SELECTOR", settings.get("PHAROX_SELECTOR", "round_robin")
+            ),
+            filters=parse_filters("PHAROX_FILTERS", settings.get("PHAROX_FILTERS")),
+            acquire_timeout=_number(settings, "PHAROX_ACQUIRE_TIMEOUT"),
+            stats_interval=_number(settings, "PHAROX_STATS_INTERVAL"),
+            protocols=_protocols(settings),
+            unknown_settings=tuple(
+                sorted(
+                    name
+                    for name in settings
+                    if name.startswith("PHAROX_") and name not in DEFAULTS
+                )
+            ),
+        )
+
+
+def parse_selector(source: str, value: Any) -> SelectorStrategy:
+    """A SelectorStrategy from its value; ``source`` names where it came from."""
+    if isinstance(value, SelectorStrategy):
+        return value
+    try:
+        return SelectorStrategy(str(value).strip().lower())
+    except ValueError:
+        choices = ", ".join(strategy.value for strategy in SelectorStrategy)
+        raise PharoxSettingError(
+            f"{source}: unknown selector {value!r}, use one of {choices}"
+        ) from None
+
+
+def parse_filters(source: str, value: Any) -> ProxyFilters | None:
+    """ProxyFilters from a dict, a JSON object string or a ProxyFilters."""
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, ProxyFilters):
+        return value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise PharoxSettingError(
+                f"{source}: filters must be a dict or a JSON object, got {value!r} "
+                f"({exc.msg})"
+            ) from None
+    if not isinstance(value, dict):
+        raise PharoxSettingError(f"{source}: filters must be a dict, got {value!r}")
+    try:
+        return ProxyFilters.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'filters'}: "
+            f"{error['msg']}"
+            for error in exc.errors()
+        )
+        raise PharoxSettingError(f"{source}: invalid filters {problems}") from None
+
+
+def _read(settings: BaseSettings, name: str, getter: Any) -> Any:
+    try:
+        return getter(name, DEFAULTS[name])
+    except (ValueError, TypeError) as exc:
+        raise PharoxSettingError(
+            f"{name}: invalid value {settings.get(name)!r} ({exc})"
+        ) from None
+
+
+def _number(settings: BaseSettings, name: str, *, positive: bool = False) -> float:
+    value = _read(settings, name, settings.getfloat)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise PharoxSettingError(f"{name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _optional_positive_int(settings: BaseSettings, name: str) -> int | None:
+    raw = settings.get(name, DEFAULTS[name])
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() == "none"):
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or isinstance(raw, (bool, float)):
+        raise PharoxSettingError(
+            f"{name} must be a whole number >= 1 (or None for no limit), got {raw!r}"
+        )
+    return value
+
+
+def _non_empty_text(settings: BaseSettings, name: str) -> str:
+    value = settings.get(name, DEFAULTS[name])
+    if not isinstance(value, str) or not value.strip():
+        raise PharoxSettingError(f"{name} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _protocols(settings: BaseSettings) -> frozenset[ProxyProtocol]:
+    names = _read(settings, "PHAROX_PROTOCOLS", settings.getlist)
+    try:
+        protocols = frozenset(ProxyProtocol(str(name).lower()) for name in names)
+    except ValueError:
+        raise PharoxSettingError(
+            f"PHAROX_PROTOCOLS: unknown protocol in {names!r}, "
+            "use http, https, socks4, socks5"
+        ) from None
+    if not protocols:
+        raise PharoxSettingError("PHAROX_PROTOCOLS must name at least one protocol")
+    return protocols
+
+
+#: Fields a line of PHAROX_PROXIES_FILE may give after the URL, as name=value.
+FILE_FIELDS = frozenset(
+    {"country", "city", "source", "isp", "asn", "latitude", "longitude",
+     "max_concurrency"}
+)  # fmt: skip
+
+
+def _parse_proxies(
+    source: str,
+    urls: list[Any],
+    max_concurrency: int | None,
+    fields: dict[str, str] | None = None,
+) -> list[Proxy]:
+    proxies = []
+    for url in urls:
+        extra: dict[str, Any] = {"max_concurrency": max_concurrency, **(fields or {})}
+        try:
+            proxies.append(Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra))
+        except PharoxError as exc:
+            raise PharoxSettingError(f"{source}: {exc}") from None
+    return proxies
+
+
+def _proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
+    """One proxy URL a line, optionally followed by fields: ``country=DE city=Kiel``."""
+    if not path:
+        return []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PharoxSettingError(
+            f"PHAROX_PROXIES_FILE: cannot read {str(path)!r} ({exc.strerror})"
+        ) from None
+    proxies = []
+    for number, line in enumerate(lines, start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        source = f"PHAROX_PROXIES_FILE {path}:{number}"
+        fields = {}
+        for word in words[1:]:
+            name, equals, value = word.partition("=")
+            if not equals or name not in FILE_FIELDS:
+                raise PharoxSettingError(
+                    f"{source}: {word!r} is not one of "
+                    f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+                )
+            fields[name] = value
+        proxies.extend(_parse_proxies(source, [words[0]], max_concurrency, fields))
+    return proxies

@@ -1,0 +1,346 @@
+"""One crawler's leases: taken per request, each given back exactly once.
+
+The middleware and the extension are thin adapters over the ``LeaseKeeper`` of
+their crawler; it owns the manager, the leases out right now, the requests
+waiting for a proxy, and the ``pharox/*`` stats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+from weakref import WeakKeyDictionary
+
+from scrapy import signals
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+
+from .bridge import Baton, Offloader, Wakeup
+from .config import PharoxConfig, parse_filters, parse_selector
+from .exceptions import PharoxError
+from .manager import ProxyManager
+from .models import Lease, ProxyFilters, ProxyPool, ProxyProtocol, SelectorStrategy
+from .storage import open_storage
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from scrapy import Request, Spider
+    from scrapy.crawler import Crawler
+    from scrapy.statscollectors import StatsCollector
+
+    from .models import PoolStatsSnapshot
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Requests waiting for a proxy look again at least this often, so leases freed by
+#: other processes or by expiry are seen; a release in this process wakes them.
+MAX_RECHECK_SECONDS = 2.0
+FIRST_RECHECK_SECONDS = 0.25
+
+RELEASE_REASONS = ("response", "exception", "closed")
+
+_keepers: WeakKeyDictionary[Crawler, LeaseKeeper] = WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request's proxy comes from."""
+
+    pool: str
+    filters: ProxyFilters | None
+    selector: SelectorStrategy
+
+
+class LeaseKeeper:
+    """Leases proxies for one crawler's requests and always gives them back."""
+
+    def __init__(
+        self,
+        manager: ProxyManager,
+        config: PharoxConfig,
+        stats: StatsCollector,
+        consumer: str,
+        default_target: Target,
+    ) -> None:
+        self.manager = manager
+        self.config = config
+        self.stats = stats
+        self.consumer = consumer
+        self.default_target = default_target
+        self.pools_used: set[str] = {default_target.pool}
+        self._held: dict[UUID, Lease] = {}
+        self._wakeup = Wakeup()
+        self._offloader = Offloader(threads=8) if manager.storage.blocking_io else None
+        self._closing = False
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        for reason in RELEASE_REASONS:
+            stats.set_value(f"pharox/release/{reason}", 0)
+        for name in ("leased", "empty", "gave_up"):
+            stats.set_value(f"pharox/acquire/{name}", 0)
+        stats.set_value("pharox/leases/active", 0)
+
+    @classmethod
+    def for_crawler(cls, crawler: Crawler) -> LeaseKeeper:
+        """The crawler's keeper, built (settings checked, proxies added) on first use.
+
+        Raises NotConfigured when PHAROX_ENABLED is false.
+        """
+        keeper = _keepers.get(crawler)
+        if keeper is None:
+            keeper = _keepers[crawler] = cls._build(crawler)
+        return keeper
+
+    @classmethod
+    def _build(cls, crawler: Crawler) -> LeaseKeeper:
+        config = PharoxConfig.from_settings(crawler.settings)
+        if not config.enabled:
+            raise NotConfigured("PHAROX_ENABLED is false")
+        assert crawler.stats is not None
+        for name in config.unknown_settings:
+            logger.warning("Unknown setting %s: scrapy-pharox ignores it", name)
+        download_timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
+        if config.lease_seconds <= download_timeout:
+            logger.warning(
+                "PHAROX_LEASE_SECONDS (%s) is not above DOWNLOAD_TIMEOUT (%s): a "
+                "lease may expire while its request is still downloading",
+                config.lease_seconds,
+                download_timeout,
+            )
+        try:
+            storage = open_storage(config.storage_url)
+        except PharoxError as exc:
+            raise PharoxError(f"PHAROX_STORAGE_URL: {exc}") from None
+        spider = crawler.spider
+        spider_name = spider.name if spider is not None else "spider"
+        default_target = Target(
+            pool=_spider_setting(spider, "pharox_pool", config.pool),
+            filters=parse_filters(
+                "spider attribute pharox_filters",
+                _spider_setting(spider, "pharox_filters", config.filters),
+            ),
+            selector=parse_selector(
+                "spider attribute pharox_selector",
+                _spider_setting(spider, "pharox_selector", config.selector),
+            ),
+        )
+        consumer = (
+            config.consumer or f"{crawler.settings.get('BOT_NAME')}:{spider_name}"
+        )
+        keeper = cls(
+            ProxyManager(storage), config, crawler.stats, consumer, default_target
+        )
+        keeper._load_proxies()
+        crawler.signals.connect(keeper.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(keeper.shutdown, signal=signals.engine_stopped)
+        return keeper
+
+    def _load_proxies(self) -> None:
+        # Runs once in from_crawler, before the crawl starts: blocking is fine here.
+        storage = self.manager.storage
+        if self.config.proxies:
+            pool = storage.add_pool(ProxyPool(name=self.config.pool))
+            for proxy in self.config.proxies:
+                storage.add_proxy(proxy.model_copy(update={"pool_id": pool.id}))
+        for pool_name in sorted({self.config.pool, self.default_target.pool}):
+            proxies = storage.list_proxies(pool_name)
+            usable = [p for p in proxies if p.protocol in self.config.protocols]
+            if not proxies:
+                logger.warning(
+                    "Pool %r has no proxies yet: requests wait up to "
+                    "PHAROX_ACQUIRE_TIMEOUT (%ss) for one",
+                    pool_name,
+                    self.config.acquire_timeout,
+                )
+            elif len(usable) < len(proxies):
+                skipped = sorted(
+                    {p.protocol.value for p in proxies}
+                    - {protocol.value for protocol in self.config.protocols}
+                )
+                logger.warning(
+                    "Pool %r holds %d proxies speaking %s, which the download "
+                    "handler cannot use (PHAROX_PROTOCOLS): they are never leased",
+                    pool_name,
+                    len(proxies) - len(usable),
+                    ", ".join(skipped),
+                )
+            logger.info(
+                "scrapy-pharox: pool %r has %d usable proxies (storage %s)",
+                pool_name,
+                len(usable),
+                storage.__class__.__name__,
+            )
+
+    # -- leasing -------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Leases out right now."""
+        return len(self._held)
+
+    @property
+    def waiting(self) -> int:
+        """Requests asleep until a proxy frees up."""
+        return self._wakeup.sleepers
+
+    def target_of(self, request: Request) -> Target:
+        """The pool, filters and selector for one request (meta overrides spider)."""
+        meta = request.meta
+        default = self.default_target
+        if not ({"pharox_pool", "pharox_filters", "pharox_selector"} & meta.keys()):
+            return default
+        target = Target(
+            pool=meta.get("pharox_pool") or default.pool,
+            filters=(
+                parse_filters("request.meta['pharox_filters']", meta["pharox_filters"])
+                if "pharox_filters" in meta
+                else default.filters
+            ),
+            selector=(
+                parse_selector(
+                    "request.meta['pharox_selector']", meta["pharox_selector"]
+                )
+                if meta.get("pharox_selector")
+                else default.selector
+            ),
+        )
+        self.pools_used.add(target.pool)
+        return target
+
+    async def lease_for(self, request: Request) -> Lease:
+        """A lease for the request; IgnoreRequest when none frees up in time."""
+        target = self.target_of(request)
+        filters = self._with_protocols(target.filters)
+        started = time.monotonic()
+        deadline = started + self.config.acquire_timeout
+        recheck = FIRST_RECHECK_SECONDS
+        sleeper = object()
+        baton: Baton | None = None
+        while True:
+            if self._closing:
+                raise IgnoreRequest("scrapy-pharox: the spider is closing")
+            lease = await self._acquire(target, filters)
+            if lease is not None:
+                self._record_wait(started)
+                return self._hold(lease)
+            self.stats.inc_value("pharox/acquire/empty")
+            if baton is not None:
+                # Woken by a release we could not use: let the next waiter try.
+                baton.add(sleeper)
+                self._wakeup.wake_one(baton)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._record_wait(started)
+                self.stats.inc_value("pharox/acquire/gave_up")
+                logger.warning(
+                    "Dropped %s: no proxy of pool %r was free within "
+                    "PHAROX_ACQUIRE_TIMEOUT (%ss)",
+                    request,
+                    target.pool,
+                    self.config.acquire_timeout,
+                )
+                raise IgnoreRequest(
+                    f"scrapy-pharox: no free proxy in pool {target.pool!r}"
+                )
+            baton = await self._wakeup.sleep(sleeper, min(remaining, recheck))
+            if baton is None:
+                recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
+
+    async def _acquire(
+        self, target: Target, filters: ProxyFilters | None
+    ) -> Lease | None:
+        try:
+            lease = await self._call(
+                self.manager.acquire_proxy,
+                target.pool,
+                self.consumer,
+                self.config.lease_seconds,
+                filters,
+                target.selector,
+            )
+        except PharoxError as exc:
+            self.stats.inc_value("pharox/acquire/error")
+            logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
+            return None
+        if lease is not None and self._closing:
+            await self._release(lease, "closed")
+            raise IgnoreRequest("scrapy-pharox: the spider is closing")
+        return lease
+
+    def _hold(self, lease: Lease) -> Lease:
+        self._held[lease.id] = lease
+        self.stats.inc_value("pharox/acquire/leased")
+        self.stats.set_value("pharox/leases/active", len(self._held))
+        return lease
+
+    def _record_wait(self, started: float) -> None:
+        waited_ms = int((time.monotonic() - started) * 1000)
+        self.stats.max_value("pharox/acquire/wait_ms/max", waited_ms)
+
+    def _with_protocols(self, filters: ProxyFilters | None) -> ProxyFilters | None:
+        protocols = sorted(self.config.protocols, key=lambda protocol: protocol.value)
+        if len(protocols) == len(ProxyProtocol):
+            return filters
+        return ProxyFilters(
+            any_of=[ProxyFilters(protocol=protocol) for protocol in protocols],
+            all_of=[filters] if filters is not None else None,
+        )
+
+    def holds(self, lease: Lease) -> bool:
+        """True while this keeper still holds the lease."""
+        return lease.id in self._held
+
+    async def release(self, lease: Lease, reason: str) -> bool:
+        """Give a held lease back, counting why; False when it was not held."""
+        if self._held.pop(lease.id, None) is None:
+            return False
+        await self._release(lease, reason)
+        return True
+
+    async def _release(self, lease: Lease, reason: str) -> None:
+        self.stats.inc_value(f"pharox/release/{reason}")
+        self.stats.set_value("pharox/leases/active", len(self._held))
+        try:
+            await self._call(self.manager.release_proxy, lease)
+        except PharoxError as exc:
+            # The lease will expire on its own; the crawl goes on.
+            self.stats.inc_value("pharox/release/error")
+            logger.error("scrapy-pharox could not release a lease: %s", exc)
+        self._wakeup.wake_one(set())
+
+    def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` at spider close, once every lease is back."""
+        self._close_hooks.append(hook)
+
+    async def spider_closed(self, spider: Spider) -> None:
+        """Release whatever is still held, wake every waiter, run the close hooks."""
+        self._closing = True
+        self._wakeup.wake_all()
+        for lease in list(self._held.values()):
+            await self.release(lease, "closed")
+        for hook in self._close_hooks:
+            await hook()
+
+    async def pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
+        """A pool's counts, read off the reactor thread when storage does I/O."""
+        return await self._call(self.manager.storage.get_pool_stats, pool_name)
+
+    def shutdown(self) -> None:
+        """Free the storage and worker threads once the crawl is over."""
+        if self._offloader is not None:
+            self._offloader.shutdown()
+        self.manager.storage.close()
+
+    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+        if self._offloader is None:
+            return func(*args)
+        return await self._offloader.run(func, *args)
+
+
+def _spider_setting(spider: Spider | None, name: str, default: Any) -> Any:
+    value = getattr(spider, name, None) if spider is not None else None
+    return default if value is None else value
