@@ -18,6 +18,7 @@ from .models import Proxy, ProxyFilters, ProxyProtocol, SelectorStrategy
 DEFAULTS: dict[str, Any] = {
     "PHAROX_ENABLED": True,
     "PHAROX_STORAGE_URL": "memory://",
+    "PHAROX_STORAGE": None,
     "PHAROX_POOL": "default",
     "PHAROX_PROXIES": [],
     "PHAROX_PROXIES_FILE": None,
@@ -45,6 +46,7 @@ class PharoxConfig:
 
     enabled: bool = True
     storage_url: str = "memory://"
+    storage: Any = None
     pool: str = "default"
     proxies: tuple[Proxy, ...] = ()
     proxy_max_concurrency: int | None = 1
@@ -83,6 +85,7 @@ class PharoxConfig:
             )
         return cls(
             storage_url=_non_empty_text(settings, "PHAROX_STORAGE_URL"),
+            storage=settings.get("PHAROX_STORAGE"),
             pool=pool,
             proxies=tuple(proxies),
             proxy_max_concurrency=max_concurrency,
@@ -163,18 +166,19 @@ def _number(settings: BaseSettings, name: str, *, positive: bool = False) -> flo
 
 
 def _optional_positive_int(settings: BaseSettings, name: str) -> int | None:
+    """A whole number >= 1, or None for no limit (given as 0 or "none")."""
     raw = settings.get(name, DEFAULTS[name])
-    if raw is None or (isinstance(raw, str) and raw.strip().lower() == "none"):
+    if isinstance(raw, str) and raw.strip().lower() == "none":
         return None
     try:
         value = int(raw)
     except (TypeError, ValueError):
-        value = 0
-    if value < 1 or isinstance(raw, (bool, float)):
+        value = -1
+    if value < 0 or isinstance(raw, (bool, float)):
         raise PharoxSettingError(
-            f"{name} must be a whole number >= 1 (or None for no limit), got {raw!r}"
+            f"{name} must be a whole number >= 1, or 0 for no limit, got {raw!r}"
         )
-    return value
+    return value or None
 
 
 def _non_empty_text(settings: BaseSettings, name: str) -> str:

@@ -16,13 +16,14 @@ from weakref import WeakKeyDictionary
 
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.utils.misc import load_object
 
 from .bridge import Baton, Offloader, Wakeup
-from .config import PharoxConfig, parse_filters, parse_selector
+from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
 from .exceptions import PharoxError
 from .manager import ProxyManager
 from .models import Lease, ProxyFilters, ProxyPool, ProxyProtocol, SelectorStrategy
-from .storage import open_storage
+from .storage import IStorage, open_storage
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -111,10 +112,7 @@ class LeaseKeeper:
                 config.lease_seconds,
                 download_timeout,
             )
-        try:
-            storage = open_storage(config.storage_url)
-        except PharoxError as exc:
-            raise PharoxError(f"PHAROX_STORAGE_URL: {exc}") from None
+        storage = _open_configured_storage(config)
         spider = crawler.spider
         spider_name = spider.name if spider is not None else "spider"
         default_target = Target(
@@ -339,6 +337,29 @@ class LeaseKeeper:
         if self._offloader is None:
             return func(*args)
         return await self._offloader.run(func, *args)
+
+
+def _open_configured_storage(config: PharoxConfig) -> IStorage:
+    """PHAROX_STORAGE (an adapter, a factory or its import path), else the URL."""
+    if config.storage is None:
+        try:
+            return open_storage(config.storage_url)
+        except PharoxError as exc:
+            raise PharoxSettingError(f"PHAROX_STORAGE_URL: {exc}") from None
+    candidate = config.storage
+    if isinstance(candidate, str):
+        try:
+            candidate = load_object(candidate)
+        except (ImportError, NameError, ValueError) as exc:
+            raise PharoxSettingError(f"PHAROX_STORAGE: {exc}") from None
+    if not isinstance(candidate, IStorage) and callable(candidate):
+        candidate = candidate()
+    if not isinstance(candidate, IStorage):
+        raise PharoxSettingError(
+            f"PHAROX_STORAGE must be an IStorage, a factory of one or its import "
+            f"path, got {config.storage!r}"
+        )
+    return candidate
 
 
 def _spider_setting(spider: Spider | None, name: str, default: Any) -> Any:

@@ -27,3 +27,7 @@ def storage(request: pytest.FixtureRequest) -> Iterator[IStorage]:
 def manager(storage: IStorage) -> ProxyManager:
     """A manager over the parametrized storage."""
     return ProxyManager(storage)
+
+
+# Local servers and the crawl helper of the end-to-end Scrapy tests.
+pytest_plugins = ["crawl_support"]

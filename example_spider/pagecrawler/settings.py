@@ -31,7 +31,7 @@ ADDONS = {"scrapy_pharox.Addon": 300}
 # URL a line, optionally followed by fields: "http://u:p@10.0.0.5:3128 country=DE".
 # PHAROX_PROXIES = ["http://user:password@10.0.0.5:3128"]
 # PHAROX_PROXIES_FILE = "proxies.txt"
-# PHAROX_PROXY_MAX_CONCURRENCY = 1   # requests at once per proxy; None = no limit
+# PHAROX_PROXY_MAX_CONCURRENCY = 1   # requests at once per proxy; 0 = no limit
 
 # PHAROX_CONSUMER = "pagecrawler:pages"   # who holds the leases
 # PHAROX_LEASE_SECONDS = 300              # a lease expires if its holder dies

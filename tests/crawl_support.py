@@ -1,0 +1,106 @@
+"""What the end-to-end crawl tests share: local servers, a spider, a crawl helper.
+
+Test modules import the fixtures from here explicitly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import scrapy
+from scrapy.crawler import Crawler, CrawlerRunner
+from scrapy.http import Response
+from twisted.internet.defer import Deferred
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "example_spider"))
+
+from playground import ForwardProxy, TargetSite
+
+BASE_SETTINGS: dict[str, Any] = {
+    "ADDONS": {"scrapy_pharox.Addon": 300},
+    "TELNETCONSOLE_ENABLED": False,
+    "REMOTE_CONTROL_ENABLED": False,
+    "ROBOTSTXT_OBEY": False,
+    "LOG_LEVEL": "DEBUG",
+    "DOWNLOAD_TIMEOUT": 5,
+    "PHAROX_STATS_INTERVAL": 0,
+    "PHAROX_ACQUIRE_TIMEOUT": 30,
+    "CONCURRENT_REQUESTS": 8,
+}
+
+
+class LinkSpider(scrapy.Spider):
+    """Follows every same-site link from ``start_url``; records what it saw."""
+
+    name = "links"
+
+    def __init__(self, start_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start_url = start_url
+        self.seen: list[dict[str, Any]] = []
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield scrapy.Request(self.start_url)
+
+    def parse(self, response: Response) -> Iterator[scrapy.Request]:
+        lease = response.meta.get("pharox_lease")
+        self.seen.append(
+            {
+                "url": response.url,
+                "status": response.status,
+                "lease_id": lease.id if lease else None,
+                "proxy": lease.proxy.address if lease else None,
+                "country": lease.proxy.country if lease else None,
+            }
+        )
+        yield from response.follow_all(css="a", callback=self.parse)
+
+
+def crawl(
+    spider_class: type[scrapy.Spider], settings: dict[str, Any], **spider_kwargs: Any
+) -> Deferred[Crawler]:
+    """Run one crawl on the test reactor; the Deferred fires with the crawler."""
+    runner = CrawlerRunner({**BASE_SETTINGS, **settings})
+    crawler = runner.create_crawler(spider_class)
+    done: Deferred[Any] = crawler.crawl(**spider_kwargs)
+    return done.addCallback(lambda _: crawler)
+
+
+def stats_of(crawler: Crawler) -> dict[str, Any]:
+    assert crawler.stats is not None
+    return crawler.stats.get_stats()
+
+
+def assert_every_lease_released(stats: dict[str, Any]) -> None:
+    """The bookkeeping invariant of every crawl."""
+    released = sum(
+        stats.get(f"pharox/release/{reason}", 0)
+        for reason in ("response", "exception", "closed")
+    )
+    assert stats["pharox/acquire/leased"] == released
+    assert stats["pharox/leases/active"] == 0
+
+
+@pytest.fixture
+def site() -> Iterator[TargetSite]:
+    with TargetSite(pages=30) as target:
+        yield target
+
+
+@pytest.fixture
+def start_proxy() -> Iterator[Callable[..., ForwardProxy]]:
+    """Start forward proxies on demand; all stop after the test."""
+    started: list[ForwardProxy] = []
+
+    def start(**options: Any) -> ForwardProxy:
+        proxy = ForwardProxy(**options).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()

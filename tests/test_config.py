@@ -1,0 +1,168 @@
+"""PHAROX_* settings: defaults, parsing, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from scrapy.settings import Settings
+
+from crawl_support import LinkSpider, crawl
+from scrapy_pharox import (
+    PharoxConfig,
+    PharoxSettingError,
+    ProxyFilters,
+    ProxyProtocol,
+    SelectorStrategy,
+)
+
+
+def config(**settings: Any) -> PharoxConfig:
+    return PharoxConfig.from_settings(Settings(settings))
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    defaults = config()
+    assert defaults.enabled and defaults.storage_url == "memory://"
+    assert defaults.pool == "default" and defaults.proxies == ()
+    assert defaults.proxy_max_concurrency == 1 and defaults.consumer is None
+    assert defaults.lease_seconds == 300 and defaults.acquire_timeout == 60
+    assert defaults.selector is SelectorStrategy.ROUND_ROBIN
+    assert defaults.filters is None and defaults.stats_interval == 60
+    assert defaults.protocols == {ProxyProtocol.HTTP, ProxyProtocol.HTTPS}
+
+
+def test_proxies_come_from_a_comma_separated_command_line_value() -> None:
+    parsed = config(PHAROX_PROXIES="http://127.0.0.1:1,http://u:p@127.0.0.1:2")
+    assert [proxy.port for proxy in parsed.proxies] == [1, 2]
+    assert all(proxy.max_concurrency == 1 for proxy in parsed.proxies)
+
+
+def test_the_proxies_file_takes_comments_blank_lines_and_fields(
+    tmp_path: Path,
+) -> None:
+    listing = tmp_path / "proxies.txt"
+    listing.write_text(
+        "# our pool\n\nhttp://127.0.0.1:1 country=de city=Kiel  # north\n"
+        "socks5://127.0.0.1:2 max_concurrency=3\n"
+    )
+    parsed = config(PHAROX_PROXIES_FILE=str(listing), PHAROX_PROXIES=["http://h:3"])
+    assert [(p.host, p.port) for p in parsed.proxies] == [
+        ("h", 3),
+        ("127.0.0.1", 1),
+        ("127.0.0.1", 2),
+    ]
+    assert (parsed.proxies[1].country, parsed.proxies[1].city) == ("DE", "Kiel")
+    assert parsed.proxies[2].max_concurrency == 3
+
+
+def test_max_concurrency_zero_means_no_limit() -> None:
+    parsed = config(PHAROX_PROXY_MAX_CONCURRENCY=0, PHAROX_PROXIES=["http://h:1"])
+    assert parsed.proxies[0].max_concurrency is None
+
+
+def test_filters_may_be_a_dict_or_json_text() -> None:
+    assert config(PHAROX_FILTERS={"country": "de"}).filters == ProxyFilters(
+        country="DE"
+    )
+    assert config(PHAROX_FILTERS='{"asn": 3320}').filters == ProxyFilters(asn=3320)
+
+
+def test_selector_is_read_case_insensitively() -> None:
+    assert config(PHAROX_SELECTOR="LEAST_USED").selector is SelectorStrategy.LEAST_USED
+
+
+def test_unknown_pharox_settings_are_reported() -> None:
+    assert config(PHAROX_POOLS="x").unknown_settings == ("PHAROX_POOLS",)
+
+
+def test_a_disabled_config_reads_nothing_else() -> None:
+    assert config(PHAROX_ENABLED=False, PHAROX_SELECTOR="nonsense").enabled is False
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"PHAROX_SELECTOR": "fastest"}, "PHAROX_SELECTOR: unknown selector 'fastest'"),
+        ({"PHAROX_LEASE_SECONDS": -5}, "PHAROX_LEASE_SECONDS must be a number > 0"),
+        ({"PHAROX_LEASE_SECONDS": 0}, "PHAROX_LEASE_SECONDS must be a number > 0"),
+        ({"PHAROX_LEASE_SECONDS": "soon"}, "PHAROX_LEASE_SECONDS: invalid value"),
+        (
+            {"PHAROX_ACQUIRE_TIMEOUT": -1},
+            "PHAROX_ACQUIRE_TIMEOUT must be a number >= 0",
+        ),
+        ({"PHAROX_STATS_INTERVAL": "nan"}, "PHAROX_STATS_INTERVAL must be a number"),
+        ({"PHAROX_PROXY_MAX_CONCURRENCY": -2}, "PHAROX_PROXY_MAX_CONCURRENCY must"),
+        ({"PHAROX_PROXY_MAX_CONCURRENCY": 1.5}, "PHAROX_PROXY_MAX_CONCURRENCY must"),
+        ({"PHAROX_FILTERS": {"colour": "red"}}, "PHAROX_FILTERS: invalid filters"),
+        ({"PHAROX_FILTERS": {"radius_km": 5}}, "PHAROX_FILTERS: invalid filters"),
+        ({"PHAROX_FILTERS": "{not json"}, "PHAROX_FILTERS: filters must be a dict"),
+        ({"PHAROX_FILTERS": 7}, "PHAROX_FILTERS: filters must be a dict"),
+        ({"PHAROX_POOL": ""}, "PHAROX_POOL must be a non-empty string"),
+        ({"PHAROX_PROTOCOLS": ["http", "gopher"]}, "PHAROX_PROTOCOLS: unknown"),
+        ({"PHAROX_CONSUMER": 5}, "PHAROX_CONSUMER must be a non-empty string"),
+        ({"PHAROX_PROXIES_FILE": "/nonexistent/list"}, "cannot read '/nonexistent"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_setting(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PharoxSettingError, match=message.replace("(", r"\(")) as bad:
+        config(**settings)
+    assert isinstance(bad.value, ValueError)
+
+
+def test_a_malformed_proxy_is_named_with_its_password_masked() -> None:
+    with pytest.raises(PharoxSettingError) as bad:
+        config(PHAROX_PROXIES=["http://127.0.0.1:1", "http://bob:hunter2@host:99999"])
+    assert "PHAROX_PROXIES" in str(bad.value)
+    assert "http://bob:***@host:99999" in str(bad.value)
+    assert "hunter2" not in str(bad.value)
+
+
+def test_a_malformed_line_of_the_proxies_file_is_named_by_its_number(
+    tmp_path: Path,
+) -> None:
+    listing = tmp_path / "proxies.txt"
+    listing.write_text("http://127.0.0.1:1\nftp://eve:pw@127.0.0.1:2\n")
+    with pytest.raises(PharoxSettingError, match=r"proxies.txt:2: .*ftp://eve:\*\*\*@"):
+        config(PHAROX_PROXIES_FILE=str(listing))
+
+
+def test_an_unknown_field_in_the_proxies_file_is_refused(tmp_path: Path) -> None:
+    listing = tmp_path / "proxies.txt"
+    listing.write_text("http://127.0.0.1:1 colour=red\n")
+    with pytest.raises(PharoxSettingError, match=r"proxies.txt:1: 'colour=red'"):
+        config(PHAROX_PROXIES_FILE=str(listing))
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_bad_setting_stops_the_crawl_at_start() -> Any:
+    with pytest.raises(PharoxSettingError, match="PHAROX_SELECTOR"):
+        yield crawl(LinkSpider, {"PHAROX_SELECTOR": "fastest"}, start_url="http://x/")
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unknown_storage_url_stops_the_crawl_at_start() -> Any:
+    with pytest.raises(PharoxSettingError, match=r"PHAROX_STORAGE_URL: .*'redis://"):
+        yield crawl(
+            LinkSpider,
+            {"PHAROX_STORAGE_URL": "redis://127.0.0.1:6379"},
+            start_url="http://x/",
+        )
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_disabled_plugin_leaves_requests_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> Any:
+    from playground import TargetSite
+
+    with TargetSite(pages=2) as target:
+        crawler = yield crawl(
+            LinkSpider, {"PHAROX_ENABLED": False}, start_url=target.url + "/"
+        )
+        assert len(target.requests) == 3
+    assert crawler.stats.get_value("pharox/acquire/leased") is None

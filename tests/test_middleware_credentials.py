@@ -1,0 +1,74 @@
+"""Proxy credentials reach the proxy and nothing else: not logs, stats or the site."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from scrapy.crawler import Crawler
+
+from crawl_support import (
+    LinkSpider,
+    assert_every_lease_released,
+    crawl,
+    stats_of,
+)
+from playground import ForwardProxy, TargetSite
+
+PASSWORD = "pa:ss/w@rd-7431"
+
+
+@pytest.fixture
+def auth_proxy(start_proxy: Callable[..., ForwardProxy]) -> ForwardProxy:
+    return start_proxy(username="crawler", password=PASSWORD)
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_authenticated_proxy_serves_the_crawl(
+    site: TargetSite, auth_proxy: ForwardProxy
+) -> Any:
+    crawler: Crawler = yield crawl(
+        LinkSpider, {"PHAROX_PROXIES": [auth_proxy.auth_url]}, start_url=site.url + "/"
+    )
+    assert auth_proxy.rejected_count == 0
+    assert auth_proxy.requests_count == 31
+    assert len(auth_proxy.seen_proxy_authorization) == 31
+    assert_every_lease_released(stats_of(crawler))
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_password_appears_in_no_log_line_and_no_stat(
+    site: TargetSite, auth_proxy: ForwardProxy, caplog: pytest.LogCaptureFixture
+) -> Any:
+    caplog.set_level(logging.DEBUG)
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {"PHAROX_PROXIES": [auth_proxy.auth_url], "PHAROX_STATS_INTERVAL": 0.05},
+        start_url=site.url + "/",
+    )
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("Leases:" in message for message in messages)
+    assert any("Crawled (200)" in message for message in messages)
+    basic = base64.b64encode(f"crawler:{PASSWORD}".encode()).decode()
+    for secret in (PASSWORD, quote(PASSWORD, safe=""), basic):
+        assert not any(secret in message for message in messages)
+        assert secret not in repr(stats_of(crawler))
+
+
+@pytest_twisted.inlineCallbacks
+def test_credentials_never_reach_the_target_site(
+    site: TargetSite, auth_proxy: ForwardProxy
+) -> Any:
+    yield crawl(
+        LinkSpider, {"PHAROX_PROXIES": [auth_proxy.auth_url]}, start_url=site.url + "/"
+    )
+    assert site.requests
+    for request in site.requests:
+        names = {name.lower() for name in request.headers}
+        assert "proxy-authorization" not in names
+        assert not any("crawler" in value for value in request.headers.values())

@@ -1,0 +1,143 @@
+"""The reactor never waits on storage, and no lease outlives its crawl."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pytest_twisted
+import scrapy
+from scrapy.crawler import Crawler
+from scrapy.http import Response
+
+from crawl_support import (
+    LinkSpider,
+    assert_every_lease_released,
+    crawl,
+    stats_of,
+)
+from playground import ForwardProxy, TargetSite
+from scrapy_pharox import InMemoryStorage, Lease, ProxyFilters, SelectorStrategy
+
+STORAGE_DELAY = 0.2
+
+
+class SlowStorage(InMemoryStorage):
+    """In-memory storage behaving like a far-away database: 200 ms a call."""
+
+    blocking_io = True
+    instances: ClassVar[list[SlowStorage]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls_in_flight = 0
+        self.most_calls_at_once = 0
+        self._count_lock = threading.Lock()
+        SlowStorage.instances.append(self)
+
+    def _slowly(self) -> None:
+        with self._count_lock:
+            self.calls_in_flight += 1
+            self.most_calls_at_once = max(self.most_calls_at_once, self.calls_in_flight)
+        time.sleep(STORAGE_DELAY)
+        with self._count_lock:
+            self.calls_in_flight -= 1
+
+    def acquire(
+        self,
+        pool_name: str,
+        consumer_name: str,
+        duration_seconds: float,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+    ) -> Lease | None:
+        self._slowly()
+        return super().acquire(
+            pool_name, consumer_name, duration_seconds, filters, selector
+        )
+
+    def release_lease(self, lease: Lease) -> bool:
+        self._slowly()
+        return super().release_lease(lease)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_slow_storage_runs_beside_the_downloads_not_in_front_of_them(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    proxies = [start_proxy() for _ in range(4)]
+    SlowStorage.instances.clear()
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {
+            "PHAROX_STORAGE": f"{__name__}.SlowStorage",
+            "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+        },
+        start_url=site.url + "/",
+    )
+    (storage,) = SlowStorage.instances
+    # Calls blocking the reactor could never overlap: these ran in threads.
+    assert storage.most_calls_at_once >= 2
+    assert len({page["url"] for page in crawler.spider.seen}) == 31
+    assert_every_lease_released(stats_of(crawler))
+
+
+@pytest_twisted.inlineCallbacks
+def test_closing_with_requests_in_flight_leaves_no_lease_behind(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    proxies = [start_proxy() for _ in range(3)]
+    with TargetSite(pages=30, delay=0.5) as slow_site:
+        crawler: Crawler = yield crawl(
+            LinkSpider,
+            {
+                "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+                "CLOSESPIDER_PAGECOUNT": 2,
+                "CONCURRENT_REQUESTS": 16,
+                "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
+            },
+            start_url=slow_site.url + "/",
+        )
+    stats = stats_of(crawler)
+    assert stats["finish_reason"] == "closespider_pagecount"
+    assert stats["pharox/acquire/leased"] > 2
+    assert stats["pharox/pool/default/total_leases"] == 0
+    assert_every_lease_released(stats)
+
+
+class AnswerRootWithAFreshRequest:
+    """A middleware after ours that turns the first response into a new request,
+    so our process_response never sees it and the lease stays out."""
+
+    answered = False
+
+    def process_response(
+        self, request: scrapy.Request, response: Response
+    ) -> Response | scrapy.Request:
+        if AnswerRootWithAFreshRequest.answered:
+            return response
+        AnswerRootWithAFreshRequest.answered = True
+        return scrapy.Request(request.url + "page/1", meta={"proxy": None})
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_lease_still_out_at_spider_close_is_released_then(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    proxy = start_proxy()
+    AnswerRootWithAFreshRequest.answered = False
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {
+            "PHAROX_PROXIES": [proxy.url],
+            "PHAROX_PROXY_MAX_CONCURRENCY": 0,
+            "DOWNLOADER_MIDDLEWARES": {f"{__name__}.AnswerRootWithAFreshRequest": 745},
+        },
+        start_url=site.url + "/",
+    )
+    stats = stats_of(crawler)
+    assert stats["pharox/release/closed"] == 1
+    assert stats["pharox/pool/default/total_leases"] == 0
+    assert_every_lease_released(stats)
