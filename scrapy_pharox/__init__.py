@@ -41,7 +41,7 @@ from .models import (
     ReleaseEventPayload,
     SelectorStrategy,
 )
-from .storage import InMemoryStorage, IStorage, open_storage
+from .storage import InMemoryStorage, IStorage, SqlStorage, open_storage
 
 __all__ = [
     "AcquireEventPayload",
@@ -72,6 +72,7 @@ __all__ = [
     "ProxyUnavailableError",
     "ReleaseEventPayload",
     "SelectorStrategy",
+    "SqlStorage",
     "StorageError",
     "UnsupportedStorageURLError",
     "acquire_proxy_async",

@@ -6,15 +6,37 @@ from ..exceptions import UnsupportedStorageURLError
 from ..models import mask_url_password
 from .base import IStorage
 from .memory import InMemoryStorage
+from .sql import SqlStorage
 
-__all__ = ["IStorage", "InMemoryStorage", "open_storage"]
+__all__ = ["IStorage", "InMemoryStorage", "SqlStorage", "open_storage"]
+
+_SQL_SCHEMES = frozenset(
+    {"postgresql", "postgresql+psycopg", "postgres", "sqlite", "sqlite+pysqlite"}
+)
 
 
 def open_storage(url: str) -> IStorage:
-    """The storage a URL names: ``memory://`` for the embedded in-memory one."""
+    """The storage a URL names, ready to use.
+
+    ``memory://`` for the embedded in-memory one;
+    ``postgresql+psycopg://user:password@host:port/db`` or
+    ``sqlite:///path/to/file.db`` for a ``SqlStorage``, its schema created (or
+    checked) on the way. Errors name the URL with its password masked.
+    """
     scheme = url.partition("://")[0].lower() if isinstance(url, str) else ""
     if scheme == "memory":
         return InMemoryStorage()
+    if scheme in _SQL_SCHEMES:
+        if scheme == "postgres":
+            url = "postgresql" + url[len(scheme) :]
+        storage = SqlStorage(url)
+        try:
+            storage.create_schema()
+        except BaseException:
+            storage.close()
+            raise
+        return storage
     raise UnsupportedStorageURLError(
-        f"unsupported storage URL {mask_url_password(str(url))!r}: use memory://"
+        f"unsupported storage URL {mask_url_password(str(url))!r}: use memory://, "
+        "postgresql+psycopg://user:password@host:port/db or sqlite:///path/to/file.db"
     )

@@ -1,0 +1,647 @@
+"""``SqlStorage``: pools shared by a fleet, in PostgreSQL (psycopg 3) or SQLite.
+
+PostgreSQL acquires and releases in one round trip each: one autocommitted
+statement (see ``sql_statements``). SQLite runs the same steps in one
+``BEGIN IMMEDIATE`` transaction, WAL journal and a busy timeout, so several
+processes can share one file. Every step may be retried after a dropped
+connection: an acquire carries its lease id, and a retry first looks for that
+lease, so a lost reply never leaks a slot. Driver errors leave as StorageError.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+from sqlalchemy import Connection, create_engine, event, select
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from ..exceptions import (
+    PoolNotFoundError,
+    ProxyUnavailableError,
+    StorageError,
+    UnsupportedStorageURLError,
+)
+from ..models import (
+    Lease,
+    LeaseStatus,
+    PoolStatsSnapshot,
+    Proxy,
+    ProxyCredentials,
+    ProxyFilters,
+    ProxyPool,
+    ProxyProtocol,
+    ProxyStatus,
+    SelectorStrategy,
+    haversine_km,
+    mask_url_password,
+)
+from . import sql_statements as sql
+from .base import IStorage
+from .sql_schema import create_schema, pool_table, proxy_table
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Tries of one acquire when the statement found only locked or expired rows.
+_ACQUIRE_ROUNDS = 32
+# SQLSTATE classes worth another try: connection, resources, operator
+# intervention (a restart), and rolled-back transactions (deadlock, serialization).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+_QUERY_CANCELED = "57014"
+
+
+class SqlStorage(IStorage):
+    """An IStorage in PostgreSQL or SQLite through SQLAlchemy 2 Core.
+
+    ``url`` is ``postgresql+psycopg://user:password@host:port/db`` or
+    ``sqlite:///path/to/file.db``; ``engine_kwargs`` go to ``create_engine``
+    (defaults: ``pool_pre_ping=True``, ``hide_parameters=True``). A step that
+    fails on a dropped connection or a restarting server is tried again for up
+    to ``retry_seconds``. Call ``create_schema()`` once before use (``open_storage``
+    does).
+    """
+
+    def __init__(
+        self, url: str | URL, *, retry_seconds: float = 10.0, **engine_kwargs: Any
+    ) -> None:
+        self._url = _sql_url(url)
+        self._shown_url = self._url.render_as_string(hide_password=True)
+        self._postgres = self._url.get_backend_name() == "postgresql"
+        self._dialect_name = "postgresql" if self._postgres else "sqlite"
+        self._retry_seconds = retry_seconds
+        self._consumer_ids: dict[str, UUID] = {}
+        options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+        options.update(engine_kwargs)
+        connect_args = dict(options.pop("connect_args", {}))
+        if self._postgres:
+            connect_args.setdefault("connect_timeout", 10)
+            if "application_name" not in self._url.query:
+                connect_args.setdefault("application_name", "scrapy-pharox")
+        else:
+            connect_args.setdefault("timeout", 30.0)
+            if self._url.database in (None, "", ":memory:"):
+                connect_args.setdefault("check_same_thread", False)
+                options.setdefault("poolclass", StaticPool)
+        try:
+            self._engine: Engine = create_engine(
+                self._url, connect_args=connect_args, **options
+            )
+        except (ArgumentError, ImportError, TypeError) as exc:
+            raise StorageError(
+                f"cannot set up the storage at {self._shown_url}: {exc}"
+            ) from exc
+        if self._postgres:
+            self._statements_engine: Engine = self._engine.execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+            self._serial: Callable[[], Any] = nullcontext
+        else:
+            event.listen(self._engine, "connect", _prepare_sqlite_connection)
+            event.listen(self._engine, "begin", _begin_immediate)
+            self._statements_engine = self._engine
+            # One writer at a time anyway; in-process threads queue here instead
+            # of spinning in SQLite's busy handler.
+            self._serial = threading.Lock
+
+    def __repr__(self) -> str:
+        return f"SqlStorage({self._shown_url!r})"
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for event listeners, or the benchmark)."""
+        return self._engine
+
+    def create_schema(self) -> None:
+        """Create the tables if missing and check the schema version (idempotent).
+
+        Safe to call from many processes at once. A database holding another
+        schema version raises StorageError and is left untouched; so does an
+        unreachable one, naming its host (password masked).
+        """
+        self._run(
+            "creating the schema",
+            lambda conn, _: create_schema(conn, self._shown_url),
+            transaction=True,
+            retry=False,
+        )
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- administration -------------------------------------------------------
+
+    def add_pool(self, pool: ProxyPool) -> ProxyPool:
+        def work(conn: Connection, _: bool) -> ProxyPool:
+            conn.execute(
+                sql.insert_ignoring_conflicts(self._dialect_name, pool_table),
+                {"id": pool.id, "name": pool.name, "description": pool.description},
+            )
+            row = conn.execute(sql.pool_named(), {"pool_name": pool.name}).first()
+            if row is None:
+                raise StorageError(f"pool id {pool.id} belongs to another pool")
+            return _pool_from_row(row)
+
+        return self._run("adding a pool", work, transaction=True)
+
+    def add_proxy(self, proxy: Proxy) -> Proxy:
+        key = {
+            "proxy_id": proxy.id,
+            "pool_key": proxy.pool_id,
+            "protocol": proxy.protocol.value,
+            "host_key": proxy.host.lower(),
+            "port": proxy.port,
+            "username_key": proxy.credentials.user if proxy.credentials else "",
+        }
+
+        def work(conn: Connection, _: bool) -> Proxy:
+            same = conn.execute(sql.same_proxy(), key).first()
+            if same is not None:
+                return _proxy_from_row(same)
+            if not conn.execute(sql.pool_exists(), key).scalar():
+                raise PoolNotFoundError(f"no pool with id {proxy.pool_id}")
+            conn.execute(
+                sql.insert_ignoring_conflicts(self._dialect_name, proxy_table),
+                _proxy_values(proxy),
+            )
+            return _proxy_from_row(conn.execute(sql.same_proxy(), key).one())
+
+        return self._run("adding a proxy", work, transaction=True)
+
+    def list_pools(self) -> list[ProxyPool]:
+        return self._run(
+            "listing pools",
+            lambda conn, _: [
+                _pool_from_row(row) for row in conn.execute(sql.all_pools())
+            ],
+        )
+
+    def list_proxies(self, pool_name: str) -> list[Proxy]:
+        return self._run(
+            "listing proxies",
+            lambda conn, _: [
+                _proxy_from_row(row)
+                for row in conn.execute(sql.proxies_of_pool(), {"pool_name": pool_name})
+            ],
+        )
+
+    def ensure_consumer(self, consumer_name: str) -> UUID:
+        known = self._consumer_ids.get(consumer_name)
+        if known is not None:
+            return known
+        consumer_id: UUID = self._run(
+            "registering a consumer",
+            lambda conn, _: conn.execute(
+                sql.upsert_consumer(self._dialect_name),
+                {"id": uuid4(), "name": consumer_name},
+            ).scalar_one(),
+            transaction=True,
+        )
+        self._consumer_ids[consumer_name] = consumer_id
+        return consumer_id
+
+    def get_pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
+        row = self._run(
+            "reading pool stats",
+            lambda conn, _: conn.execute(
+                sql.pool_stats(), {"pool_name": pool_name}
+            ).first(),
+        )
+        if row is None:
+            return None
+        return PoolStatsSnapshot(pool_name=pool_name, **row._asdict())
+
+    # -- leasing --------------------------------------------------------------
+
+    def find_available_proxy(
+        self,
+        pool_name: str,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+    ) -> Proxy | None:
+        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        row = self._run(
+            "finding a proxy",
+            lambda conn, _: conn.execute(
+                sql.find_proxy(strategy, filters), {"pool_name": pool_name}
+            ).first(),
+        )
+        return _proxy_from_row(row) if row is not None else None
+
+    def create_lease(
+        self, proxy: Proxy, consumer_name: str, duration_seconds: float
+    ) -> Lease:
+        params = {
+            "proxy_id": proxy.id,
+            "lease_id": uuid4(),
+            "consumer_id": self.ensure_consumer(consumer_name),
+            "seconds": float(duration_seconds),
+        }
+
+        def work(conn: Connection, retrying: bool) -> Lease:
+            if retrying and (lease := self._lease_by_id(conn, params)) is not None:
+                return lease
+            if self._postgres:
+                row = conn.execute(sql.pg_lease_proxy(), params).one()
+                if row.id is None:
+                    raise _unavailable(proxy, known=row.proxy_known)
+                return _lease_from_row(row, params, row.pool_name)
+            claimed = conn.execute(sql.claim_proxy(), params).first()
+            if claimed is None:
+                known = conn.execute(sql.proxy_exists(), params).scalar()
+                raise _unavailable(proxy, known=bool(known))
+            pool_row = conn.execute(
+                select(pool_table.c.name).where(pool_table.c.id == claimed.pool_id)
+            ).scalar_one()
+            return self._insert_lease(conn, claimed, params, pool_row, None)
+
+        return self._run("leasing a proxy", work)
+
+    def acquire(
+        self,
+        pool_name: str,
+        consumer_name: str,
+        duration_seconds: float,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+    ) -> Lease | None:
+        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        params = {
+            "pool_name": pool_name,
+            "lease_id": uuid4(),
+            "consumer_id": self.ensure_consumer(consumer_name),
+            "seconds": float(duration_seconds),
+        }
+        if self._postgres:
+            statement = sql.pg_acquire(strategy, filters)
+            return self._run(
+                "acquiring a proxy",
+                lambda conn, retrying: self._pg_acquire(
+                    conn, retrying, statement, params
+                ),
+            )
+        return self._run(
+            "acquiring a proxy",
+            lambda conn, retrying: self._sqlite_acquire(
+                conn, retrying, strategy, filters, params
+            ),
+        )
+
+    def release_lease(self, lease: Lease) -> bool:
+        params = {"lease_id": lease.id}
+        if self._postgres:
+            return bool(
+                self._run(
+                    "releasing a lease",
+                    lambda conn, _: conn.execute(sql.pg_release(), params).scalar(),
+                )
+            )
+
+        def work(conn: Connection, _: bool) -> bool:
+            gone = conn.execute(sql.remove_lease(), params).all()
+            _end_leases(conn, gone, "released")
+            return bool(gone)
+
+        return self._run("releasing a lease", work)
+
+    def cleanup_expired_leases(self) -> int:
+        return self._run("reclaiming expired leases", lambda conn, _: _reclaim(conn))
+
+    # -- internals ----------------------------------------------------------------
+
+    def _pg_acquire(
+        self,
+        conn: Connection,
+        retrying: bool,
+        statement: Any,
+        params: dict[str, Any],
+    ) -> Lease | None:
+        if retrying and (lease := self._lease_by_id(conn, params)) is not None:
+            return lease
+        for _ in range(_ACQUIRE_ROUNDS):
+            try:
+                row = conn.execute(statement, params).one()
+            except IntegrityError:
+                # A lost first try committed this lease id after all.
+                if retrying and (lease := self._lease_by_id(conn, params)):
+                    return lease
+                raise
+            if row.id is not None:
+                return _lease_from_row(row, params, params["pool_name"])
+            if row.reclaim_needed:
+                _reclaim(conn)
+            elif not row.contended:
+                return None
+        return None
+
+    def _sqlite_acquire(
+        self,
+        conn: Connection,
+        retrying: bool,
+        strategy: SelectorStrategy,
+        filters: ProxyFilters | None,
+        params: dict[str, Any],
+    ) -> Lease | None:
+        if retrying and (lease := self._lease_by_id(conn, params)) is not None:
+            return lease
+        if conn.execute(select(sql.expired_lease_exists())).scalar():
+            _reclaim(conn)
+        picked = conn.execute(sql.find_proxy(strategy, filters), params).first()
+        if picked is None:
+            return None
+        # The transaction holds the write lock: the pick is still free.
+        claimed = conn.execute(sql.claim_proxy(), {"proxy_id": picked.id}).one()
+        cursor = picked.id if strategy is SelectorStrategy.ROUND_ROBIN else None
+        return self._insert_lease(conn, claimed, params, params["pool_name"], cursor)
+
+    def _insert_lease(
+        self,
+        conn: Connection,
+        claimed: Any,
+        params: dict[str, Any],
+        pool_name: str,
+        cursor: UUID | None,
+    ) -> Lease:
+        times = conn.execute(
+            sql.insert_lease(),
+            {
+                "id": params["lease_id"],
+                "proxy_id": claimed.id,
+                "pool_id": claimed.pool_id,
+                "consumer_id": params["consumer_id"],
+                "seconds": params["seconds"],
+            },
+        ).one()
+        if cursor is not None:
+            conn.execute(
+                sql.move_cursor(), {"pool_key": claimed.pool_id, "cursor": cursor}
+            )
+        return _build_lease(claimed, times, params, pool_name)
+
+    def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
+        row = conn.execute(sql.lease_with_proxy(), params).first()
+        if row is None:
+            return None
+        pool_name = (
+            params.get("pool_name")
+            or conn.execute(
+                select(pool_table.c.name).where(pool_table.c.id == row.pool_id)
+            ).scalar_one()
+        )
+        return _lease_from_row(row, params, pool_name)
+
+    def _run(
+        self,
+        action: str,
+        work: Callable[[Connection, bool], T],
+        *,
+        transaction: bool = False,
+        retry: bool = True,
+    ) -> T:
+        """Run ``work`` on a connection, again on a transient failure, translated.
+
+        ``work`` gets ``retrying=True`` on every try after the first.
+        """
+        deadline: float | None = None
+        delay = 0.05
+        retrying = False
+        while True:
+            try:
+                with self._serial(), self._connection(transaction) as conn:
+                    return work(conn, retrying)
+            except DBAPIError as exc:
+                now = time.monotonic()
+                deadline = deadline or now + self._retry_seconds
+                if not (retry and self._transient(exc) and now < deadline):
+                    raise self._storage_error(action, exc) from exc
+                logger.warning(
+                    "%s on %s failed (%s); trying again",
+                    action,
+                    self._shown_url,
+                    _reason(exc),
+                )
+            except SQLAlchemyError as exc:
+                raise self._storage_error(action, exc) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            retrying = True
+
+    @contextmanager
+    def _connection(self, transaction: bool) -> Iterator[Connection]:
+        if transaction or not self._postgres:
+            with self._engine.begin() as conn:
+                yield conn
+        else:
+            with self._statements_engine.connect() as conn:
+                yield conn
+
+    def _transient(self, exc: DBAPIError) -> bool:
+        if exc.connection_invalidated:
+            return True
+        if not self._postgres:
+            text = str(exc.orig).lower()
+            return "locked" in text or "busy" in text
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate is None:
+            # A client-side failure: the connection, not the statement.
+            return isinstance(exc.orig, _psycopg_operational_error())
+        return (
+            sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES and sqlstate != _QUERY_CANCELED
+        )
+
+    def _storage_error(self, action: str, exc: SQLAlchemyError) -> StorageError:
+        reason = _reason(exc)
+        if self._postgres and isinstance(exc, DBAPIError) and _unreachable(exc):
+            host = self._url.host or "localhost"
+            port = self._url.port or 5432
+            return StorageError(
+                f"cannot reach the database at {host}:{port} ({self._shown_url}) "
+                f"while {action}: {reason}"
+            )
+        return StorageError(f"{action} failed on {self._shown_url}: {reason}")
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _sql_url(url: str | URL) -> URL:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise UnsupportedStorageURLError(
+            f"invalid storage URL {mask_url_password(str(url))!r}: {exc}"
+        ) from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "postgresql" and driver in ("psycopg", "psycopg2"):
+        # Plain postgresql:// means psycopg 3 here, the driver we depend on.
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and driver == "pysqlite":
+        return parsed
+    raise UnsupportedStorageURLError(
+        f"unsupported SQL storage URL {parsed.render_as_string(hide_password=True)!r}:"
+        " use postgresql+psycopg://user:password@host:port/db or sqlite:///path"
+    )
+
+
+def _prepare_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy emits BEGIN IMMEDIATE itself (the "begin" listener below).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+    dbapi_connection.create_function(
+        "pharox_haversine_km", 4, _haversine_or_null, deterministic=True
+    )
+
+
+def _begin_immediate(conn: Connection) -> None:
+    # Take the write lock at BEGIN: no deadlock between two readers upgrading.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _haversine_or_null(
+    lat1: float | None, lon1: float | None, lat2: float | None, lon2: float | None
+) -> float | None:
+    if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
+        return None
+    return haversine_km(lat1, lon1, lat2, lon2)
+
+
+def _psycopg_operational_error() -> type[BaseException]:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is how we reach PostgreSQL
+        return OSError
+    return psycopg.OperationalError
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) is None and isinstance(
+        exc.orig, _psycopg_operational_error()
+    )
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line: no SQL, no parameters, no DETAIL with row values."""
+    source = exc.orig if isinstance(exc, DBAPIError) else exc
+    lines = str(source).strip().splitlines()
+    return lines[0] if lines else type(source).__name__
+
+
+def _reclaim(conn: Connection) -> int:
+    if conn.dialect.name == "postgresql":
+        return int(conn.execute(sql.pg_reclaim()).scalar_one())
+    gone = conn.execute(sql.remove_expired_leases()).all()
+    _end_leases(conn, gone, "expired")
+    return len(gone)
+
+
+def _end_leases(conn: Connection, gone: Sequence[Any], outcome: str) -> None:
+    """SQLite: give back the slots of leases just removed and log them."""
+    if not gone:
+        return
+    slots: dict[UUID, int] = {}
+    for row in gone:
+        slots[row.proxy_id] = slots.get(row.proxy_id, 0) + 1
+    conn.execute(
+        sql.give_back_slots(),
+        [{"proxy_key": key, "slots": count} for key, count in slots.items()],
+    )
+    conn.execute(sql.log_leases(outcome), [row._asdict() for row in gone])
+
+
+def _unavailable(proxy: Proxy, *, known: bool) -> ProxyUnavailableError:
+    if not known:
+        return ProxyUnavailableError(f"proxy {proxy.id} is not in storage")
+    return ProxyUnavailableError(f"proxy {proxy.id} has no free slot")
+
+
+def _proxy_values(proxy: Proxy) -> dict[str, Any]:
+    credentials = proxy.credentials
+    return {
+        "id": proxy.id,
+        "pool_id": proxy.pool_id,
+        "protocol": proxy.protocol.value,
+        "host": proxy.host,
+        "host_key": proxy.host.lower(),
+        "port": proxy.port,
+        "username": credentials.user if credentials else None,
+        "password": credentials.password if credentials else None,
+        "status": proxy.status.value,
+        "checked_at": proxy.checked_at,
+        "source": proxy.source,
+        "country": proxy.country,
+        "city": proxy.city,
+        "latitude": proxy.latitude,
+        "longitude": proxy.longitude,
+        "isp": proxy.isp,
+        "asn": proxy.asn,
+        "max_concurrency": proxy.max_concurrency,
+        "current_leases": 0,
+    }
+
+
+def _proxy_from_row(row: Any) -> Proxy:
+    credentials = None
+    if row.username is not None:
+        credentials = ProxyCredentials.model_construct(
+            user=row.username, password=row.password
+        )
+    return Proxy.model_construct(
+        id=row.id,
+        host=row.host,
+        port=row.port,
+        protocol=ProxyProtocol(row.protocol),
+        pool_id=row.pool_id,
+        status=ProxyStatus(row.status),
+        checked_at=row.checked_at,
+        credentials=credentials,
+        source=row.source,
+        country=row.country,
+        city=row.city,
+        latitude=row.latitude,
+        longitude=row.longitude,
+        isp=row.isp,
+        asn=row.asn,
+        max_concurrency=row.max_concurrency,
+        current_leases=row.current_leases,
+    )
+
+
+def _pool_from_row(row: Any) -> ProxyPool:
+    return ProxyPool.model_construct(
+        id=row.id, name=row.name, description=row.description
+    )
+
+
+def _lease_from_row(row: Any, params: dict[str, Any], pool_name: str) -> Lease:
+    return _build_lease(row, row, params, pool_name)
+
+
+def _build_lease(
+    proxy_row: Any, times: Any, params: dict[str, Any], pool_name: str
+) -> Lease:
+    proxy = _proxy_from_row(proxy_row)
+    return Lease.model_construct(
+        id=params["lease_id"],
+        proxy_id=proxy.id,
+        consumer_id=params["consumer_id"],
+        pool_id=proxy.pool_id,
+        pool_name=pool_name,
+        status=LeaseStatus.ACTIVE,
+        acquired_at=times.acquired_at,
+        expires_at=times.expires_at,
+        released_at=None,
+        proxy=proxy,
+    )

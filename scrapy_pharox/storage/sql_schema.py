@@ -1,0 +1,226 @@
+"""The tables of the SQL adapter, its schema version, and how time is stored.
+
+Active leases live in ``pharox_lease`` and nowhere else: a released or reclaimed
+lease moves to ``pharox_lease_history`` in the statement that ends it, so the
+table every acquire touches holds one row per held slot, however long the history
+grows. The history is an append-only log without indexes; add the ones you query
+it by.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from ..exceptions import StorageError
+
+SCHEMA_VERSION = 1
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime: ``timestamptz`` in PostgreSQL, integer µs in SQLite.
+
+    SQLite has no time type; whole microseconds since the epoch keep full
+    precision and compare as numbers. A naive datetime is taken to be UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        if dialect.name == "sqlite":
+            return (value - _EPOCH) // _MICROSECOND
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return _EPOCH + timedelta(microseconds=value)
+        result: datetime = value.astimezone(timezone.utc)
+        return result
+
+
+metadata = MetaData()
+
+schema_version_table = Table(
+    "pharox_schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True),  # one row, id 1
+    Column("version", Integer, nullable=False),
+)
+
+pool_table = Table(
+    "pharox_pool",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String, nullable=False, unique=True),
+    Column("description", Text),
+    # The proxy ROUND_ROBIN handed out last: the next pick starts after it.
+    Column("round_robin_cursor", Uuid),
+)
+
+proxy_table = Table(
+    "pharox_proxy",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("pool_id", Uuid, ForeignKey("pharox_pool.id"), nullable=False),
+    Column("protocol", String, nullable=False),
+    Column("host", String, nullable=False),
+    # The host lower-cased, for the endpoint identity (Proxy.endpoint_key).
+    Column("host_key", String, nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("username", Text),
+    Column("password", Text),
+    Column("status", String, nullable=False),
+    Column("checked_at", UtcDateTime, nullable=False),
+    Column("source", Text),
+    Column("country", String),
+    Column("city", Text),
+    Column("latitude", Double),
+    Column("longitude", Double),
+    Column("isp", Text),
+    Column("asn", BigInteger),
+    Column("max_concurrency", Integer),
+    Column("current_leases", Integer, nullable=False, server_default="0"),
+    # Room on each page so the counter updates of acquire and release stay HOT
+    # (no index holds current_leases, so they never touch an index).
+    postgresql_with={"fillfactor": 70},
+)
+
+_ACTIVE_ONLY = text("status = 'active'")
+
+# One row per endpoint of a pool; add_proxy relies on it when two processes add
+# the same proxy at once.
+Index(
+    "pharox_proxy_endpoint",
+    proxy_table.c.pool_id,
+    proxy_table.c.protocol,
+    proxy_table.c.host_key,
+    proxy_table.c.port,
+    func.coalesce(proxy_table.c.username, ""),
+    unique=True,
+)
+# FIRST_AVAILABLE walks this in order and stops at the first free, unlocked row.
+Index(
+    "pharox_proxy_first_available",
+    proxy_table.c.pool_id,
+    proxy_table.c.checked_at.desc(),
+    proxy_table.c.id,
+    postgresql_where=_ACTIVE_ONLY,
+    sqlite_where=_ACTIVE_ONLY,
+)
+# ROUND_ROBIN walks this from the pool's cursor.
+Index(
+    "pharox_proxy_round_robin",
+    proxy_table.c.pool_id,
+    proxy_table.c.id,
+    postgresql_where=_ACTIVE_ONLY,
+    sqlite_where=_ACTIVE_ONLY,
+)
+
+consumer_table = Table(
+    "pharox_consumer",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String, nullable=False, unique=True),
+)
+
+# Only the leases that hold a slot now. No foreign keys: only this adapter's
+# statements write here, and a key check would cost every acquire.
+lease_table = Table(
+    "pharox_lease",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("proxy_id", Uuid, nullable=False),
+    Column("pool_id", Uuid, nullable=False),
+    Column("consumer_id", Uuid, nullable=False),
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+# Finds the expired leases from the oldest expiry, without a scan.
+Index("pharox_lease_expiry", lease_table.c.expires_at)
+
+lease_history_table = Table(
+    "pharox_lease_history",
+    metadata,
+    Column("id", Uuid, nullable=False),
+    Column("proxy_id", Uuid, nullable=False),
+    Column("pool_id", Uuid, nullable=False),
+    Column("consumer_id", Uuid, nullable=False),
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("released_at", UtcDateTime, nullable=False),
+    # "released" by its holder or "expired" and reclaimed.
+    Column("outcome", String, nullable=False),
+)
+
+
+def create_schema(connection: Connection, shown_url: str) -> None:
+    """Create the tables once and record the version, inside the caller's transaction.
+
+    Safe from many processes at once: PostgreSQL takes a transaction-scoped
+    advisory lock per schema first, SQLite runs in an immediate transaction. An
+    existing schema of another version is left untouched and raises StorageError.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text(
+                "SELECT pg_advisory_xact_lock("
+                "hashtext('scrapy_pharox.schema:' || current_schema()))"
+            )
+        )
+    found = _stored_version(connection)
+    if found is not None and found != SCHEMA_VERSION:
+        raise StorageError(
+            f"the database at {shown_url} holds scrapy-pharox schema version "
+            f"{found}, but this scrapy-pharox uses version {SCHEMA_VERSION}: "
+            "point it at another database (or schema), or migrate this one"
+        )
+    if found is None:
+        metadata.create_all(connection)
+        connection.execute(
+            schema_version_table.insert().values(id=1, version=SCHEMA_VERSION)
+        )
+
+
+def _stored_version(connection: Connection) -> int | None:
+    if not inspect(connection).has_table(schema_version_table.name):
+        return None
+    version: int | None = connection.execute(
+        select(schema_version_table.c.version).where(schema_version_table.c.id == 1)
+    ).scalar()
+    return version
