@@ -74,6 +74,7 @@ class LeaseKeeper:
         self.consumer = consumer
         self.default_target = default_target
         self.pools_used: set[str] = {default_target.pool}
+        self._default_filters = self._with_protocols(default_target.filters)
         self._held: dict[UUID, Lease] = {}
         self._wakeup = Wakeup()
         self._offloader = Offloader(threads=8) if manager.storage.blocking_io else None
@@ -212,7 +213,11 @@ class LeaseKeeper:
     async def lease_for(self, request: Request) -> Lease:
         """A lease for the request; IgnoreRequest when none frees up in time."""
         target = self.target_of(request)
-        filters = self._with_protocols(target.filters)
+        filters = (
+            self._default_filters
+            if target is self.default_target
+            else self._with_protocols(target.filters)
+        )
         started = time.monotonic()
         deadline = started + self.config.acquire_timeout
         recheck = FIRST_RECHECK_SECONDS

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 from enum import Enum
-from ipaddress import ip_address
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlsplit
 from uuid import UUID, uuid4
@@ -117,17 +116,10 @@ class Proxy(BaseModel):
         return _normalise_country(value)
 
     @property
-    def is_ipv6(self) -> bool:
-        """True when the host is an IPv6 literal."""
-        try:
-            return ip_address(self.host).version == 6
-        except ValueError:
-            return False
-
-    @property
     def netloc_host(self) -> str:
-        """The host as written in a URL: IPv6 literals in brackets."""
-        return f"[{self.host}]" if self.is_ipv6 else self.host
+        """The host as written in a URL: IPv6 literals (the only hosts with a colon)
+        in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     @property
     def url(self) -> str:
