@@ -412,10 +412,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Forward an absolute-URI request."""
-        try:
-            self._forward()
-        except _Reply as err:
-            self._reply(err)
+        with self.proxy._carrying():
+            try:
+                self._forward()
+            except _Reply as err:
+                self._reply(err)
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_GET
 
@@ -433,7 +434,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except _Reply as err:
             self._reply(err)
             return
-        with upstream, self.srv.tracked(upstream):
+        with upstream, self.srv.tracked(upstream), self.proxy._carrying():
             self.send_response_only(200, "Connection established")
             self.end_headers()
             self._pipe(upstream)
@@ -570,6 +571,22 @@ class ForwardProxy(_Service):
         self.rejected_count = 0
         self.seen_proxy_authorization: list[str] = []
         self.upstream_ports: set[int] = set()
+        self.active_requests = 0
+        self.max_active_requests = 0
+
+    @contextlib.contextmanager
+    def _carrying(self) -> Iterator[None]:
+        """Count a request (or a CONNECT tunnel) from arrival to its last byte."""
+        with self._lock:
+            self.active_requests += 1
+            self.max_active_requests = max(
+                self.max_active_requests, self.active_requests
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active_requests -= 1
 
     def _handler(self) -> _Handler:
         return functools.partial(_ProxyHandler, proxy=self)
@@ -586,6 +603,7 @@ class ForwardProxy(_Service):
         """Zero the counters (max_open_connections restarts from the current value)."""
         with self._lock:
             self.requests_count = self.rejected_count = 0
+            self.max_active_requests = self.active_requests
             self.seen_proxy_authorization.clear()
             self.upstream_ports.clear()
         if self._server is not None:

@@ -98,7 +98,7 @@ def test_exclusive_proxies_never_carry_two_requests_at_once(
             },
             start_url=slow_site.url + "/",
         )
-    most_at_once = max(proxy.max_open_connections for proxy in proxies)
+    most_at_once = max(proxy.max_active_requests for proxy in proxies)
     # The control run shows the proxies can see more than one connection at once.
     assert (most_at_once == 1) is exclusive
     assert_every_lease_released(stats_of(crawler))

@@ -189,9 +189,19 @@ def test_max_open_connections_counts_concurrent(proxy: ForwardProxy) -> None:
             thread.join()
     assert results == [200, 200]
     assert proxy.max_open_connections == 2
+    assert proxy.max_active_requests == 2
     assert wait_for(lambda: proxy.open_connections == 0)
     proxy.reset_counters()
     assert proxy.max_open_connections == 0
+    assert proxy.max_active_requests == 0
+
+
+def test_requests_one_after_another_are_never_active_together(
+    proxy: ForwardProxy, site: TargetSite
+) -> None:
+    for page in (1, 2, 3):
+        assert fetch(proxy.port, f"{site.url}/page/{page}")[0] == 200
+    assert proxy.max_active_requests == 1
 
 
 def test_hang_mode_never_answers() -> None:
