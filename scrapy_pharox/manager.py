@@ -15,6 +15,7 @@ from .models import (
     AcquireEventPayload,
     Lease,
     LeaseStatus,
+    OutcomeReport,
     ProxyFilters,
     ReleaseEventPayload,
     SelectorStrategy,
@@ -48,18 +49,20 @@ class ProxyManager:
         duration_seconds: float = 300,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Lease | None:
         """Lease an eligible proxy of the pool, or return None when there is none.
 
         The consumer is registered on first use; expired leases are reclaimed
-        before the search.
+        before the search. With ``domain``, proxies cooling down for that target
+        domain are passed over.
         """
         check_duration(duration_seconds)
         consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         started_at = utc_now()
         lease = self.storage.acquire(
-            pool_name, consumer, duration_seconds, filters, strategy
+            pool_name, consumer, duration_seconds, filters, strategy, domain
         )
         if self._acquire_callbacks:
             self._notify(
@@ -78,13 +81,19 @@ class ProxyManager:
             )
         return lease
 
-    def release_proxy(self, lease: Lease) -> bool:
+    def release_proxy(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         """Give a lease back; True when this call released it.
 
-        A second release, or the release of a lease that expired and was
-        reclaimed, changes nothing, returns False and runs no callback.
+        A report of how it went (success, ban, failure) updates the proxy's
+        health in the same storage step. A second release, or the release of a
+        lease that expired and was reclaimed, changes nothing, returns False and
+        runs no callback.
         """
-        released = self.storage.release_lease(lease)
+        released = (
+            self.storage.release_lease(lease)
+            if report is None
+            else self.storage.release_lease(lease, report)
+        )
         lease.status = LeaseStatus.RELEASED
         if not released:
             return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any
@@ -99,6 +100,14 @@ class Proxy(BaseModel):
     asn: int | None = None
     max_concurrency: int | None = Field(default=None, gt=0)
     current_leases: int = Field(default=0, ge=0)
+    # Health the storage keeps from reported outcomes, shared by every process.
+    successes: int = Field(default=0, ge=0)
+    bans: int = Field(default=0, ge=0)
+    failures: int = Field(default=0, ge=0)
+    consecutive_bans: int = Field(default=0, ge=0)
+    consecutive_failures: int = Field(default=0, ge=0)
+    latency_ms: float | None = Field(default=None, ge=0)
+    cooldown_until: datetime | None = None
 
     @field_validator("host", mode="before")
     @classmethod
@@ -338,6 +347,71 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
+class LeaseOutcome(str, Enum):
+    """How the work done with a lease went."""
+
+    SUCCESS = "success"
+    BAN = "ban"
+    FAILURE = "failure"
+
+
+#: Weight of the newest latency in a proxy's moving average.
+LATENCY_SMOOTHING = 0.3
+
+
+class CooldownPolicy(BaseModel):
+    """How long a banned or failing proxy rests: ``base * 2**(strikes - 1)``,
+    capped at ``max``, times a jitter factor in ``1 ± jitter``.
+
+    Strikes are consecutive bans; for failures, consecutive failures beyond
+    ``failures_before_cooldown - 1``. A success resets both.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    base_seconds: float = Field(default=60.0, gt=0)
+    max_seconds: float = Field(default=3600.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    failures_before_cooldown: int = Field(default=3, ge=1)
+
+    def seconds(self, strikes: int, draw: float) -> float:
+        """The cooldown after ``strikes`` (>= 1), for a uniform ``draw`` in [0, 1]."""
+        exponent = min(max(strikes, 1) - 1, 62)
+        plain = min(self.max_seconds, self.base_seconds * 2.0**exponent)
+        return plain * (1 + self.jitter * (2 * draw - 1))
+
+    def strikes(self, outcome: LeaseOutcome, consecutive: int) -> int:
+        """Strikes counted after ``consecutive`` bans or failures (0: no cooldown)."""
+        if outcome is LeaseOutcome.BAN:
+            return consecutive
+        if outcome is LeaseOutcome.FAILURE:
+            return max(0, consecutive - self.failures_before_cooldown + 1)
+        return 0
+
+
+class OutcomeReport(BaseModel):
+    """What a lease's holder reports when it releases it.
+
+    With ``domain`` set, a ban cools the proxy for that domain only; failures
+    always count against the proxy. ``draw`` picks the jitter.
+    """
+
+    outcome: LeaseOutcome
+    latency_ms: float | None = Field(default=None, ge=0)
+    domain: str | None = None
+    policy: CooldownPolicy = CooldownPolicy()
+    draw: float = Field(default_factory=random.random, ge=0, le=1)
+
+
+class DomainCooldown(BaseModel):
+    """A proxy resting for one target domain only."""
+
+    proxy_id: UUID
+    domain: str
+    consecutive_bans: int = Field(ge=0)
+    cooldown_until: datetime | None = None
+
+
 class PoolStatsSnapshot(BaseModel):
     """Counts of one pool at one moment."""
 
@@ -347,6 +421,8 @@ class PoolStatsSnapshot(BaseModel):
     available_proxies: int = Field(default=0, ge=0)
     leased_proxies: int = Field(default=0, ge=0)
     total_leases: int = Field(default=0, ge=0)
+    cooling_proxies: int = Field(default=0, ge=0)
+    banned_proxies: int = Field(default=0, ge=0)
     collected_at: datetime = Field(default_factory=utc_now)
 
 

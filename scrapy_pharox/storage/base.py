@@ -8,11 +8,14 @@ from uuid import UUID
 
 from ..exceptions import ProxyUnavailableError
 from ..models import (
+    DomainCooldown,
     Lease,
+    OutcomeReport,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
     ProxyPool,
+    ProxyStatus,
     SelectorStrategy,
 )
 
@@ -25,7 +28,9 @@ class IStorage(ABC):
     """Where pools, proxies, consumers and leases live.
 
     Eligible proxies are ACTIVE, have a free slot (``current_leases <
-    max_concurrency``, or no limit) and match the filters. Selectors order them:
+    max_concurrency``, or no limit), are not cooling down (``cooldown_until`` unset
+    or past; with a target ``domain``, no cooldown for that domain either) and
+    match the filters. Selectors order them:
     FIRST_AVAILABLE by ``checked_at`` newest first then id; LEAST_USED by fewest
     active leases, then ``checked_at`` oldest first, then id; ROUND_ROBIN by id,
     starting after the proxy it handed out last, a cursor kept per pool in the
@@ -42,6 +47,7 @@ class IStorage(ABC):
         pool_name: str,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Proxy | None:
         """The eligible proxy the selector picks, or None (unknown pool included)."""
 
@@ -56,12 +62,44 @@ class IStorage(ABC):
         """The id of the consumer with that name, registering it on first use."""
 
     @abstractmethod
-    def release_lease(self, lease: Lease) -> bool:
+    def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         """Give the lease's slot back; True when this call released it.
 
         Fenced by lease id and status: releasing a lease twice, or one that
         expired and was reclaimed, changes nothing and returns False.
+
+        With a report, in the same step: a success counts in ``successes``,
+        resets both consecutive counters and feeds ``latency_ms`` (a moving
+        average, weight ``LATENCY_SMOOTHING``); a ban counts in ``bans`` and
+        ``consecutive_bans`` and sets ``cooldown_until`` to now plus
+        ``policy.seconds(consecutive_bans, draw)``; a failure counts in
+        ``failures`` and ``consecutive_failures`` and cools the proxy once
+        ``policy.strikes`` says so. With ``report.domain`` set, a ban's counters
+        and cooldown are those of that (proxy, domain) pair instead, and a success
+        resets that pair's consecutive bans. A release that changed nothing
+        records nothing.
         """
+
+    @abstractmethod
+    def set_proxy_status(
+        self,
+        proxy_id: UUID,
+        status: ProxyStatus,
+        *,
+        latency_ms: float | None = None,
+        checked: bool = False,
+        reset_cooldown: bool = False,
+    ) -> Proxy:
+        """Set a proxy's status and return it; ProxyNotFoundError if unknown.
+
+        ``checked`` stamps ``checked_at`` with now (a health check); a latency is
+        stored as the proxy's ``latency_ms``; ``reset_cooldown`` ends any cooldown
+        (of the proxy and of its domains) and zeroes the consecutive counters.
+        """
+
+    @abstractmethod
+    def list_domain_cooldowns(self, pool_name: str) -> list[DomainCooldown]:
+        """The (proxy, domain) cooldowns of a pool still in force."""
 
     @abstractmethod
     def cleanup_expired_leases(self) -> int:
@@ -69,7 +107,11 @@ class IStorage(ABC):
 
     @abstractmethod
     def get_pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
-        """Counts of the pool now, or None for an unknown pool."""
+        """Counts of the pool now, or None for an unknown pool.
+
+        ``available_proxies`` are ACTIVE, not cooling and with a free slot;
+        ``cooling_proxies`` are ACTIVE proxies in a (proxy-wide) cooldown.
+        """
 
     @abstractmethod
     def add_pool(self, pool: ProxyPool) -> ProxyPool:
@@ -99,6 +141,7 @@ class IStorage(ABC):
         duration_seconds: float,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Lease | None:
         """Reclaim expired leases, pick an eligible proxy and lease it, or None.
 
@@ -108,7 +151,7 @@ class IStorage(ABC):
         self.ensure_consumer(consumer_name)
         self.cleanup_expired_leases()
         for _ in range(_COMPOSED_ACQUIRE_ATTEMPTS):
-            proxy = self.find_available_proxy(pool_name, filters, selector)
+            proxy = self.find_available_proxy(pool_name, filters, selector, domain)
             if proxy is None:
                 return None
             try:

@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from uuid import UUID, uuid4
 
-from ..exceptions import PoolNotFoundError, ProxyUnavailableError
+from ..exceptions import PoolNotFoundError, ProxyNotFoundError, ProxyUnavailableError
 from ..models import (
+    LATENCY_SMOOTHING,
+    DomainCooldown,
     Lease,
+    LeaseOutcome,
     LeaseStatus,
+    OutcomeReport,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
@@ -35,15 +39,25 @@ FirstAvailableKey = tuple[float, int]
 
 @dataclass(slots=True)
 class _Slot:
-    """A stored proxy and its place in the FIRST_AVAILABLE order."""
+    """A stored proxy, its place in the FIRST_AVAILABLE order, and its rests."""
 
     proxy: Proxy
     order_key: FirstAvailableKey
     in_heap: bool = False
+    resting_until: float = 0.0
+    domain_rests: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    @property
-    def eligible(self) -> bool:
-        return self.proxy.status is ProxyStatus.ACTIVE and self.proxy.has_capacity
+    def eligible(self, now: float) -> bool:
+        return (
+            self.proxy.status is ProxyStatus.ACTIVE
+            and self.proxy.has_capacity
+            and self.resting_until <= now
+        )
+
+    def rests_for(self, domain: str | None, now: float) -> bool:
+        if domain is None or domain not in self.domain_rests:
+            return False
+        return self.domain_rests[domain][1] > now
 
 
 @dataclass(slots=True)
@@ -57,19 +71,26 @@ class _Pool:
     ids_in_order: list[UUID] = field(default_factory=list)
     round_robin_cursor: UUID | None = None
 
-    def push_if_free(self, slot: _Slot) -> None:
-        if slot.eligible and not slot.in_heap:
+    def push_if_free(self, slot: _Slot, now: float) -> None:
+        if slot.eligible(now) and not slot.in_heap:
             slot.in_heap = True
             heapq.heappush(self.free_heap, (slot.order_key, slot.proxy.id))
 
-    def first_free(self) -> _Slot | None:
+    def first_free(self, now: float) -> _Slot | None:
         while self.free_heap:
             slot = self.slots[self.free_heap[0][1]]
-            if slot.eligible:
+            if slot.eligible(now):
                 return slot
             heapq.heappop(self.free_heap)
             slot.in_heap = False
         return None
+
+    def rebuild_heap(self, now: float) -> None:
+        for slot in self.slots.values():
+            slot.in_heap = False
+        self.free_heap = []
+        for slot in self.slots.values():
+            self.push_if_free(slot, now)
 
     def in_first_available_order(self) -> list[_Slot]:
         return sorted(self.slots.values(), key=lambda slot: slot.order_key)
@@ -107,6 +128,7 @@ class InMemoryStorage(IStorage):
         self._consumers: dict[str, UUID] = {}
         self._active: dict[UUID, _ActiveLease] = {}
         self._expiry_heap: list[tuple[float, UUID]] = []
+        self._rest_heap: list[tuple[float, UUID]] = []
 
     # -- administration -------------------------------------------------------
 
@@ -135,7 +157,7 @@ class InMemoryStorage(IStorage):
             pool.ids_in_order.insert(
                 bisect_right(pool.ids_in_order, stored.id), stored.id
             )
-            pool.push_if_free(slot)
+            pool.push_if_free(slot, self._clock())
             return stored.model_copy()
 
     def _find_same(self, pool: _Pool, proxy: Proxy) -> _Slot | None:
@@ -175,9 +197,12 @@ class InMemoryStorage(IStorage):
         pool_name: str,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Proxy | None:
         with self._lock:
-            slot = self._select(pool_name, filters, selector, advance_cursor=False)
+            slot = self._select(
+                pool_name, filters, selector, domain, self._clock(), advance=False
+            )
             return slot.proxy.model_copy() if slot is not None else None
 
     def create_lease(
@@ -188,7 +213,7 @@ class InMemoryStorage(IStorage):
             slot = pool.slots.get(proxy.id) if pool is not None else None
             if pool is None or slot is None:
                 raise ProxyUnavailableError(f"proxy {proxy.id} is not in storage")
-            if not slot.eligible:
+            if not slot.eligible(self._clock()):
                 raise ProxyUnavailableError(f"proxy {proxy.id} has no free slot")
             return self._lease(pool, slot, consumer_name, duration_seconds)
 
@@ -199,10 +224,11 @@ class InMemoryStorage(IStorage):
         duration_seconds: float,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Lease | None:
         with self._lock:
-            self._reclaim_expired()
-            slot = self._select(pool_name, filters, selector, advance_cursor=True)
+            now = self._reclaim_expired()
+            slot = self._select(pool_name, filters, selector, domain, now, advance=True)
             if slot is None:
                 self._consumer_id(consumer_name)
                 return None
@@ -210,33 +236,95 @@ class InMemoryStorage(IStorage):
                 self._pools[pool_name], slot, consumer_name, duration_seconds
             )
 
-    def release_lease(self, lease: Lease) -> bool:
+    def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         with self._lock:
             active = self._active.pop(lease.id, None)
             if active is None:
                 return False
-            self._free(active)
+            now = self._clock()
+            if report is not None:
+                self._record(active.slot, report, now)
+            self._free(active, now)
             return True
 
     def cleanup_expired_leases(self) -> int:
         with self._lock:
-            return self._reclaim_expired()
+            before = len(self._active)
+            self._reclaim_expired()
+            return before - len(self._active)
 
     def get_pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
         with self._lock:
             pool = self._pools.get(pool_name)
             if pool is None:
                 return None
-            proxies = [slot.proxy for slot in pool.slots.values()]
-            active = [proxy for proxy in proxies if proxy.status is ProxyStatus.ACTIVE]
+            now = self._clock()
+            slots = list(pool.slots.values())
+            active = [s for s in slots if s.proxy.status is ProxyStatus.ACTIVE]
             return PoolStatsSnapshot(
                 pool_name=pool_name,
-                total_proxies=len(proxies),
+                total_proxies=len(slots),
                 active_proxies=len(active),
-                available_proxies=sum(1 for proxy in active if proxy.has_capacity),
-                leased_proxies=sum(1 for proxy in proxies if proxy.current_leases),
-                total_leases=sum(proxy.current_leases for proxy in proxies),
+                available_proxies=sum(1 for slot in active if slot.eligible(now)),
+                leased_proxies=sum(1 for slot in slots if slot.proxy.current_leases),
+                total_leases=sum(slot.proxy.current_leases for slot in slots),
+                cooling_proxies=sum(1 for slot in active if slot.resting_until > now),
+                banned_proxies=sum(
+                    1 for slot in slots if slot.proxy.status is ProxyStatus.BANNED
+                ),
             )
+
+    # -- health -----------------------------------------------------------------
+
+    def set_proxy_status(
+        self,
+        proxy_id: UUID,
+        status: ProxyStatus,
+        *,
+        latency_ms: float | None = None,
+        checked: bool = False,
+        reset_cooldown: bool = False,
+    ) -> Proxy:
+        with self._lock:
+            pool = self._pool_of(proxy_id)
+            if pool is None:
+                raise ProxyNotFoundError(f"no proxy with id {proxy_id}")
+            slot = pool.slots[proxy_id]
+            now = self._clock()
+            proxy = slot.proxy
+            proxy.status = ProxyStatus(status)
+            if latency_ms is not None:
+                proxy.latency_ms = latency_ms
+            if reset_cooldown:
+                slot.resting_until = 0.0
+                slot.domain_rests.clear()
+                proxy.cooldown_until = None
+                proxy.consecutive_bans = proxy.consecutive_failures = 0
+            if checked:
+                proxy.checked_at = datetime.fromtimestamp(now, timezone.utc)
+                slot.order_key = _order_key(proxy)
+                pool.rebuild_heap(now)
+            else:
+                pool.push_if_free(slot, now)
+            return proxy.model_copy()
+
+    def list_domain_cooldowns(self, pool_name: str) -> list[DomainCooldown]:
+        with self._lock:
+            pool = self._pools.get(pool_name)
+            if pool is None:
+                return []
+            now = self._clock()
+            return [
+                DomainCooldown(
+                    proxy_id=slot.proxy.id,
+                    domain=domain,
+                    consecutive_bans=strikes,
+                    cooldown_until=datetime.fromtimestamp(until, timezone.utc),
+                )
+                for slot in pool.in_first_available_order()
+                for domain, (strikes, until) in sorted(slot.domain_rests.items())
+                if until > now
+            ]
 
     # -- internals, called with the lock held -----------------------------------
 
@@ -245,23 +333,35 @@ class InMemoryStorage(IStorage):
         pool_name: str,
         filters: ProxyFilters | None,
         selector: SelectorStrategy | None,
+        domain: str | None,
+        now: float,
         *,
-        advance_cursor: bool,
+        advance: bool,
     ) -> _Slot | None:
         pool = self._pools.get(pool_name)
         if pool is None:
             return None
         strategy = selector or SelectorStrategy.FIRST_AVAILABLE
         if strategy is SelectorStrategy.FIRST_AVAILABLE and filters is None:
-            return pool.first_free()
+            first = pool.first_free(now)
+            if first is None or not first.rests_for(domain, now):
+                return first
+
+        def usable(slot: _Slot) -> bool:
+            return (
+                slot.eligible(now)
+                and not slot.rests_for(domain, now)
+                and (filters is None or filters.matches(slot.proxy))
+            )
+
         if strategy is SelectorStrategy.ROUND_ROBIN:
             for slot in pool.from_round_robin_cursor():
-                if _usable(slot, filters):
-                    if advance_cursor:
+                if usable(slot):
+                    if advance:
                         pool.round_robin_cursor = slot.proxy.id
                     return slot
             return None
-        candidates = [slot for slot in pool.slots.values() if _usable(slot, filters)]
+        candidates = [slot for slot in pool.slots.values() if usable(slot)]
         if not candidates:
             return None
         if strategy is SelectorStrategy.LEAST_USED:
@@ -282,7 +382,7 @@ class InMemoryStorage(IStorage):
         expires_at = now + duration_seconds
         slot.proxy.current_leases += 1
         if not slot.proxy.has_capacity and slot.in_heap:
-            pool.first_free()  # drops the now-full proxy from the top of the heap
+            pool.first_free(now)  # drops the now-full proxy from the top of the heap
         lease = Lease.model_construct(
             id=uuid4(),
             proxy_id=slot.proxy.id,
@@ -299,20 +399,57 @@ class InMemoryStorage(IStorage):
         heapq.heappush(self._expiry_heap, (expires_at, lease.id))
         return lease
 
-    def _free(self, active: _ActiveLease) -> None:
+    def _free(self, active: _ActiveLease, now: float) -> None:
         active.slot.proxy.current_leases -= 1
-        active.pool.push_if_free(active.slot)
+        active.pool.push_if_free(active.slot, now)
 
-    def _reclaim_expired(self) -> int:
+    def _record(self, slot: _Slot, report: OutcomeReport, now: float) -> None:
+        proxy, policy = slot.proxy, report.policy
+        if report.latency_ms is not None:
+            proxy.latency_ms = (
+                report.latency_ms
+                if proxy.latency_ms is None
+                else (1 - LATENCY_SMOOTHING) * proxy.latency_ms
+                + LATENCY_SMOOTHING * report.latency_ms
+            )
+        if report.outcome is LeaseOutcome.SUCCESS:
+            proxy.successes += 1
+            proxy.consecutive_bans = proxy.consecutive_failures = 0
+            if report.domain in slot.domain_rests:
+                slot.domain_rests[report.domain] = (
+                    0,
+                    slot.domain_rests[report.domain][1],
+                )
+            return
+        if report.outcome is LeaseOutcome.BAN:
+            proxy.bans += 1
+            if report.domain is not None:
+                strikes = slot.domain_rests.get(report.domain, (0, 0.0))[0] + 1
+                until = now + policy.seconds(strikes, report.draw)
+                slot.domain_rests[report.domain] = (strikes, until)
+                return
+            proxy.consecutive_bans += 1
+            strikes = policy.strikes(LeaseOutcome.BAN, proxy.consecutive_bans)
+        else:
+            proxy.failures += 1
+            proxy.consecutive_failures += 1
+            strikes = policy.strikes(LeaseOutcome.FAILURE, proxy.consecutive_failures)
+        if strikes:
+            slot.resting_until = now + policy.seconds(strikes, report.draw)
+            proxy.cooldown_until = datetime.fromtimestamp(
+                slot.resting_until, timezone.utc
+            )
+            heapq.heappush(self._rest_heap, (slot.resting_until, proxy.id))
+
+    def _reclaim_expired(self) -> float:
+        """Reclaim expired leases and wake rested proxies; return now."""
         now = self._clock()
         heap = self._expiry_heap
-        reclaimed = 0
         while heap and heap[0][0] <= now:
             _, lease_id = heapq.heappop(heap)
             active = self._active.pop(lease_id, None)
             if active is not None:
-                self._free(active)
-                reclaimed += 1
+                self._free(active, now)
         # Released leases leave their expiry entry behind; drop them in bulk so
         # memory follows the active leases, not the history.
         if len(heap) > 2 * len(self._active) + 1024:
@@ -321,8 +458,14 @@ class InMemoryStorage(IStorage):
                 for lease_id, active in self._active.items()
             ]
             heapq.heapify(self._expiry_heap)
-        return reclaimed
+        while self._rest_heap and self._rest_heap[0][0] <= now:
+            _, proxy_id = heapq.heappop(self._rest_heap)
+            pool = self._pool_of(proxy_id)
+            if pool is not None:
+                pool.push_if_free(pool.slots[proxy_id], now)
+        return now
 
-
-def _usable(slot: _Slot, filters: ProxyFilters | None) -> bool:
-    return slot.eligible and (filters is None or filters.matches(slot.proxy))
+    def _pool_of(self, proxy_id: UUID) -> _Pool | None:
+        return next(
+            (pool for pool in self._pools.values() if proxy_id in pool.slots), None
+        )
