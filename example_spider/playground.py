@@ -312,7 +312,13 @@ class _SiteHandler(BaseHTTPRequestHandler):
         )
         with self.srv.cond:
             self.site.requests.append(record)
-        status, html = self._route(urlsplit(self.path).path)
+        host = headers.get("Host", "").rpartition(":")[0]
+        if record.via_proxy_port in self.site.banned_proxy_ports and (
+            self.site.ban_host is None or host == self.site.ban_host
+        ):
+            status, html = 403, _html("Forbidden", [])
+        else:
+            status, html = self._route(urlsplit(self.path).path)
         data = html.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -369,6 +375,10 @@ class TargetSite(_Service):
             raise ValueError("pages must be >= 1")
         self.pages, self.delay = pages, delay
         self.requests: list[RecordedRequest] = []
+        # Requests that arrive through these proxy ports get 403 Forbidden: a ban
+        # (only those for ``ban_host``, when it is set).
+        self.banned_proxy_ports: set[int] = set()
+        self.ban_host: str | None = None
 
     def _handler(self) -> _Handler:
         return functools.partial(_SiteHandler, site=self)

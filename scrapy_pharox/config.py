@@ -13,7 +13,13 @@ from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
 from .exceptions import InvalidArgumentError, PharoxError
-from .models import Proxy, ProxyFilters, ProxyProtocol, SelectorStrategy
+from .models import (
+    CooldownPolicy,
+    Proxy,
+    ProxyFilters,
+    ProxyProtocol,
+    SelectorStrategy,
+)
 
 DEFAULTS: dict[str, Any] = {
     "PHAROX_ENABLED": True,
@@ -30,7 +36,15 @@ DEFAULTS: dict[str, Any] = {
     "PHAROX_ACQUIRE_TIMEOUT": 60,
     "PHAROX_STATS_INTERVAL": 60,
     "PHAROX_PROTOCOLS": ["http", "https"],
+    # Bans and cooldowns
+    "PHAROX_BAN_STATUS_CODES": [403, 407, 429, 503],
+    "PHAROX_BAN_SCOPE": "proxy",
+    "PHAROX_COOLDOWN_BASE": 60,
+    "PHAROX_COOLDOWN_MAX": 3600,
+    "PHAROX_FAILURES_BEFORE_COOLDOWN": 3,
 }
+
+BAN_SCOPES = ("proxy", "domain")
 
 # A placeholder pool id: proxies are parsed before the pool exists in storage.
 _UNBOUND_POOL = UUID(int=0)
@@ -59,6 +73,9 @@ class PharoxConfig:
     protocols: frozenset[ProxyProtocol] = field(
         default_factory=lambda: frozenset({ProxyProtocol.HTTP, ProxyProtocol.HTTPS})
     )
+    ban_status_codes: frozenset[int] = frozenset({403, 407, 429, 503})
+    ban_scope: str = "proxy"
+    cooldown: CooldownPolicy = field(default_factory=CooldownPolicy)
     unknown_settings: tuple[str, ...] = ()
 
     @classmethod
@@ -98,6 +115,9 @@ class PharoxConfig:
             acquire_timeout=_number(settings, "PHAROX_ACQUIRE_TIMEOUT"),
             stats_interval=_number(settings, "PHAROX_STATS_INTERVAL"),
             protocols=_protocols(settings),
+            ban_status_codes=_status_codes(settings),
+            ban_scope=_choice(settings, "PHAROX_BAN_SCOPE", BAN_SCOPES),
+            cooldown=_cooldown(settings),
             unknown_settings=tuple(
                 sorted(
                     name
@@ -179,6 +199,45 @@ def _optional_positive_int(settings: BaseSettings, name: str) -> int | None:
             f"{name} must be a whole number >= 1, or 0 for no limit, got {raw!r}"
         )
     return value or None
+
+
+def _status_codes(settings: BaseSettings) -> frozenset[int]:
+    codes = _read(settings, "PHAROX_BAN_STATUS_CODES", settings.getlist)
+    try:
+        parsed = frozenset(int(code) for code in codes)
+    except (TypeError, ValueError):
+        parsed = frozenset({0})
+    if any(not 100 <= code <= 599 for code in parsed):
+        raise PharoxSettingError(
+            f"PHAROX_BAN_STATUS_CODES must be HTTP status codes, got {codes!r}"
+        )
+    return parsed
+
+
+def _choice(settings: BaseSettings, name: str, choices: tuple[str, ...]) -> str:
+    value = str(settings.get(name, DEFAULTS[name])).strip().lower()
+    if value not in choices:
+        raise PharoxSettingError(
+            f"{name}: unknown value {settings.get(name)!r}, use one of "
+            f"{', '.join(choices)}"
+        )
+    return value
+
+
+def _cooldown(settings: BaseSettings) -> CooldownPolicy:
+    base = _number(settings, "PHAROX_COOLDOWN_BASE", positive=True)
+    most = _number(settings, "PHAROX_COOLDOWN_MAX", positive=True)
+    if most < base:
+        raise PharoxSettingError(
+            f"PHAROX_COOLDOWN_MAX ({most:g}) must not be below "
+            f"PHAROX_COOLDOWN_BASE ({base:g})"
+        )
+    failures = _optional_positive_int(settings, "PHAROX_FAILURES_BEFORE_COOLDOWN")
+    if failures is None:
+        raise PharoxSettingError("PHAROX_FAILURES_BEFORE_COOLDOWN must be >= 1")
+    return CooldownPolicy(
+        base_seconds=base, max_seconds=most, failures_before_cooldown=failures
+    )
 
 
 def _non_empty_text(settings: BaseSettings, name: str) -> str:

@@ -27,6 +27,8 @@ SNAPSHOT_FIELDS = (
     "available_proxies",
     "leased_proxies",
     "total_leases",
+    "cooling_proxies",
+    "banned_proxies",
 )
 
 
@@ -76,9 +78,14 @@ class PharoxStatsExtension:
         for pool_name in sorted(self.keeper.pools_used):
             snapshot = await self.keeper.pool_stats(pool_name)
             if snapshot is not None:
+                cooling = (
+                    f", {snapshot.cooling_proxies} cooling down"
+                    if snapshot.cooling_proxies
+                    else ""
+                )
                 pools.append(
                     f"{pool_name} {snapshot.available_proxies}/"
-                    f"{snapshot.total_proxies} available"
+                    f"{snapshot.total_proxies} available{cooling}"
                 )
         logger.info(
             "Leases: %(leased)d (at %(rate)d leases/min), released %(released)d, "

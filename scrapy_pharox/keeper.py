@@ -16,13 +16,22 @@ from weakref import WeakKeyDictionary
 
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import load_object
 
 from .bridge import Baton, Offloader, Wakeup
 from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
 from .exceptions import PharoxError
 from .manager import ProxyManager
-from .models import Lease, ProxyFilters, ProxyPool, ProxyProtocol, SelectorStrategy
+from .models import (
+    Lease,
+    LeaseOutcome,
+    OutcomeReport,
+    ProxyFilters,
+    ProxyPool,
+    ProxyProtocol,
+    SelectorStrategy,
+)
 from .storage import IStorage, open_storage
 
 if TYPE_CHECKING:
@@ -42,6 +51,8 @@ T = TypeVar("T")
 #: other processes or by expiry are seen; a release in this process wakes them.
 MAX_RECHECK_SECONDS = 2.0
 FIRST_RECHECK_SECONDS = 0.25
+#: How often, at most, a pool that gives no lease is checked for "all cooling".
+RESTING_CHECK_SECONDS = 5.0
 
 RELEASE_REASONS = ("response", "exception", "closed")
 
@@ -80,6 +91,8 @@ class LeaseKeeper:
         self._offloader = Offloader(threads=8) if manager.storage.blocking_io else None
         self._closing = False
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._resting_pools: set[str] = set()
+        self._resting_checked: dict[str, float] = {}
         for reason in RELEASE_REASONS:
             stats.set_value(f"pharox/release/{reason}", 0)
         for name in ("leased", "empty", "gave_up"):
@@ -226,11 +239,17 @@ class LeaseKeeper:
         while True:
             if self._closing:
                 raise IgnoreRequest("scrapy-pharox: the spider is closing")
-            lease = await self._acquire(target, filters)
+            lease = await self._acquire(target, filters, self.domain_of(request))
             if lease is not None:
                 self._record_wait(started)
+                if target.pool in self._resting_pools:
+                    self._resting_pools.discard(target.pool)
+                    logger.info(
+                        "A proxy of pool %r is back from its cooldown", target.pool
+                    )
                 return self._hold(lease)
             self.stats.inc_value("pharox/acquire/empty")
+            await self._notice_resting_pool(target.pool)
             if baton is not None:
                 # Woken by a release we could not use: let the next waiter try.
                 baton.add(sleeper)
@@ -254,7 +273,7 @@ class LeaseKeeper:
                 recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
 
     async def _acquire(
-        self, target: Target, filters: ProxyFilters | None
+        self, target: Target, filters: ProxyFilters | None, domain: str | None
     ) -> Lease | None:
         try:
             lease = await self._call(
@@ -264,6 +283,7 @@ class LeaseKeeper:
                 self.config.lease_seconds,
                 filters,
                 target.selector,
+                domain,
             )
         except PharoxError as exc:
             self.stats.inc_value("pharox/acquire/error")
@@ -297,18 +317,62 @@ class LeaseKeeper:
         """True while this keeper still holds the lease."""
         return lease.id in self._held
 
-    async def release(self, lease: Lease, reason: str) -> bool:
+    async def _notice_resting_pool(self, pool_name: str) -> None:
+        # Looked at most every few seconds per pool, and only while requests wait.
+        now = time.monotonic()
+        if pool_name in self._resting_pools or (
+            now - self._resting_checked.get(pool_name, -RESTING_CHECK_SECONDS)
+            < RESTING_CHECK_SECONDS
+        ):
+            return
+        self._resting_checked[pool_name] = now
+        try:
+            snapshot = await self.pool_stats(pool_name)
+        except PharoxError:
+            return
+        if snapshot and 0 < snapshot.active_proxies == snapshot.cooling_proxies:
+            self._resting_pools.add(pool_name)
+            logger.warning(
+                "Every proxy of pool %r is cooling down after bans or failures: "
+                "requests wait for the first one to come back",
+                pool_name,
+            )
+
+    def domain_of(self, request: Request) -> str | None:
+        """The domain bans are scoped to (PHAROX_BAN_SCOPE = "domain"), else None."""
+        if self.config.ban_scope != "domain":
+            return None
+        return urlparse_cached(request).hostname
+
+    def report(
+        self, request: Request, outcome: LeaseOutcome, latency_ms: float | None = None
+    ) -> OutcomeReport:
+        """The outcome of a request's lease, as the storage records it."""
+        return OutcomeReport(
+            outcome=outcome,
+            latency_ms=latency_ms,
+            domain=self.domain_of(request),
+            policy=self.config.cooldown,
+        )
+
+    async def release(
+        self, lease: Lease, reason: str, report: OutcomeReport | None = None
+    ) -> bool:
         """Give a held lease back, counting why; False when it was not held."""
         if self._held.pop(lease.id, None) is None:
             return False
-        await self._release(lease, reason)
+        await self._release(lease, reason, report)
         return True
 
-    async def _release(self, lease: Lease, reason: str) -> None:
+    async def _release(
+        self, lease: Lease, reason: str, report: OutcomeReport | None = None
+    ) -> None:
         self.stats.inc_value(f"pharox/release/{reason}")
         self.stats.set_value("pharox/leases/active", len(self._held))
+        if report is not None:
+            self.stats.inc_value(f"pharox/outcome/{report.outcome.value}")
         try:
-            await self._call(self.manager.release_proxy, lease)
+            await self._call(self.manager.release_proxy, lease, report)
         except PharoxError as exc:
             # The lease will expire on its own; the crawl goes on.
             self.stats.inc_value("pharox/release/error")

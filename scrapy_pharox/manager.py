@@ -61,8 +61,15 @@ class ProxyManager:
         consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         started_at = utc_now()
-        lease = self.storage.acquire(
-            pool_name, consumer, duration_seconds, filters, strategy, domain
+        # Adapters written before domain cooldowns take no ``domain``.
+        lease = (
+            self.storage.acquire(
+                pool_name, consumer, duration_seconds, filters, strategy
+            )
+            if domain is None
+            else self.storage.acquire(
+                pool_name, consumer, duration_seconds, filters, strategy, domain=domain
+            )
         )
         if self._acquire_callbacks:
             self._notify(

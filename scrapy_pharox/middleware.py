@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest
 
 from .keeper import LeaseKeeper
-from .models import Lease
+from .models import Lease, LeaseOutcome
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -29,12 +30,13 @@ class PharoxProxyMiddleware:
     (600) and RetryMiddleware (550) build a new request, which gets a new lease.
     """
 
-    def __init__(self, keeper: LeaseKeeper) -> None:
+    def __init__(self, keeper: LeaseKeeper, crawler: Crawler) -> None:
         self.keeper = keeper
+        self.crawler = crawler
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(LeaseKeeper.for_crawler(crawler))
+        return cls(LeaseKeeper.for_crawler(crawler), crawler)
 
     async def process_request(self, request: Request) -> None:
         meta = request.meta
@@ -52,19 +54,49 @@ class PharoxProxyMiddleware:
         meta["proxy"] = lease.proxy.url
         meta[OUR_PROXY_KEY] = lease.proxy.address
 
-    async def process_response(self, request: Request, response: Response) -> Response:
-        await self._release(request, "response")
-        return response
+    async def process_response(
+        self, request: Request, response: Response
+    ) -> Response | Request:
+        lease = request.meta.get("pharox_lease")
+        if not isinstance(lease, Lease) or not self.keeper.holds(lease):
+            return response
+        banned = self._is_ban(response)
+        latency = request.meta.get("download_latency")
+        report = self.keeper.report(
+            request,
+            LeaseOutcome.BAN if banned else LeaseOutcome.SUCCESS,
+            latency * 1000 if isinstance(latency, (int, float)) else None,
+        )
+        await self.keeper.release(lease, "response", report)
+        if not banned:
+            return response
+        assert self.crawler.stats is not None
+        self.crawler.stats.inc_value(f"pharox/ban/status/{response.status}")
+        if request.meta.get("dont_retry"):
+            return response
+        # Through Scrapy's retry machinery: retry/* stats and max_retry_times apply.
+        assert self.crawler.spider is not None
+        retry = get_retry_request(
+            request, spider=self.crawler.spider, reason="pharox_ban"
+        )
+        return retry if retry is not None else response
 
     async def process_exception(self, request: Request, exception: Exception) -> None:
-        # IgnoreRequest from a later middleware drops the request: "closed".
-        reason = "closed" if isinstance(exception, IgnoreRequest) else "exception"
-        await self._release(request, reason)
-
-    async def _release(self, request: Request, reason: str) -> None:
         lease = request.meta.get("pharox_lease")
-        if isinstance(lease, Lease):
-            await self.keeper.release(lease, reason)
+        if not isinstance(lease, Lease):
+            return
+        if isinstance(exception, IgnoreRequest):
+            # A later middleware dropped the request: no verdict on the proxy.
+            await self.keeper.release(lease, "closed")
+        else:
+            report = self.keeper.report(request, LeaseOutcome.FAILURE)
+            await self.keeper.release(lease, "exception", report)
+
+    def _is_ban(self, response: Response) -> bool:
+        is_ban = getattr(self.crawler.spider, "pharox_is_ban", None)
+        if callable(is_ban):
+            return bool(is_ban(response))
+        return response.status in self.keeper.config.ban_status_codes
 
     @staticmethod
     def _set_by_us(request: Request) -> bool:

@@ -19,7 +19,13 @@ from crawl_support import (
     stats_of,
 )
 from playground import ForwardProxy, TargetSite
-from scrapy_pharox import InMemoryStorage, Lease, ProxyFilters, SelectorStrategy
+from scrapy_pharox import (
+    InMemoryStorage,
+    Lease,
+    OutcomeReport,
+    ProxyFilters,
+    SelectorStrategy,
+)
 
 STORAGE_DELAY = 0.2
 
@@ -52,15 +58,16 @@ class SlowStorage(InMemoryStorage):
         duration_seconds: float,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Lease | None:
         self._slowly()
         return super().acquire(
-            pool_name, consumer_name, duration_seconds, filters, selector
+            pool_name, consumer_name, duration_seconds, filters, selector, domain
         )
 
-    def release_lease(self, lease: Lease) -> bool:
+    def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         self._slowly()
-        return super().release_lease(lease)
+        return super().release_lease(lease, report)
 
 
 @pytest_twisted.inlineCallbacks
