@@ -42,6 +42,11 @@ DEFAULTS: dict[str, Any] = {
     "PHAROX_COOLDOWN_BASE": 60,
     "PHAROX_COOLDOWN_MAX": 3600,
     "PHAROX_FAILURES_BEFORE_COOLDOWN": 3,
+    # Health checks
+    "PHAROX_CHECK_URL": None,
+    "PHAROX_CHECK_SLOW_MS": 2000,
+    "PHAROX_CHECK_TIMEOUT": 10,
+    "PHAROX_CHECK_CONCURRENCY": 8,
 }
 
 BAN_SCOPES = ("proxy", "domain")
@@ -311,3 +316,99 @@ def _proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
             fields[name] = value
         proxies.extend(_parse_proxies(source, [words[0]], max_concurrency, fields))
     return proxies
+
+
+# -- health checks and the command line ------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """The PHAROX_CHECK_* settings, parsed and checked."""
+
+    url: str | None = None
+    slow_ms: float = 2000.0
+    timeout: float = 10.0
+    concurrency: int = 8
+    protocols: frozenset[ProxyProtocol] = field(
+        default_factory=lambda: frozenset({ProxyProtocol.HTTP, ProxyProtocol.HTTPS})
+    )
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> HealthCheckConfig:
+        """Read and check the settings; PharoxSettingError names a bad one."""
+        url = settings.get("PHAROX_CHECK_URL")
+        if url is not None and not isinstance(url, str):
+            raise PharoxSettingError(f"PHAROX_CHECK_URL must be a URL, got {url!r}")
+        url = (url or "").strip() or None
+        scheme = url.partition("://")[0].lower() if url is not None else "http"
+        if scheme not in ("http", "https"):
+            raise PharoxSettingError(
+                f"PHAROX_CHECK_URL must be an http:// or https:// URL, got {url!r}"
+            )
+        raw = settings.get("PHAROX_CHECK_CONCURRENCY", 8)
+        try:
+            concurrency = int(raw)
+        except (TypeError, ValueError):
+            concurrency = 0
+        if concurrency < 1 or isinstance(raw, (bool, float)):
+            raise PharoxSettingError(
+                f"PHAROX_CHECK_CONCURRENCY must be a whole number >= 1, got {raw!r}"
+            )
+        return cls(
+            url=url,
+            slow_ms=_number(settings, "PHAROX_CHECK_SLOW_MS", positive=True),
+            timeout=_number(settings, "PHAROX_CHECK_TIMEOUT", positive=True),
+            concurrency=concurrency,
+            protocols=_protocols(settings),
+        )
+
+    def require_url(self) -> str:
+        """The page to fetch through each proxy; PharoxSettingError when unset."""
+        if self.url is None:
+            raise PharoxSettingError(
+                "PHAROX_CHECK_URL is not set: name a page that answers 200, e.g. "
+                "-s PHAROX_CHECK_URL=https://example.com/"
+            )
+        return self.url
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """What the ``scrapy pharox-*`` commands read from the settings."""
+
+    storage_url: str = "memory://"
+    proxy_max_concurrency: int | None = 1
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> CommandConfig:
+        """Read and check the settings; PharoxSettingError names a bad one."""
+        return cls(
+            storage_url=_non_empty_text(settings, "PHAROX_STORAGE_URL"),
+            proxy_max_concurrency=_optional_positive_int(
+                settings, "PHAROX_PROXY_MAX_CONCURRENCY"
+            ),
+        )
+
+
+def parse_proxy_line(
+    line: str, source: str, max_concurrency: int | None, **defaults: str
+) -> Proxy | None:
+    """One line of a proxies file (PHAROX_PROXIES_FILE's format), or None when it
+    holds no proxy; ``defaults`` fill fields the line does not give.
+
+    A bad line raises PharoxSettingError prefixed with ``source``, password masked.
+    """
+    words = line.split("#", 1)[0].split()
+    if not words:
+        return None
+    fields = dict(defaults)
+    for word in words[1:]:
+        name, equals, value = word.partition("=")
+        if not equals or name not in FILE_FIELDS:
+            raise PharoxSettingError(
+                f"{source}: {word!r} is not one of "
+                f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+            )
+        fields[name] = value
+    (proxy,) = _parse_proxies(source, [words[0]], max_concurrency, fields)
+    return proxy
