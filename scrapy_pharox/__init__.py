@@ -11,7 +11,7 @@ from .aio import (
     with_retrying_lease_async,
 )
 from .bootstrap import bootstrap_pool, bootstrap_proxy
-from .config import PharoxConfig, PharoxSettingError
+from .config import HealthCheckConfig, PharoxConfig, PharoxSettingError
 from .exceptions import (
     InvalidArgumentError,
     InvalidLeaseError,
@@ -24,6 +24,13 @@ from .exceptions import (
     UnsupportedStorageURLError,
 )
 from .extension import PharoxStatsExtension
+from .health import (
+    CheckResult,
+    CheckSummary,
+    PharoxCheckSpider,
+    run_health_check,
+    start_health_check,
+)
 from .manager import ProxyManager
 from .middleware import PharoxProxyMiddleware
 from .models import (
@@ -50,9 +57,12 @@ from .storage import InMemoryStorage, IStorage, SqlStorage, open_storage
 __all__ = [
     "AcquireEventPayload",
     "Addon",
+    "CheckResult",
+    "CheckSummary",
     "Consumer",
     "CooldownPolicy",
     "DomainCooldown",
+    "HealthCheckConfig",
     "IStorage",
     "InMemoryStorage",
     "InvalidArgumentError",
@@ -62,6 +72,7 @@ __all__ = [
     "LeaseOutcome",
     "LeaseStatus",
     "OutcomeReport",
+    "PharoxCheckSpider",
     "PharoxConfig",
     "PharoxError",
     "PharoxProxyMiddleware",
@@ -89,6 +100,8 @@ __all__ = [
     "bootstrap_proxy",
     "open_storage",
     "release_proxy_async",
+    "run_health_check",
+    "start_health_check",
     "with_lease_async",
     "with_retrying_lease_async",
 ]

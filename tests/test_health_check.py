@@ -5,8 +5,12 @@ Run over every adapter by the parametrized ``storage`` fixture.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +20,16 @@ from scrapy.crawler import CrawlerRunner
 from crawl_support import BASE_SETTINGS
 from playground import ForwardProxy, TargetSite, free_port
 from scrapy_pharox import (
+    CheckResult,
+    CheckSummary,
+    HealthCheckConfig,
     IStorage,
     PharoxSettingError,
     Proxy,
     ProxyStatus,
     bootstrap_pool,
+    start_health_check,
 )
-from scrapy_pharox.config import HealthCheckConfig
-from scrapy_pharox.health import CheckResult, CheckSummary, start_health_check
 
 POOL = "checked"
 
@@ -215,4 +221,42 @@ def test_check_settings_have_defaults() -> None:
         2000.0,
         10.0,
         8,
+    )
+
+
+RUN_IN_A_PROCESS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from playground import ForwardProxy, TargetSite
+from scrapy_pharox import InMemoryStorage, Proxy, bootstrap_pool, run_health_check
+
+storage = InMemoryStorage()
+pool = bootstrap_pool(storage, name="p")
+with TargetSite(pages=1) as site, ForwardProxy() as proxy:
+    storage.add_proxy(Proxy.from_url(proxy.url, pool_id=pool.id))
+    summary = run_health_check(
+        storage, "p", {"PHAROX_CHECK_URL": site.url + "/", "LOG_ENABLED": False}
+    )
+print(summary.counts, [result.detail for result in summary.results])
+"""
+
+
+def test_run_health_check_runs_a_crawler_process_of_its_own(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_IN_A_PROCESS, str(repo / "example_spider")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "{'active': 1, 'slow': 0, 'inactive': 0, 'skipped': 0} ['HTTP 200']"
     )
