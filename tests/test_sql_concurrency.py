@@ -18,7 +18,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import process_context
 
 from scrapy_pharox import ProxyManager, SqlStorage, bootstrap_pool, bootstrap_proxy
@@ -144,21 +143,11 @@ def all_proxy_ids(url: str) -> set[str]:
         storage.close()
 
 
-@pytest.fixture(
-    params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"]
-)
-def shared_url(request: pytest.FixtureRequest) -> str:
-    """A storage URL that several processes can share."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgres_url"))
-    return str(request.getfixturevalue("sqlite_url"))
-
-
 def test_eight_processes_on_twenty_exclusive_proxies_never_share_or_miss_one(
-    shared_url: str, tmp_path: Path
+    sql_url: str, tmp_path: Path
 ) -> None:
     attempts, errors = run_workers(
-        shared_url, workers=8, proxies=20, seconds=3.0, tmp_path=tmp_path
+        sql_url, workers=8, proxies=20, seconds=3.0, tmp_path=tmp_path
     )
     assert errors == []
     assert overlaps(attempts) == []
@@ -169,12 +158,12 @@ def test_eight_processes_on_twenty_exclusive_proxies_never_share_or_miss_one(
 
 
 def test_more_processes_than_proxies_get_none_only_when_every_proxy_was_taken(
-    shared_url: str, tmp_path: Path
+    sql_url: str, tmp_path: Path
 ) -> None:
     attempts, errors = run_workers(
-        shared_url, workers=8, proxies=4, seconds=2.0, tmp_path=tmp_path
+        sql_url, workers=8, proxies=4, seconds=2.0, tmp_path=tmp_path
     )
     assert errors == []
     assert overlaps(attempts) == []
-    assert empty_handed_while_free(attempts, all_proxy_ids(shared_url)) == []
+    assert empty_handed_while_free(attempts, all_proxy_ids(sql_url)) == []
     assert len(attempts) > 100

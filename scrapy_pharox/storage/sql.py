@@ -387,9 +387,14 @@ class SqlStorage(IStorage):
         return _build_lease(claimed, times, params, pool_name)
 
     def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
+        """The lease an earlier try of this call took, when its reply was lost."""
         row = conn.execute(sql.lease_with_proxy(), params).first()
         if row is None:
             return None
+        logger.warning(
+            "lease %s was taken by a try whose reply was lost; returning it",
+            params["lease_id"],
+        )
         pool_name = (
             params.get("pool_name")
             or conn.execute(
