@@ -11,12 +11,14 @@ release returned), touches that attempt.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from conftest import process_context
 
@@ -167,3 +169,48 @@ def test_more_processes_than_proxies_get_none_only_when_every_proxy_was_taken(
     assert overlaps(attempts) == []
     assert empty_handed_while_free(attempts, all_proxy_ids(sql_url)) == []
     assert len(attempts) > 100
+
+
+def test_threads_sharing_one_storage_never_share_an_exclusive_proxy(
+    sql_url: str,
+) -> None:
+    storage = open_storage(sql_url)
+    manager = ProxyManager(storage)
+    holders: dict[UUID, int] = defaultdict(int)
+    guard = threading.Lock()
+    problems: list[str] = []
+    deadline = time.monotonic() + 1.0
+
+    def work() -> None:
+        while time.monotonic() < deadline:
+            try:
+                lease = manager.acquire_proxy("pool")
+            except Exception as exc:
+                problems.append(repr(exc))
+                return
+            if lease is None:
+                problems.append("no lease while 4 of 8 proxies were free")
+                continue
+            with guard:
+                holders[lease.proxy_id] += 1
+                if holders[lease.proxy_id] > 1:
+                    problems.append(f"{lease.proxy_id} leased twice")
+            time.sleep(HOLD_SECONDS)
+            with guard:
+                holders[lease.proxy_id] -= 1
+            manager.release_proxy(lease)
+
+    try:
+        pool = bootstrap_pool(storage, name="pool")
+        for port in range(1, 9):
+            bootstrap_proxy(
+                storage, pool=pool, host="127.0.0.1", port=port, max_concurrency=1
+            )
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        storage.close()
+    assert problems == []

@@ -91,7 +91,8 @@ class WireCutter:
                     self._cut(client, server)
                     return
                 reply_cut.set()
-            server.sendall(data)
+            if not _send(server, data):
+                break
         self._cut_quietly(client, server)
 
     def _replies(
@@ -101,7 +102,8 @@ class WireCutter:
             if reply_cut.is_set():
                 self._cut(client, server)
                 return
-            client.sendall(data)
+            if not _send(client, data):
+                break
         self._cut_quietly(client, server)
 
     def _cut(self, *socks: socket.socket) -> None:
@@ -118,6 +120,14 @@ def _recv(sock: socket.socket) -> bytes:
         return sock.recv(65536)
     except OSError:
         return b""
+
+
+def _send(sock: socket.socket, data: bytes) -> bool:
+    try:
+        sock.sendall(data)
+    except OSError:  # the other side of the forwarder was cut meanwhile
+        return False
+    return True
 
 
 def _close(sock: socket.socket) -> None:

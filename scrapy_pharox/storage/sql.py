@@ -14,12 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 from sqlalchemy import Connection, create_engine, event, select
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, CursorResult, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -103,14 +104,14 @@ class SqlStorage(IStorage):
             self._statements_engine: Engine = self._engine.execution_options(
                 isolation_level="AUTOCOMMIT"
             )
-            self._serial: Callable[[], Any] = nullcontext
+            self._serial: AbstractContextManager[Any] = nullcontext()
         else:
             event.listen(self._engine, "connect", _prepare_sqlite_connection)
             event.listen(self._engine, "begin", _begin_immediate)
             self._statements_engine = self._engine
             # One writer at a time anyway; in-process threads queue here instead
             # of spinning in SQLite's busy handler.
-            self._serial = threading.Lock
+            self._serial = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SqlStorage({self._shown_url!r})"
@@ -203,7 +204,6 @@ class SqlStorage(IStorage):
                 sql.upsert_consumer(self._dialect_name),
                 {"id": uuid4(), "name": consumer_name},
             ).scalar_one(),
-            transaction=True,
         )
         self._consumer_ids[consumer_name] = consumer_id
         return consumer_id
@@ -250,7 +250,7 @@ class SqlStorage(IStorage):
             if retrying and (lease := self._lease_by_id(conn, params)) is not None:
                 return lease
             if self._postgres:
-                row = conn.execute(sql.pg_lease_proxy(), params).one()
+                row = _run_prepared(conn, sql.pg_lease_proxy(), params).one()
                 if row.id is None:
                     raise _unavailable(proxy, known=row.proxy_known)
                 return _lease_from_row(row, params, row.pool_name)
@@ -301,7 +301,9 @@ class SqlStorage(IStorage):
             return bool(
                 self._run(
                     "releasing a lease",
-                    lambda conn, _: conn.execute(sql.pg_release(), params).scalar(),
+                    lambda conn, _: _run_prepared(
+                        conn, sql.pg_release(), params
+                    ).scalar(),
                 )
             )
 
@@ -321,14 +323,14 @@ class SqlStorage(IStorage):
         self,
         conn: Connection,
         retrying: bool,
-        statement: Any,
+        statement: sql.Prepared,
         params: dict[str, Any],
     ) -> Lease | None:
         if retrying and (lease := self._lease_by_id(conn, params)) is not None:
             return lease
         for _ in range(_ACQUIRE_ROUNDS):
             try:
-                row = conn.execute(statement, params).one()
+                row = _run_prepared(conn, statement, params).one()
             except IntegrityError:
                 # A lost first try committed this lease id after all.
                 if retrying and (lease := self._lease_by_id(conn, params)):
@@ -420,7 +422,7 @@ class SqlStorage(IStorage):
         retrying = False
         while True:
             try:
-                with self._serial(), self._connection(transaction) as conn:
+                with self._serial, self._connection(transaction) as conn:
                     return work(conn, retrying)
             except DBAPIError as exc:
                 now = time.monotonic()
@@ -484,11 +486,10 @@ def _sql_url(url: str | URL) -> URL:
         raise UnsupportedStorageURLError(
             f"invalid storage URL {mask_url_password(str(url))!r}: {exc}"
         ) from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-    if backend == "postgresql" and driver in ("psycopg", "psycopg2"):
+    if parsed.drivername in ("postgresql", "postgresql+psycopg"):
         # Plain postgresql:// means psycopg 3 here, the driver we depend on.
         return parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and driver == "pysqlite":
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         return parsed
     raise UnsupportedStorageURLError(
         f"unsupported SQL storage URL {parsed.render_as_string(hide_password=True)!r}:"
@@ -544,9 +545,15 @@ def _reason(exc: SQLAlchemyError) -> str:
     return lines[0] if lines else type(source).__name__
 
 
+def _run_prepared(
+    conn: Connection, statement: sql.Prepared, params: dict[str, Any]
+) -> CursorResult[Any]:
+    return conn.exec_driver_sql(statement.sql, statement.parameters(params))
+
+
 def _reclaim(conn: Connection) -> int:
     if conn.dialect.name == "postgresql":
-        return int(conn.execute(sql.pg_reclaim()).scalar_one())
+        return int(_run_prepared(conn, sql.pg_reclaim(), {}).scalar_one())
     gone = conn.execute(sql.remove_expired_leases()).all()
     _end_leases(conn, gone, "expired")
     return len(gone)
@@ -610,7 +617,7 @@ def _proxy_from_row(row: Any) -> Proxy:
         protocol=ProxyProtocol(row.protocol),
         pool_id=row.pool_id,
         status=ProxyStatus(row.status),
-        checked_at=row.checked_at,
+        checked_at=_utc(row.checked_at),
         credentials=credentials,
         source=row.source,
         country=row.country,
@@ -622,6 +629,13 @@ def _proxy_from_row(row: Any) -> Proxy:
         max_concurrency=row.max_concurrency,
         current_leases=row.current_leases,
     )
+
+
+def _utc(moment: datetime) -> datetime:
+    # Rows of prepared statements come from psycopg in the session's time zone.
+    if moment.tzinfo is timezone.utc:
+        return moment
+    return moment.astimezone(timezone.utc)
 
 
 def _pool_from_row(row: Any) -> ProxyPool:
@@ -645,8 +659,8 @@ def _build_lease(
         pool_id=proxy.pool_id,
         pool_name=pool_name,
         status=LeaseStatus.ACTIVE,
-        acquired_at=times.acquired_at,
-        expires_at=times.expires_at,
+        acquired_at=_utc(times.acquired_at),
+        expires_at=_utc(times.expires_at),
         released_at=None,
         proxy=proxy,
     )
