@@ -181,18 +181,50 @@ def total_leases(storage: SqlStorage) -> int:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("pre_ping", [True, False], ids=["pre-ping", "no-pre-ping"])
-def test_the_next_acquire_after_every_connection_dropped_succeeds(
-    cutter: WireCutter, postgresql_url: str, pre_ping: bool
+def test_a_dropped_idle_connection_is_found_by_a_ping_and_replaced(
+    cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    storage = storage_through(cutter, postgresql_url, pool_pre_ping=pre_ping)
+    storage = storage_through(cutter, postgresql_url, ping_after_idle_seconds=0.2)
     manager = ProxyManager(storage)
     try:
         manager.release_proxy(manager.acquire_proxy("pool"))  # type: ignore[arg-type]
         cutter.cut_all()
-        lease = manager.acquire_proxy("pool")
-        assert lease is not None
+        time.sleep(0.3)
+        assert manager.acquire_proxy("pool") is not None
+        assert "trying again" not in caplog.text
         assert total_leases(storage) == 1
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_a_dropped_connection_used_a_moment_ago_is_retried_on_a_new_one(
+    cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = storage_through(cutter, postgresql_url, ping_after_idle_seconds=60)
+    manager = ProxyManager(storage)
+    try:
+        manager.release_proxy(manager.acquire_proxy("pool"))  # type: ignore[arg-type]
+        cutter.cut_all()
+        assert manager.acquire_proxy("pool") is not None
+        assert "acquiring a proxy on" in caplog.text
+        assert "trying again" in caplog.text
+        assert total_leases(storage) == 1
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_sqlalchemy_pre_ping_on_every_checkout_can_be_asked_for(
+    cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = storage_through(cutter, postgresql_url, pool_pre_ping=True)
+    manager = ProxyManager(storage)
+    try:
+        manager.release_proxy(manager.acquire_proxy("pool"))  # type: ignore[arg-type]
+        cutter.cut_all()
+        assert manager.acquire_proxy("pool") is not None
+        assert "trying again" not in caplog.text
     finally:
         storage.close()
 
