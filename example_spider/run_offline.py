@@ -54,7 +54,7 @@ def main() -> int:
         for proxy, country in zip(proxies, COUNTRIES, strict=True):
             print(
                 f"  proxy {proxy.url} ({country}): {proxy.requests_count} requests, "
-                f"at most {proxy.max_open_connections} connection(s) at once"
+                f"at most {proxy.max_active_requests} at once"
             )
         return status
     finally:

@@ -82,7 +82,7 @@ def fresh_postgres_schema() -> Iterator[str]:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgresql_url() -> Iterator[str]:
     """A PostgreSQL storage URL whose schema is empty and this test's alone."""
     with fresh_postgres_schema() as url:
         yield url
@@ -92,6 +92,14 @@ def postgres_url() -> Iterator[str]:
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A SQLite storage URL of a new file."""
     return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'pharox.db'}"
+
+
+@pytest.fixture(
+    params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"]
+)
+def sql_url(request: pytest.FixtureRequest) -> str:
+    """A new SQL storage URL of each kind, that several processes can share."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 def process_context() -> multiprocessing.context.BaseContext:

@@ -11,14 +11,15 @@ release returned), touches that attempt.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-import pytest
 from conftest import process_context
 
 from scrapy_pharox import ProxyManager, SqlStorage, bootstrap_pool, bootstrap_proxy
@@ -144,21 +145,11 @@ def all_proxy_ids(url: str) -> set[str]:
         storage.close()
 
 
-@pytest.fixture(
-    params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"]
-)
-def shared_url(request: pytest.FixtureRequest) -> str:
-    """A storage URL that several processes can share."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgres_url"))
-    return str(request.getfixturevalue("sqlite_url"))
-
-
 def test_eight_processes_on_twenty_exclusive_proxies_never_share_or_miss_one(
-    shared_url: str, tmp_path: Path
+    sql_url: str, tmp_path: Path
 ) -> None:
     attempts, errors = run_workers(
-        shared_url, workers=8, proxies=20, seconds=3.0, tmp_path=tmp_path
+        sql_url, workers=8, proxies=20, seconds=3.0, tmp_path=tmp_path
     )
     assert errors == []
     assert overlaps(attempts) == []
@@ -169,12 +160,57 @@ def test_eight_processes_on_twenty_exclusive_proxies_never_share_or_miss_one(
 
 
 def test_more_processes_than_proxies_get_none_only_when_every_proxy_was_taken(
-    shared_url: str, tmp_path: Path
+    sql_url: str, tmp_path: Path
 ) -> None:
     attempts, errors = run_workers(
-        shared_url, workers=8, proxies=4, seconds=2.0, tmp_path=tmp_path
+        sql_url, workers=8, proxies=4, seconds=2.0, tmp_path=tmp_path
     )
     assert errors == []
     assert overlaps(attempts) == []
-    assert empty_handed_while_free(attempts, all_proxy_ids(shared_url)) == []
+    assert empty_handed_while_free(attempts, all_proxy_ids(sql_url)) == []
     assert len(attempts) > 100
+
+
+def test_threads_sharing_one_storage_never_share_an_exclusive_proxy(
+    sql_url: str,
+) -> None:
+    storage = open_storage(sql_url)
+    manager = ProxyManager(storage)
+    holders: dict[UUID, int] = defaultdict(int)
+    guard = threading.Lock()
+    problems: list[str] = []
+    deadline = time.monotonic() + 1.0
+
+    def work() -> None:
+        while time.monotonic() < deadline:
+            try:
+                lease = manager.acquire_proxy("pool")
+            except Exception as exc:
+                problems.append(repr(exc))
+                return
+            if lease is None:
+                problems.append("no lease while 4 of 8 proxies were free")
+                continue
+            with guard:
+                holders[lease.proxy_id] += 1
+                if holders[lease.proxy_id] > 1:
+                    problems.append(f"{lease.proxy_id} leased twice")
+            time.sleep(HOLD_SECONDS)
+            with guard:
+                holders[lease.proxy_id] -= 1
+            manager.release_proxy(lease)
+
+    try:
+        pool = bootstrap_pool(storage, name="pool")
+        for port in range(1, 9):
+            bootstrap_proxy(
+                storage, pool=pool, host="127.0.0.1", port=port, max_concurrency=1
+            )
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        storage.close()
+    assert problems == []

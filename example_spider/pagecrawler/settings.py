@@ -13,6 +13,7 @@ DOWNLOAD_TIMEOUT = 10
 RETRY_TIMES = 3
 LOG_LEVEL = "INFO"
 TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
 FEED_EXPORT_ENCODING = "utf-8"
 
 # One line enables scrapy-pharox: the proxy middleware at 740, the stats at 500.

@@ -14,13 +14,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 from sqlalchemy import Connection, create_engine, event, select
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import URL, CursorResult, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InvalidatePoolError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import StaticPool
 
 from ..exceptions import (
@@ -64,14 +71,24 @@ class SqlStorage(IStorage):
 
     ``url`` is ``postgresql+psycopg://user:password@host:port/db`` or
     ``sqlite:///path/to/file.db``; ``engine_kwargs`` go to ``create_engine``
-    (defaults: ``pool_pre_ping=True``, ``hide_parameters=True``). A step that
-    fails on a dropped connection or a restarting server is tried again for up
-    to ``retry_seconds``. Call ``create_schema()`` once before use (``open_storage``
-    does).
+    (``hide_parameters=True`` unless given). A step that fails on a dropped
+    connection or a restarting server is tried again for up to ``retry_seconds``.
+
+    A pooled PostgreSQL connection is pinged before use when it sat idle for
+    ``ping_after_idle_seconds`` (None: never): the staleness that SQLAlchemy's
+    ``pool_pre_ping`` guards against, without its round trip on every
+    checkout, which would double the round trips of an acquire. Pass
+    ``pool_pre_ping=True`` to ping on every checkout instead. Call
+    ``create_schema()`` once before use (``open_storage`` does).
     """
 
     def __init__(
-        self, url: str | URL, *, retry_seconds: float = 10.0, **engine_kwargs: Any
+        self,
+        url: str | URL,
+        *,
+        retry_seconds: float = 10.0,
+        ping_after_idle_seconds: float | None = 1.0,
+        **engine_kwargs: Any,
     ) -> None:
         self._url = _sql_url(url)
         self._shown_url = self._url.render_as_string(hide_password=True)
@@ -79,8 +96,7 @@ class SqlStorage(IStorage):
         self._dialect_name = "postgresql" if self._postgres else "sqlite"
         self._retry_seconds = retry_seconds
         self._consumer_ids: dict[str, UUID] = {}
-        options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
-        options.update(engine_kwargs)
+        options: dict[str, Any] = {"hide_parameters": True, **engine_kwargs}
         connect_args = dict(options.pop("connect_args", {}))
         if self._postgres:
             connect_args.setdefault("connect_timeout", 10)
@@ -103,14 +119,16 @@ class SqlStorage(IStorage):
             self._statements_engine: Engine = self._engine.execution_options(
                 isolation_level="AUTOCOMMIT"
             )
-            self._serial: Callable[[], Any] = nullcontext
+            self._serial: AbstractContextManager[Any] = nullcontext()
+            if ping_after_idle_seconds is not None and not options.get("pool_pre_ping"):
+                _ping_when_idle(self._engine, ping_after_idle_seconds)
         else:
             event.listen(self._engine, "connect", _prepare_sqlite_connection)
             event.listen(self._engine, "begin", _begin_immediate)
             self._statements_engine = self._engine
             # One writer at a time anyway; in-process threads queue here instead
             # of spinning in SQLite's busy handler.
-            self._serial = threading.Lock
+            self._serial = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SqlStorage({self._shown_url!r})"
@@ -203,7 +221,6 @@ class SqlStorage(IStorage):
                 sql.upsert_consumer(self._dialect_name),
                 {"id": uuid4(), "name": consumer_name},
             ).scalar_one(),
-            transaction=True,
         )
         self._consumer_ids[consumer_name] = consumer_id
         return consumer_id
@@ -250,7 +267,7 @@ class SqlStorage(IStorage):
             if retrying and (lease := self._lease_by_id(conn, params)) is not None:
                 return lease
             if self._postgres:
-                row = conn.execute(sql.pg_lease_proxy(), params).one()
+                row = _run_prepared(conn, sql.pg_lease_proxy(), params).one()
                 if row.id is None:
                     raise _unavailable(proxy, known=row.proxy_known)
                 return _lease_from_row(row, params, row.pool_name)
@@ -301,7 +318,9 @@ class SqlStorage(IStorage):
             return bool(
                 self._run(
                     "releasing a lease",
-                    lambda conn, _: conn.execute(sql.pg_release(), params).scalar(),
+                    lambda conn, _: _run_prepared(
+                        conn, sql.pg_release(), params
+                    ).scalar(),
                 )
             )
 
@@ -321,14 +340,14 @@ class SqlStorage(IStorage):
         self,
         conn: Connection,
         retrying: bool,
-        statement: Any,
+        statement: sql.Prepared,
         params: dict[str, Any],
     ) -> Lease | None:
         if retrying and (lease := self._lease_by_id(conn, params)) is not None:
             return lease
         for _ in range(_ACQUIRE_ROUNDS):
             try:
-                row = conn.execute(statement, params).one()
+                row = _run_prepared(conn, statement, params).one()
             except IntegrityError:
                 # A lost first try committed this lease id after all.
                 if retrying and (lease := self._lease_by_id(conn, params)):
@@ -387,9 +406,14 @@ class SqlStorage(IStorage):
         return _build_lease(claimed, times, params, pool_name)
 
     def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
+        """The lease an earlier try of this call took, when its reply was lost."""
         row = conn.execute(sql.lease_with_proxy(), params).first()
         if row is None:
             return None
+        logger.warning(
+            "lease %s was taken by a try whose reply was lost; returning it",
+            params["lease_id"],
+        )
         pool_name = (
             params.get("pool_name")
             or conn.execute(
@@ -415,7 +439,7 @@ class SqlStorage(IStorage):
         retrying = False
         while True:
             try:
-                with self._serial(), self._connection(transaction) as conn:
+                with self._serial, self._connection(transaction) as conn:
                     return work(conn, retrying)
             except DBAPIError as exc:
                 now = time.monotonic()
@@ -479,16 +503,38 @@ def _sql_url(url: str | URL) -> URL:
         raise UnsupportedStorageURLError(
             f"invalid storage URL {mask_url_password(str(url))!r}: {exc}"
         ) from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-    if backend == "postgresql" and driver in ("psycopg", "psycopg2"):
+    if parsed.drivername in ("postgresql", "postgresql+psycopg"):
         # Plain postgresql:// means psycopg 3 here, the driver we depend on.
         return parsed.set(drivername="postgresql+psycopg")
-    if backend == "sqlite" and driver == "pysqlite":
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         return parsed
     raise UnsupportedStorageURLError(
         f"unsupported SQL storage URL {parsed.render_as_string(hide_password=True)!r}:"
         " use postgresql+psycopg://user:password@host:port/db or sqlite:///path"
     )
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout when it was idle ``idle_seconds``.
+
+    A failed ping makes the pool drop it, and every connection older, and
+    connect anew: the database was probably restarted.
+    """
+
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["pharox_idle_since"] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.pop("pharox_idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise InvalidatePoolError(f"idle connection lost: {exc}") from exc
+
+    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "checkout", checked_out)
 
 
 def _prepare_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -539,9 +585,15 @@ def _reason(exc: SQLAlchemyError) -> str:
     return lines[0] if lines else type(source).__name__
 
 
+def _run_prepared(
+    conn: Connection, statement: sql.Prepared, params: dict[str, Any]
+) -> CursorResult[Any]:
+    return conn.exec_driver_sql(statement.sql, statement.parameters(params))
+
+
 def _reclaim(conn: Connection) -> int:
     if conn.dialect.name == "postgresql":
-        return int(conn.execute(sql.pg_reclaim()).scalar_one())
+        return int(_run_prepared(conn, sql.pg_reclaim(), {}).scalar_one())
     gone = conn.execute(sql.remove_expired_leases()).all()
     _end_leases(conn, gone, "expired")
     return len(gone)
@@ -605,7 +657,7 @@ def _proxy_from_row(row: Any) -> Proxy:
         protocol=ProxyProtocol(row.protocol),
         pool_id=row.pool_id,
         status=ProxyStatus(row.status),
-        checked_at=row.checked_at,
+        checked_at=_utc(row.checked_at),
         credentials=credentials,
         source=row.source,
         country=row.country,
@@ -617,6 +669,13 @@ def _proxy_from_row(row: Any) -> Proxy:
         max_concurrency=row.max_concurrency,
         current_leases=row.current_leases,
     )
+
+
+def _utc(moment: datetime) -> datetime:
+    # Rows of prepared statements come from psycopg in the session's time zone.
+    if moment.tzinfo is timezone.utc:
+        return moment
+    return moment.astimezone(timezone.utc)
 
 
 def _pool_from_row(row: Any) -> ProxyPool:
@@ -640,8 +699,8 @@ def _build_lease(
         pool_id=proxy.pool_id,
         pool_name=pool_name,
         status=LeaseStatus.ACTIVE,
-        acquired_at=times.acquired_at,
-        expires_at=times.expires_at,
+        acquired_at=_utc(times.acquired_at),
+        expires_at=_utc(times.expires_at),
         released_at=None,
         proxy=proxy,
     )

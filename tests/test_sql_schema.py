@@ -1,0 +1,95 @@
+"""Creating the SQL schema: idempotent, safe from many processes, versioned."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+from conftest import process_context
+from sqlalchemy import select, update
+
+from scrapy_pharox import SqlStorage, StorageError, bootstrap_pool, open_storage
+from scrapy_pharox.storage.sql_schema import SCHEMA_VERSION, schema_version_table
+
+
+def stored_versions(storage: SqlStorage) -> list[int]:
+    with storage.engine.connect() as conn:
+        return list(conn.execute(select(schema_version_table.c.version)).scalars())
+
+
+def open_at(url: str, start_at: float, out: str) -> None:
+    """One process: open the storage (creating the schema) at the agreed moment."""
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        open_storage(url).close()
+        Path(out).write_text(json.dumps("ok"))
+    except BaseException:
+        Path(out).write_text(json.dumps(traceback.format_exc()))
+
+
+def test_creating_the_schema_again_keeps_the_data_and_one_version_row(
+    sql_url: str,
+) -> None:
+    storage = open_storage(sql_url)
+    assert isinstance(storage, SqlStorage)
+    try:
+        bootstrap_pool(storage, name="pool")
+        storage.create_schema()
+        storage.create_schema()
+        assert [pool.name for pool in storage.list_pools()] == ["pool"]
+        assert stored_versions(storage) == [SCHEMA_VERSION]
+    finally:
+        storage.close()
+
+
+def test_many_processes_can_create_the_schema_at_the_same_moment(
+    sql_url: str, tmp_path: Path
+) -> None:
+    context = process_context()
+    start_at = time.time() + 1.0
+    outputs = [tmp_path / f"opener-{index}.json" for index in range(6)]
+    processes = [
+        context.Process(target=open_at, args=(sql_url, start_at, str(out)))
+        for out in outputs
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [json.loads(out.read_text()) for out in outputs] == ["ok"] * 6
+    storage = SqlStorage(sql_url)
+    try:
+        assert stored_versions(storage) == [SCHEMA_VERSION]
+    finally:
+        storage.close()
+
+
+def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
+    sql_url: str,
+) -> None:
+    storage = open_storage(sql_url)
+    assert isinstance(storage, SqlStorage)
+    try:
+        bootstrap_pool(storage, name="pool")
+        with storage.engine.begin() as conn:
+            conn.execute(update(schema_version_table).values(version=99))
+        with pytest.raises(StorageError, match=r"schema version 99.* uses version 1"):
+            open_storage(sql_url)
+        assert stored_versions(storage) == [99]
+        assert [pool.name for pool in storage.list_pools()] == ["pool"]
+    finally:
+        storage.close()
+
+
+def test_a_storage_used_before_its_schema_exists_raises_storage_error(
+    sql_url: str,
+) -> None:
+    storage = SqlStorage(sql_url)
+    try:
+        with pytest.raises(StorageError, match="listing pools failed on"):
+            storage.list_pools()
+    finally:
+        storage.close()
