@@ -53,7 +53,7 @@ def registered() -> None:
 )
 def storage_url(request: pytest.FixtureRequest) -> str:
     """A database the commands and the test share, empty."""
-    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgresql_url"
     return str(request.getfixturevalue(fixture))
 
 
