@@ -99,6 +99,9 @@ class SqlStorage(IStorage):
         options: dict[str, Any] = {"hide_parameters": True, **engine_kwargs}
         connect_args = dict(options.pop("connect_args", {}))
         if self._postgres:
+            # Every hot step is one statement, atomic on its own: no BEGIN and
+            # COMMIT round trips, and no isolation switch at each checkout.
+            options["isolation_level"] = "AUTOCOMMIT"
             connect_args.setdefault("connect_timeout", 10)
             if "application_name" not in self._url.query:
                 connect_args.setdefault("application_name", "scrapy-pharox")
@@ -116,8 +119,8 @@ class SqlStorage(IStorage):
                 f"cannot set up the storage at {self._shown_url}: {exc}"
             ) from exc
         if self._postgres:
-            self._statements_engine: Engine = self._engine.execution_options(
-                isolation_level="AUTOCOMMIT"
+            self._transactions_engine: Engine = self._engine.execution_options(
+                isolation_level="READ COMMITTED"
             )
             self._serial: AbstractContextManager[Any] = nullcontext()
             if ping_after_idle_seconds is not None and not options.get("pool_pre_ping"):
@@ -125,7 +128,6 @@ class SqlStorage(IStorage):
         else:
             event.listen(self._engine, "connect", _prepare_sqlite_connection)
             event.listen(self._engine, "begin", _begin_sqlite)
-            self._statements_engine = self._engine
             # Reads need no write lock: WAL lets them run beside a writer.
             self._reading_engine = self._engine.execution_options(
                 pharox_begin="BEGIN DEFERRED"
@@ -139,7 +141,7 @@ class SqlStorage(IStorage):
 
     @property
     def engine(self) -> Engine:
-        """The SQLAlchemy engine (for event listeners, or the benchmark)."""
+        """The SQLAlchemy engine (autocommit on PostgreSQL), for event listeners."""
         return self._engine
 
     def create_schema(self) -> None:
@@ -474,10 +476,10 @@ class SqlStorage(IStorage):
             with engine.begin() as conn:
                 yield conn
         elif transaction:
-            with self._engine.begin() as conn:
+            with self._transactions_engine.begin() as conn:
                 yield conn
         else:
-            with self._statements_engine.connect() as conn:
+            with self._engine.connect() as conn:
                 yield conn
 
     def _transient(self, exc: DBAPIError) -> bool:
