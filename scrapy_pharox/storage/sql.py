@@ -99,6 +99,9 @@ class SqlStorage(IStorage):
         options: dict[str, Any] = {"hide_parameters": True, **engine_kwargs}
         connect_args = dict(options.pop("connect_args", {}))
         if self._postgres:
+            # Every hot step is one statement, atomic on its own: no BEGIN and
+            # COMMIT round trips, and no isolation switch at each checkout.
+            options["isolation_level"] = "AUTOCOMMIT"
             connect_args.setdefault("connect_timeout", 10)
             if "application_name" not in self._url.query:
                 connect_args.setdefault("application_name", "scrapy-pharox")
@@ -116,16 +119,19 @@ class SqlStorage(IStorage):
                 f"cannot set up the storage at {self._shown_url}: {exc}"
             ) from exc
         if self._postgres:
-            self._statements_engine: Engine = self._engine.execution_options(
-                isolation_level="AUTOCOMMIT"
+            self._transactions_engine: Engine = self._engine.execution_options(
+                isolation_level="READ COMMITTED"
             )
             self._serial: AbstractContextManager[Any] = nullcontext()
             if ping_after_idle_seconds is not None and not options.get("pool_pre_ping"):
                 _ping_when_idle(self._engine, ping_after_idle_seconds)
         else:
             event.listen(self._engine, "connect", _prepare_sqlite_connection)
-            event.listen(self._engine, "begin", _begin_immediate)
-            self._statements_engine = self._engine
+            event.listen(self._engine, "begin", _begin_sqlite)
+            # Reads need no write lock: WAL lets them run beside a writer.
+            self._reading_engine = self._engine.execution_options(
+                pharox_begin="BEGIN DEFERRED"
+            )
             # One writer at a time anyway; in-process threads queue here instead
             # of spinning in SQLite's busy handler.
             self._serial = threading.Lock()
@@ -135,7 +141,7 @@ class SqlStorage(IStorage):
 
     @property
     def engine(self) -> Engine:
-        """The SQLAlchemy engine (for event listeners, or the benchmark)."""
+        """The SQLAlchemy engine (autocommit on PostgreSQL), for event listeners."""
         return self._engine
 
     def create_schema(self) -> None:
@@ -200,6 +206,7 @@ class SqlStorage(IStorage):
             lambda conn, _: [
                 _pool_from_row(row) for row in conn.execute(sql.all_pools())
             ],
+            read_only=True,
         )
 
     def list_proxies(self, pool_name: str) -> list[Proxy]:
@@ -209,6 +216,7 @@ class SqlStorage(IStorage):
                 _proxy_from_row(row)
                 for row in conn.execute(sql.proxies_of_pool(), {"pool_name": pool_name})
             ],
+            read_only=True,
         )
 
     def ensure_consumer(self, consumer_name: str) -> UUID:
@@ -231,6 +239,7 @@ class SqlStorage(IStorage):
             lambda conn, _: conn.execute(
                 sql.pool_stats(), {"pool_name": pool_name}
             ).first(),
+            read_only=True,
         )
         if row is None:
             return None
@@ -250,6 +259,7 @@ class SqlStorage(IStorage):
             lambda conn, _: conn.execute(
                 sql.find_proxy(strategy, filters), {"pool_name": pool_name}
             ).first(),
+            read_only=True,
         )
         return _proxy_from_row(row) if row is not None else None
 
@@ -428,6 +438,7 @@ class SqlStorage(IStorage):
         work: Callable[[Connection, bool], T],
         *,
         transaction: bool = False,
+        read_only: bool = False,
         retry: bool = True,
     ) -> T:
         """Run ``work`` on a connection, again on a transient failure, translated.
@@ -439,7 +450,7 @@ class SqlStorage(IStorage):
         retrying = False
         while True:
             try:
-                with self._serial, self._connection(transaction) as conn:
+                with self._serial, self._connection(transaction, read_only) as conn:
                     return work(conn, retrying)
             except DBAPIError as exc:
                 now = time.monotonic()
@@ -459,12 +470,16 @@ class SqlStorage(IStorage):
             retrying = True
 
     @contextmanager
-    def _connection(self, transaction: bool) -> Iterator[Connection]:
-        if transaction or not self._postgres:
-            with self._engine.begin() as conn:
+    def _connection(self, transaction: bool, read_only: bool) -> Iterator[Connection]:
+        if not self._postgres:
+            engine = self._reading_engine if read_only else self._engine
+            with engine.begin() as conn:
+                yield conn
+        elif transaction:
+            with self._transactions_engine.begin() as conn:
                 yield conn
         else:
-            with self._statements_engine.connect() as conn:
+            with self._engine.connect() as conn:
                 yield conn
 
     def _transient(self, exc: DBAPIError) -> bool:
@@ -551,9 +566,12 @@ def _prepare_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     )
 
 
-def _begin_immediate(conn: Connection) -> None:
-    # Take the write lock at BEGIN: no deadlock between two readers upgrading.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _begin_sqlite(conn: Connection) -> None:
+    # Writers take the write lock at BEGIN, so two transactions never both read
+    # and then fail to upgrade; reads ask for a deferred BEGIN.
+    conn.exec_driver_sql(
+        conn.get_execution_options().get("pharox_begin", "BEGIN IMMEDIATE")
+    )
 
 
 def _haversine_or_null(

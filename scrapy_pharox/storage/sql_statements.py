@@ -249,10 +249,7 @@ def eligible(pool_id: Any, filters: ProxyFilters | None) -> ColumnElement[bool]:
     return and_(
         proxy.pool_id == pool_id,
         proxy.status == ACTIVE,
-        or_(
-            proxy.max_concurrency.is_(None),
-            proxy.current_leases < proxy.max_concurrency,
-        ),
+        has_free_slot(),
         filter_clause(filters) if filters is not None else true(),
     )
 
