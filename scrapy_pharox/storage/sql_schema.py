@@ -5,6 +5,10 @@ lease moves to ``pharox_lease_history`` in the statement that ends it, so the
 table every acquire touches holds one row per held slot, however long the history
 grows. The history is an append-only log without indexes; add the ones you query
 it by.
+
+Version 2 added the health a proxy's outcomes build up (counters, latency,
+``cooldown_until``) and ``pharox_domain_cooldown``; ``create_schema`` brings a
+version 1 database up to it in place.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ..exceptions import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -116,9 +121,30 @@ proxy_table = Table(
     Column("asn", BigInteger),
     Column("max_concurrency", Integer),
     Column("current_leases", Integer, nullable=False, server_default="0"),
+    # What reported outcomes built up (version 2).
+    Column("successes", Integer, nullable=False, server_default="0"),
+    Column("bans", Integer, nullable=False, server_default="0"),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("consecutive_bans", Integer, nullable=False, server_default="0"),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("latency_ms", Double),
+    # Not leased before this moment (database time); NULL: never cooled.
+    Column("cooldown_until", UtcDateTime),
     # Room on each page so the counter updates of acquire and release stay HOT
-    # (no index holds current_leases, so they never touch an index).
+    # (no index holds current_leases, the outcome counters or cooldown_until, so
+    # they never touch an index).
     postgresql_with={"fillfactor": 70},
+)
+
+# The columns version 2 added to pharox_proxy: a version 1 database gets them.
+_PROXY_COLUMNS_OF_VERSION_2 = (
+    "successes",
+    "bans",
+    "failures",
+    "consecutive_bans",
+    "consecutive_failures",
+    "latency_ms",
+    "cooldown_until",
 )
 
 _ACTIVE_ONLY = text("status = 'active'")
@@ -174,6 +200,26 @@ lease_table = Table(
 # Finds the expired leases from the oldest expiry, without a scan.
 Index("pharox_lease_expiry", lease_table.c.expires_at)
 
+# A proxy resting for one target domain (a ban reported with a domain). Rows
+# stay after the cooldown: consecutive_bans is where the next ban's strikes
+# start. No foreign key, as for leases: only this adapter writes here.
+domain_cooldown_table = Table(
+    "pharox_domain_cooldown",
+    metadata,
+    Column("proxy_id", Uuid, primary_key=True),
+    Column("domain", String, primary_key=True),
+    Column("consecutive_bans", Integer, nullable=False),
+    Column("cooldown_until", UtcDateTime),
+)
+# The eligibility check of an acquire for a domain: the cooldowns of that
+# domain still running, found from the domain (the primary key serves the
+# other direction, one probe per candidate proxy).
+Index(
+    "pharox_domain_cooldown_until",
+    domain_cooldown_table.c.domain,
+    domain_cooldown_table.c.cooldown_until,
+)
+
 lease_history_table = Table(
     "pharox_lease_history",
     metadata,
@@ -193,8 +239,10 @@ def create_schema(connection: Connection, shown_url: str) -> None:
     """Create the tables once and record the version, inside the caller's transaction.
 
     Safe from many processes at once: PostgreSQL takes a transaction-scoped
-    advisory lock per schema first, SQLite runs in an immediate transaction. An
-    existing schema of another version is left untouched and raises StorageError.
+    advisory lock per schema first, SQLite runs in an immediate transaction. A
+    version 1 schema is migrated (columns and a table added, nothing rewritten);
+    an existing schema of another version is left untouched and raises
+    StorageError.
     """
     if connection.dialect.name == "postgresql":
         connection.execute(
@@ -204,17 +252,39 @@ def create_schema(connection: Connection, shown_url: str) -> None:
             )
         )
     found = _stored_version(connection)
+    if found == 1:
+        _migrate_from_version_1(connection)
+        return
     if found is not None and found != SCHEMA_VERSION:
+        advice = (
+            "upgrade scrapy-pharox, or point it at another database (or schema)"
+            if found > SCHEMA_VERSION
+            else "point it at another database (or schema)"
+        )
         raise StorageError(
             f"the database at {shown_url} holds scrapy-pharox schema version "
             f"{found}, but this scrapy-pharox uses version {SCHEMA_VERSION}: "
-            "point it at another database (or schema), or migrate this one"
+            f"{advice}"
         )
     if found is None:
         metadata.create_all(connection)
         connection.execute(
             schema_version_table.insert().values(id=1, version=SCHEMA_VERSION)
         )
+
+
+def _migrate_from_version_1(connection: Connection) -> None:
+    """Add what version 2 added. Processes of version 1 still running keep
+    working: they never name the new columns, which all have defaults."""
+    for name in _PROXY_COLUMNS_OF_VERSION_2:
+        column = CreateColumn(proxy_table.c[name]).compile(dialect=connection.dialect)
+        connection.execute(text(f"ALTER TABLE {proxy_table.name} ADD COLUMN {column}"))
+    domain_cooldown_table.create(connection)
+    connection.execute(
+        schema_version_table.update()
+        .where(schema_version_table.c.id == 1)
+        .values(version=SCHEMA_VERSION)
+    )
 
 
 def _stored_version(connection: Connection) -> int | None:
