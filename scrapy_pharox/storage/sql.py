@@ -32,13 +32,18 @@ from sqlalchemy.pool import StaticPool
 
 from ..exceptions import (
     PoolNotFoundError,
+    ProxyNotFoundError,
     ProxyUnavailableError,
     StorageError,
     UnsupportedStorageURLError,
 )
 from ..models import (
+    CooldownPolicy,
+    DomainCooldown,
     Lease,
+    LeaseOutcome,
     LeaseStatus,
+    OutcomeReport,
     PoolStatsSnapshot,
     Proxy,
     ProxyCredentials,
@@ -50,6 +55,7 @@ from ..models import (
     haversine_km,
     mask_url_password,
 )
+from . import sql_health as health
 from . import sql_statements as sql
 from .base import IStorage
 from .sql_schema import create_schema, pool_table, proxy_table
@@ -252,13 +258,14 @@ class SqlStorage(IStorage):
         pool_name: str,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Proxy | None:
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        statement = sql.find_proxy(strategy, filters, domain is not None)
+        params = {"pool_name": pool_name, "target_domain": domain}
         row = self._run(
             "finding a proxy",
-            lambda conn, _: conn.execute(
-                sql.find_proxy(strategy, filters), {"pool_name": pool_name}
-            ).first(),
+            lambda conn, _: conn.execute(statement, params).first(),
             read_only=True,
         )
         return _proxy_from_row(row) if row is not None else None
@@ -299,6 +306,7 @@ class SqlStorage(IStorage):
         duration_seconds: float,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        domain: str | None = None,
     ) -> Lease | None:
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         params = {
@@ -306,9 +314,10 @@ class SqlStorage(IStorage):
             "lease_id": uuid4(),
             "consumer_id": self.ensure_consumer(consumer_name),
             "seconds": float(duration_seconds),
+            "target_domain": domain,
         }
         if self._postgres:
-            statement = sql.pg_acquire(strategy, filters)
+            statement = sql.pg_acquire(strategy, filters, domain is not None)
             return self._run(
                 "acquiring a proxy",
                 lambda conn, retrying: self._pg_acquire(
@@ -322,27 +331,85 @@ class SqlStorage(IStorage):
             ),
         )
 
-    def release_lease(self, lease: Lease) -> bool:
+    def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         params = {"lease_id": lease.id}
+        if report is not None:
+            params.update(_outcome_parameters(report))
         if self._postgres:
+            statement = (
+                sql.pg_release()
+                if report is None
+                else health.pg_release_reported(
+                    report.outcome, report.domain is not None
+                )
+            )
             return bool(
                 self._run(
                     "releasing a lease",
-                    lambda conn, _: _run_prepared(
-                        conn, sql.pg_release(), params
-                    ).scalar(),
+                    lambda conn, _: _run_prepared(conn, statement, params).scalar(),
                 )
             )
 
         def work(conn: Connection, _: bool) -> bool:
             gone = conn.execute(sql.remove_lease(), params).all()
             _end_leases(conn, gone, "released")
+            if gone and report is not None:
+                _record_sqlite_outcome(conn, gone[0].proxy_id, report, params)
             return bool(gone)
 
         return self._run("releasing a lease", work)
 
     def cleanup_expired_leases(self) -> int:
         return self._run("reclaiming expired leases", lambda conn, _: _reclaim(conn))
+
+    # -- health -----------------------------------------------------------------
+
+    def set_proxy_status(
+        self,
+        proxy_id: UUID,
+        status: ProxyStatus,
+        *,
+        latency_ms: float | None = None,
+        checked: bool = False,
+        reset_cooldown: bool = False,
+    ) -> Proxy:
+        shape = {"latency": latency_ms is not None, "checked": checked}
+        params = {
+            "proxy_id": proxy_id,
+            "new_status": ProxyStatus(status).value,
+            "latency": latency_ms,
+        }
+
+        def work(conn: Connection, _: bool) -> Proxy:
+            if self._postgres and reset_cooldown:
+                statement: Any = health.pg_set_status_resetting(**shape)
+            else:
+                statement = health.set_status(**shape, reset=reset_cooldown)
+            row = conn.execute(statement, params).first()
+            if row is None:
+                raise ProxyNotFoundError(f"no proxy with id {proxy_id}")
+            if reset_cooldown and not self._postgres:
+                conn.execute(health.clear_domain_cooldowns(), params)
+            return _proxy_from_row(row)
+
+        return self._run("setting a proxy's status", work)
+
+    def list_domain_cooldowns(self, pool_name: str) -> list[DomainCooldown]:
+        return self._run(
+            "listing domain cooldowns",
+            lambda conn, _: [
+                DomainCooldown.model_construct(
+                    proxy_id=row.proxy_id,
+                    domain=row.domain,
+                    consecutive_bans=row.consecutive_bans,
+                    cooldown_until=row.cooldown_until,
+                )
+                for row in conn.execute(
+                    health.domain_cooldowns_of_pool(), {"pool_name": pool_name}
+                )
+            ],
+            read_only=True,
+        )
 
     # -- internals ----------------------------------------------------------------
 
@@ -383,7 +450,10 @@ class SqlStorage(IStorage):
             return lease
         if conn.execute(select(sql.expired_lease_exists())).scalar():
             _reclaim(conn)
-        picked = conn.execute(sql.find_proxy(strategy, filters), params).first()
+        by_domain = params["target_domain"] is not None
+        picked = conn.execute(
+            sql.find_proxy(strategy, filters, by_domain), params
+        ).first()
         if picked is None:
             return None
         # The transaction holds the write lock: the pick is still free.
@@ -564,6 +634,9 @@ def _prepare_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.create_function(
         "pharox_haversine_km", 4, _haversine_or_null, deterministic=True
     )
+    dbapi_connection.create_function(
+        "pharox_cooldown_seconds", 5, _cooldown_seconds, deterministic=True
+    )
 
 
 def _begin_sqlite(conn: Connection) -> None:
@@ -580,6 +653,15 @@ def _haversine_or_null(
     if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
         return None
     return haversine_km(lat1, lon1, lat2, lon2)
+
+
+def _cooldown_seconds(
+    strikes: int, base_seconds: float, max_seconds: float, jitter: float, draw: float
+) -> float:
+    policy = CooldownPolicy.model_construct(
+        base_seconds=base_seconds, max_seconds=max_seconds, jitter=jitter
+    )
+    return policy.seconds(strikes, draw)
 
 
 def _psycopg_operational_error() -> type[BaseException]:
@@ -631,6 +713,33 @@ def _end_leases(conn: Connection, gone: Sequence[Any], outcome: str) -> None:
     conn.execute(sql.log_leases(outcome), [row._asdict() for row in gone])
 
 
+def _outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
+    """The parameters of the statements that record an outcome (sql_health)."""
+    policy = report.policy
+    return {
+        "latency": None if report.latency_ms is None else float(report.latency_ms),
+        "target_domain": report.domain,
+        "base_seconds": float(policy.base_seconds),
+        "max_seconds": float(policy.max_seconds),
+        "jitter": float(policy.jitter),
+        "draw": float(report.draw),
+        "failures_before_cooldown": policy.failures_before_cooldown,
+    }
+
+
+def _record_sqlite_outcome(
+    conn: Connection, proxy_id: UUID, report: OutcomeReport, params: dict[str, Any]
+) -> None:
+    """SQLite: the outcome of a lease just removed, in its transaction."""
+    outcome = {**params, "proxy_key": proxy_id}
+    by_domain = report.domain is not None
+    conn.execute(health.record_outcome(report.outcome, by_domain), outcome)
+    if by_domain and report.outcome is LeaseOutcome.BAN:
+        conn.execute(health.sqlite_domain_ban(), outcome)
+    elif by_domain and report.outcome is LeaseOutcome.SUCCESS:
+        conn.execute(health.sqlite_domain_success(), outcome)
+
+
 def _unavailable(proxy: Proxy, *, known: bool) -> ProxyUnavailableError:
     if not known:
         return ProxyUnavailableError(f"proxy {proxy.id} is not in storage")
@@ -659,6 +768,13 @@ def _proxy_values(proxy: Proxy) -> dict[str, Any]:
         "asn": proxy.asn,
         "max_concurrency": proxy.max_concurrency,
         "current_leases": 0,
+        "successes": proxy.successes,
+        "bans": proxy.bans,
+        "failures": proxy.failures,
+        "consecutive_bans": proxy.consecutive_bans,
+        "consecutive_failures": proxy.consecutive_failures,
+        "latency_ms": proxy.latency_ms,
+        "cooldown_until": proxy.cooldown_until,
     }
 
 
@@ -686,6 +802,13 @@ def _proxy_from_row(row: Any) -> Proxy:
         asn=row.asn,
         max_concurrency=row.max_concurrency,
         current_leases=row.current_leases,
+        successes=row.successes,
+        bans=row.bans,
+        failures=row.failures,
+        consecutive_bans=row.consecutive_bans,
+        consecutive_failures=row.consecutive_failures,
+        latency_ms=row.latency_ms,
+        cooldown_until=None if row.cooldown_until is None else _utc(row.cooldown_until),
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Double,
     Insert,
     Select,
+    String,
     Update,
     and_,
     bindparam,
@@ -49,6 +50,7 @@ from ..models import EARTH_RADIUS_KM, ProxyFilters, SelectorStrategy
 from .sql_schema import (
     UtcDateTime,
     consumer_table,
+    domain_cooldown_table,
     lease_history_table,
     lease_table,
     pool_table,
@@ -56,9 +58,11 @@ from .sql_schema import (
 )
 
 proxy, pool, lease = proxy_table.c, pool_table.c, lease_table.c
+domain_cooldown = domain_cooldown_table.c
 
 # A literal, not a parameter, so the planner can use the partial indexes on it.
 ACTIVE: ColumnClause[Any] = literal_column("'active'")
+BANNED: ColumnClause[Any] = literal_column("'banned'")
 
 # The ProxyFilters fields that are not one column compared for equality.
 _STRUCTURED_FILTER_FIELDS = frozenset(
@@ -74,6 +78,10 @@ _SQLITE_NOW_US = (
 
 S = TypeVar("S")
 
+# psycopg caches the parsing of queries up to this length only
+# (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH).
+PSYCOPG_CACHED_QUERY_BYTES = 4096
+
 # The dialect PostgreSQL statements are compiled for, once.
 _PSYCOPG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
@@ -84,7 +92,9 @@ class Prepared:
     SQLAlchemy computes a cache key on every execution of a statement object,
     and for the acquire CTE that costs more than the round trip; compiled SQL
     skips it. The statements bind only types psycopg adapts itself (str, int,
-    float, UUID), and rows come back as psycopg builds them.
+    float, UUID), and rows come back as psycopg builds them. Keep each under
+    ``PSYCOPG_CACHED_QUERY_BYTES``: psycopg parses a longer query again on every
+    run, which costs about as much as the round trip.
     """
 
     def __init__(self, statement: Select[Any]) -> None:
@@ -105,22 +115,28 @@ def _prepared(build: Callable[[], Select[Any]]) -> Callable[[], Prepared]:
 
 
 def _cached_per_filters(
-    build: Callable[[SelectorStrategy, ProxyFilters | None], S],
-) -> Callable[[SelectorStrategy, ProxyFilters | None], S]:
-    """Build a statement once per selector and filters (its values are bound in).
+    build: Callable[[SelectorStrategy, ProxyFilters | None, bool], S],
+) -> Callable[[SelectorStrategy, ProxyFilters | None, bool], S]:
+    """Build a statement once per selector, filters (their values are bound in)
+    and whether it checks a target domain (the ``target_domain`` parameter).
 
     Building a CTE costs milliseconds; reusing it does not.
     """
 
     @lru_cache(maxsize=256)
-    def cached(strategy: SelectorStrategy, filters_json: str | None) -> S:
+    def cached(
+        strategy: SelectorStrategy, filters_json: str | None, by_domain: bool
+    ) -> S:
         filters = None
         if filters_json is not None:
             filters = ProxyFilters.model_validate_json(filters_json)
-        return build(strategy, filters)
+        return build(strategy, filters, by_domain)
 
-    def statement(strategy: SelectorStrategy, filters: ProxyFilters | None) -> S:
-        return cached(strategy, None if filters is None else filters.model_dump_json())
+    def statement(
+        strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+    ) -> S:
+        filters_json = None if filters is None else filters.model_dump_json()
+        return cached(strategy, filters_json, by_domain)
 
     return statement
 
@@ -244,13 +260,45 @@ def pool_id_named() -> Any:
     return select(pool.id).where(pool.name == bindparam("pool_name")).scalar_subquery()
 
 
-def eligible(pool_id: Any, filters: ProxyFilters | None) -> ColumnElement[bool]:
-    """ACTIVE proxies of the pool with a free slot that match the filters."""
+def eligible(
+    pool_id: Any, filters: ProxyFilters | None, resting: Any = None
+) -> ColumnElement[bool]:
+    """ACTIVE proxies of the pool with a free slot, not cooling down, that match
+    the filters, and not among the ``resting`` CTE (``resting_for_domain``)."""
     return and_(
         proxy.pool_id == pool_id,
         proxy.status == ACTIVE,
         has_free_slot(),
+        not_cooling(),
+        proxy.id.not_in(select(resting.c.proxy_id)) if resting is not None else true(),
         filter_clause(filters) if filters is not None else true(),
+    )
+
+
+def not_cooling() -> ColumnElement[bool]:
+    """Never cooled down, or the cooldown is over (a filter on the row, not an
+    index column: setting a cooldown stays a HOT update)."""
+    # IS NOT TRUE: also true for NULL, never cooled.
+    return (proxy.cooldown_until > DbNow()).is_not(true())
+
+
+def domain_parameter() -> Any:
+    """The ``target_domain`` parameter, NULL for none (a name no column has:
+    SQLAlchemy would take a column's name for a SET of an UPDATE)."""
+    return bindparam("target_domain", type_=String())
+
+
+def resting_for_domain() -> Any:
+    """A CTE of the proxies cooling down for the ``target_domain`` now: one range
+    of the (domain, cooldown_until) index, which PostgreSQL hashes once for the
+    whole search instead of probing per proxy."""
+    return (
+        select(domain_cooldown.proxy_id)
+        .where(
+            domain_cooldown.domain == domain_parameter(),
+            domain_cooldown.cooldown_until > DbNow(),
+        )
+        .cte("resting")
     )
 
 
@@ -265,12 +313,15 @@ def selector_order(strategy: SelectorStrategy, cursor: Any) -> list[Any]:
 
 
 @_cached_per_filters
-def find_proxy(strategy: SelectorStrategy, filters: ProxyFilters | None) -> Select[Any]:
+def find_proxy(
+    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+) -> Select[Any]:
     """The proxy the selector picks now, without leasing it."""
     cursor = select(pool.round_robin_cursor).where(pool.name == bindparam("pool_name"))
+    resting = resting_for_domain() if by_domain else None
     return (
         select(proxy_table)
-        .where(eligible(pool_id_named(), filters))
+        .where(eligible(pool_id_named(), filters, resting))
         .order_by(*selector_order(strategy, cursor.scalar_subquery()))
         .limit(1)
     )
@@ -302,22 +353,26 @@ def _locked(query: Select[Any], *, skip_locked: bool) -> Select[Any]:
 
 
 @_cached_per_filters
-def pg_acquire(strategy: SelectorStrategy, filters: ProxyFilters | None) -> Prepared:
+def pg_acquire(
+    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+) -> Prepared:
     """``pg_acquire_statement``, compiled."""
-    return Prepared(pg_acquire_statement(strategy, filters))
+    return Prepared(pg_acquire_statement(strategy, filters, by_domain))
 
 
 def pg_acquire_statement(
-    strategy: SelectorStrategy, filters: ProxyFilters | None
+    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool = False
 ) -> Select[Any]:
     """Claim a slot, insert the lease, return the proxy row and the lease times.
 
-    Parameters: pool_name, lease_id, consumer_id, seconds. Always one row. When
+    Parameters: pool_name, lease_id, consumer_id, seconds, and target_domain
+    when ``by_domain``. Always one row. When
     it claimed nothing, ``reclaim_needed`` says an expired lease exists (the
     claim never runs past one, so reclaiming always comes before the search) and
     ``contended`` says a free proxy existed that other transactions held locked,
     so another try may get it.
     """
+    resting = resting_for_domain() if by_domain else None
     if strategy is SelectorStrategy.ROUND_ROBIN:
         # The pool row, locked: round-robin acquires of one pool take turns, and
         # each reads the cursor the one before it left.
@@ -330,7 +385,7 @@ def pg_acquire_statement(
         )
         pool_id: Any = select(locked_pool.c.id).scalar_subquery()
         cursor = select(locked_pool.c.round_robin_cursor).scalar_subquery()
-        free = and_(eligible(pool_id, filters), not_(expired_lease_exists()))
+        free = and_(eligible(pool_id, filters, resting), not_(expired_lease_exists()))
         # The first free proxy after the cursor in id order (an index walk) ...
         after_cursor = (
             _locked(
@@ -364,7 +419,10 @@ def pg_acquire_statement(
         picked = (
             _locked(
                 select(proxy.id)
-                .where(eligible(pool_id, filters), not_(expired_lease_exists()))
+                .where(
+                    eligible(pool_id, filters, resting),
+                    not_(expired_lease_exists()),
+                )
                 .order_by(*selector_order(strategy, None)),
                 skip_locked=True,
             )
@@ -382,7 +440,7 @@ def pg_acquire_statement(
             "reclaim_needed"
         ),
         case(
-            (nothing_claimed, exists().where(eligible(pool_id, filters))),
+            (nothing_claimed, exists().where(eligible(pool_id, filters, resting))),
             else_=false(),
         ).label("contended"),
     )
@@ -401,6 +459,7 @@ def pg_lease_proxy() -> Select[Any]:
                 proxy.id == bindparam("proxy_id"),
                 proxy.status == ACTIVE,
                 has_free_slot(),
+                not_cooling(),
             ),
             skip_locked=False,
         )
@@ -444,10 +503,12 @@ def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
         .returning(lease.acquired_at, lease.expires_at)
         .cte("leased")
     )
-    # One row even when nothing was claimed, to carry the caller's flags.
+    # One row even when nothing was claimed, to carry the caller's flags. The
+    # proxy row as claimed.*: spelled out, it would take the round-robin acquire
+    # by domain past PSYCOPG_CACHED_QUERY_BYTES.
     one = select(literal_column("1").label("one")).subquery("one")
     statement = select(
-        *claimed.c, leased.c.acquired_at, leased.c.expires_at
+        literal_column(f"{claimed.name}.*"), leased.c.acquired_at, leased.c.expires_at
     ).select_from(one.outerjoin(claimed, true()).outerjoin(leased, true()))
     if advance_cursor:
         # The pool's round-robin cursor moves to the proxy handed out.
@@ -484,7 +545,7 @@ def pg_release() -> Select[Any]:
         .cte("freed")
     )
     # ... and it is kept in the history.
-    logged = _logged(gone, "released")
+    logged = logged_leases(gone, "released")
     return select(exists(select(gone.c.id)).label("released")).add_cte(freed, logged)
 
 
@@ -528,12 +589,12 @@ def pg_reclaim() -> Select[Any]:
         .returning(proxy.id)
         .cte("freed")
     )
-    logged = _logged(gone, "expired")
+    logged = logged_leases(gone, "expired")
     return select(func.count()).select_from(gone).add_cte(freed, logged)
 
 
-def _logged(gone: Any, outcome: str) -> Any:
-    """The history rows of the leases ``gone`` returned."""
+def logged_leases(gone: Any, outcome: str) -> Any:
+    """The history rows of the leases ``gone`` returned (a CTE)."""
     return (
         insert(lease_history_table)
         .from_select(
@@ -567,11 +628,12 @@ def lease_with_proxy() -> Select[Any]:
 
 @cache
 def claim_proxy() -> Update:
-    """One more slot of the proxy ``proxy_id`` if it is ACTIVE and has one free."""
+    """One more slot of the proxy ``proxy_id`` if it is ACTIVE, not cooling down
+    and has one free."""
     return (
         update(proxy_table)
         .where(proxy.id == bindparam("proxy_id"), proxy.status == ACTIVE)
-        .where(has_free_slot())
+        .where(has_free_slot(), not_cooling())
         .values(current_leases=proxy.current_leases + 1)
         .returning(*proxy_table.c)
     )
@@ -727,8 +789,12 @@ def pool_stats() -> Select[Any]:
             func.count(proxy.id).label("total_proxies"),
             func.count(proxy.id).filter(active).label("active_proxies"),
             func.count(proxy.id)
-            .filter(and_(active, has_free_slot()))
+            .filter(and_(active, has_free_slot(), not_cooling()))
             .label("available_proxies"),
+            func.count(proxy.id)
+            .filter(and_(active, proxy.cooldown_until > DbNow()))
+            .label("cooling_proxies"),
+            func.count(proxy.id).filter(proxy.status == BANNED).label("banned_proxies"),
             func.count(proxy.id)
             .filter(proxy.current_leases > 0)
             .label("leased_proxies"),
