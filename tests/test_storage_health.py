@@ -20,6 +20,7 @@ from scrapy_pharox import (
     ProxyManager,
     ProxyNotFoundError,
     ProxyStatus,
+    ProxyUnavailableError,
     bootstrap_pool,
     bootstrap_proxy,
 )
@@ -86,6 +87,27 @@ def test_a_release_that_changed_nothing_records_nothing(
     assert (proxy.successes, proxy.bans, proxy.cooldown_until) == (1, 0, None)
 
 
+def test_a_lease_carries_the_health_of_its_proxy(
+    manager: ProxyManager, one_proxy: Proxy
+) -> None:
+    use_once(manager, LeaseOutcome.SUCCESS, latency_ms=80)
+    lease = manager.acquire_proxy("pool")
+    assert lease is not None and lease.proxy is not None
+    assert (lease.proxy.successes, lease.proxy.latency_ms) == (1, 80)
+
+
+def test_a_release_after_the_lease_expired_records_nothing(
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+) -> None:
+    lease = manager.acquire_proxy("pool", duration_seconds=0.05)
+    assert lease is not None
+    time.sleep(0.1)
+    assert storage.cleanup_expired_leases() == 1
+    assert manager.release_proxy(lease, report(LeaseOutcome.BAN)) is False
+    proxy = proxy_now(storage)
+    assert (proxy.bans, proxy.consecutive_bans, proxy.cooldown_until) == (0, 0, None)
+
+
 # -- cooldowns -------------------------------------------------------------------
 
 
@@ -133,6 +155,27 @@ def test_failures_cool_a_proxy_only_after_the_threshold(
     assert manager.acquire_proxy("pool") is None
 
 
+def test_failures_with_a_domain_still_cool_the_whole_proxy(
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+) -> None:
+    for _ in range(3):
+        use_once(manager, LeaseOutcome.FAILURE, domain="shop.example")
+    proxy = proxy_now(storage)
+    assert (proxy.failures, proxy.consecutive_failures) == (3, 3)
+    assert proxy.cooldown_until is not None
+    assert manager.acquire_proxy("pool", domain="news.example") is None
+    assert storage.list_domain_cooldowns("pool") == []
+
+
+def test_a_cooling_proxy_is_neither_found_nor_leased_directly(
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+) -> None:
+    use_once(manager, LeaseOutcome.BAN)
+    assert storage.find_available_proxy("pool") is None
+    with pytest.raises(ProxyUnavailableError):
+        storage.create_lease(one_proxy, "direct", 60)
+
+
 def test_cooling_proxies_are_counted_in_pool_stats(
     manager: ProxyManager, storage: IStorage, one_proxy: Proxy
 ) -> None:
@@ -178,6 +221,44 @@ def test_a_domain_ban_cools_the_proxy_for_that_domain_only(
         one_proxy.id,
         "shop.example",
         1,
+    )
+
+
+def test_consecutive_domain_bans_double_that_domain_s_cooldown(
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+) -> None:
+    use_once(manager, LeaseOutcome.BAN, domain="shop.example")
+    started = datetime.now(timezone.utc)
+    use_once(manager, LeaseOutcome.BAN, domain="shop.example")
+    (rest,) = storage.list_domain_cooldowns("pool")
+    assert rest.consecutive_bans == 2 and rest.cooldown_until is not None
+    assert (rest.cooldown_until - started).total_seconds() == pytest.approx(
+        0.6, abs=0.08
+    )
+    assert storage.find_available_proxy("pool", domain="shop.example") is None
+    assert storage.find_available_proxy("pool", domain="news.example") is not None
+
+
+def test_a_success_for_a_domain_starts_its_strikes_again(
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+) -> None:
+    # Two leases out at once: the ban comes back while the other is still out.
+    banned = manager.acquire_proxy("pool", domain="shop.example")
+    served = manager.acquire_proxy("pool", domain="shop.example")
+    assert banned is not None and served is not None
+    manager.release_proxy(banned, report(LeaseOutcome.BAN, domain="shop.example"))
+    manager.release_proxy(served, report(LeaseOutcome.SUCCESS, domain="shop.example"))
+    (rest,) = storage.list_domain_cooldowns("pool")
+    # The rest already running stays; the next ban counts from one again.
+    assert rest.consecutive_bans == 0
+    assert manager.acquire_proxy("pool", domain="shop.example") is None
+    time.sleep(0.45)
+    started = datetime.now(timezone.utc)
+    use_once(manager, LeaseOutcome.BAN, domain="shop.example")
+    (rest,) = storage.list_domain_cooldowns("pool")
+    assert rest.consecutive_bans == 1 and rest.cooldown_until is not None
+    assert (rest.cooldown_until - started).total_seconds() == pytest.approx(
+        0.3, abs=0.08
     )
 
 
@@ -248,6 +329,15 @@ def test_resetting_the_cooldown_brings_a_banned_proxy_back_at_once(
     proxy = proxy_now(storage)
     assert (proxy.cooldown_until, proxy.consecutive_bans, proxy.bans) == (None, 0, 1)
     assert manager.acquire_proxy("pool") is not None
+
+
+def test_resetting_the_cooldown_also_ends_its_domain_cooldowns(
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+) -> None:
+    use_once(manager, LeaseOutcome.BAN, domain="shop.example")
+    storage.set_proxy_status(one_proxy.id, ProxyStatus.ACTIVE, reset_cooldown=True)
+    assert storage.list_domain_cooldowns("pool") == []
+    assert manager.acquire_proxy("pool", domain="shop.example") is not None
 
 
 def test_set_proxy_status_of_an_unknown_proxy_fails(storage: IStorage) -> None:
