@@ -11,6 +11,7 @@ lease, so a lost reply never leaks a slot. Driver errors leave as StorageError.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +60,9 @@ from . import sql_health as health
 from . import sql_statements as sql
 from .base import IStorage
 from .sql_schema import create_schema, pool_table, proxy_table
+
+#: How long a SQLite connection waits for another process's write lock.
+SQLITE_BUSY_SECONDS = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +116,7 @@ class SqlStorage(IStorage):
             if "application_name" not in self._url.query:
                 connect_args.setdefault("application_name", "scrapy-pharox")
         else:
-            connect_args.setdefault("timeout", 30.0)
+            connect_args.setdefault("timeout", SQLITE_BUSY_SECONDS)
             if self._url.database in (None, "", ":memory:"):
                 connect_args.setdefault("check_same_thread", False)
                 options.setdefault("poolclass", StaticPool)
@@ -627,7 +631,7 @@ def _prepare_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
@@ -637,6 +641,23 @@ def _prepare_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.create_function(
         "pharox_cooldown_seconds", 5, _cooldown_seconds, deterministic=True
     )
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    # WAL is kept in the file, so only the first connections ever switch; when
+    # several processes open a new file at once, the switch can answer "database
+    # is locked" without waiting for the busy timeout: wait for it here.
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _begin_sqlite(conn: Connection) -> None:
