@@ -68,9 +68,10 @@ class IStorage(ABC):
         Fenced by lease id and status: releasing a lease twice, or one that
         expired and was reclaimed, changes nothing and returns False.
 
-        With a report, in the same step: a success counts in ``successes``,
-        resets both consecutive counters and feeds ``latency_ms`` (a moving
-        average, weight ``LATENCY_SMOOTHING``); a ban counts in ``bans`` and
+        With a report, in the same step: a latency it gives, whatever the
+        outcome, feeds ``latency_ms`` (a moving average, weight
+        ``LATENCY_SMOOTHING``); a success counts in ``successes`` and resets both
+        consecutive counters; a ban counts in ``bans`` and
         ``consecutive_bans`` and sets ``cooldown_until`` to now plus
         ``policy.seconds(consecutive_bans, draw)``; a failure counts in
         ``failures`` and ``consecutive_failures`` and cools the proxy once
