@@ -16,8 +16,12 @@ Twisted reactor per crawl); the variants take turns round by round:
   rotating     scrapy-rotating-proxies (skipped when not installed)
 
 Per variant: the median pages/s over the rounds, its min-max, the ratio of medians
-to the trivial baseline and the crawl process's CPU time per page. Every crawl
-must fetch every page, and a pharox crawl must end with no lease out.
+to the trivial baseline, the per-round (paired) ratios, the crawl process's CPU
+time per page, and the CPU per page spent in the proxy layer itself (its
+middleware methods, timed inside the crawl), with the ratio that cost alone
+implies. Crawls wait for, and are run again after, other processes keeping the
+machine busy. Every crawl must fetch every page, and a pharox crawl must end with
+no lease out. See benchmarks/README.md for how to read the table.
 """
 
 from __future__ import annotations
