@@ -126,7 +126,6 @@ class LeaseKeeper:
                 config.lease_seconds,
                 download_timeout,
             )
-        storage = _open_configured_storage(config)
         spider = crawler.spider
         spider_name = spider.name if spider is not None else "spider"
         default_target = Target(
@@ -143,10 +142,16 @@ class LeaseKeeper:
         consumer = (
             config.consumer or f"{crawler.settings.get('BOT_NAME')}:{spider_name}"
         )
+        # Opened last, once every setting and spider attribute is known good.
+        storage = _open_configured_storage(config)
         keeper = cls(
             ProxyManager(storage), config, crawler.stats, consumer, default_target
         )
-        keeper._load_proxies()
+        try:
+            keeper._load_proxies()
+        except BaseException:
+            keeper.shutdown()  # the crawl stops here: free the storage it opened
+            raise
         crawler.signals.connect(keeper.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(keeper.shutdown, signal=signals.engine_stopped)
         return keeper
@@ -290,7 +295,9 @@ class LeaseKeeper:
             logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
             return None
         if lease is not None and self._closing:
-            await self._release(lease, "closed")
+            # Counted as leased, then released, so leased == released still holds.
+            self._hold(lease)
+            await self.release(lease, "closed")
             raise IgnoreRequest("scrapy-pharox: the spider is closing")
         return lease
 
