@@ -1,4 +1,9 @@
-"""Async helpers: the manager's calls run in a worker thread, never on the loop."""
+"""Async helpers: the manager's calls never block the event loop.
+
+Acquire and release wait on the loop itself when the storage can
+(``IStorage.native_async``: SqlStorage on PostgreSQL), else in a worker thread,
+like everything else here.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +25,8 @@ async def acquire_proxy_async(
     selector: SelectorStrategy | None = None,
 ) -> Lease | None:
     """``manager.acquire_proxy`` without blocking the event loop."""
-    return await asyncio.to_thread(
-        manager.acquire_proxy,
-        pool_name,
-        consumer_name,
-        duration_seconds,
-        filters,
-        selector,
+    return await manager.acquire_proxy_async(
+        pool_name, consumer_name, duration_seconds, filters, selector
     )
 
 
@@ -61,7 +61,7 @@ async def acquire_proxy_with_retry_async(
 
 async def release_proxy_async(manager: ProxyManager, lease: Lease) -> bool:
     """``manager.release_proxy`` without blocking the event loop."""
-    return await asyncio.to_thread(manager.release_proxy, lease)
+    return await manager.release_proxy_async(lease)
 
 
 @asynccontextmanager

@@ -19,7 +19,8 @@ from twisted.internet.threads import deferToThread
 T = TypeVar("T")
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop running this code (Scrapy's default reactor), or None."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -36,7 +37,7 @@ class Offloader:
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """Await ``func(*args)`` run in a worker thread."""
-        loop = _running_loop()
+        loop = running_loop()
         if loop is not None:
             return await loop.run_in_executor(self._executor, partial(func, *args))
         result: T = await deferToThread(func, *args)
@@ -69,7 +70,7 @@ class Wakeup:
 
     async def sleep(self, sleeper: object, timeout: float) -> Baton | None:
         """Sleep up to ``timeout`` seconds; the baton when woken, else None."""
-        loop = _running_loop()
+        loop = running_loop()
         if loop is not None:
             future: asyncio.Future[Baton | None] = loop.create_future()
 

@@ -19,7 +19,7 @@ from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.misc import load_object
 
-from .bridge import Baton, Offloader, Wakeup
+from .bridge import Baton, Offloader, Wakeup, running_loop
 from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
 from .exceptions import PharoxError
 from .manager import ProxyManager
@@ -280,16 +280,19 @@ class LeaseKeeper:
     async def _acquire(
         self, target: Target, filters: ProxyFilters | None, domain: str | None
     ) -> Lease | None:
+        acquire_args = (
+            target.pool,
+            self.consumer,
+            self.config.lease_seconds,
+            filters,
+            target.selector,
+            domain,
+        )
         try:
-            lease = await self._call(
-                self.manager.acquire_proxy,
-                target.pool,
-                self.consumer,
-                self.config.lease_seconds,
-                filters,
-                target.selector,
-                domain,
-            )
+            if self._on_loop():
+                lease = await self.manager.acquire_proxy_async(*acquire_args)
+            else:
+                lease = await self._call(self.manager.acquire_proxy, *acquire_args)
         except PharoxError as exc:
             self.stats.inc_value("pharox/acquire/error")
             logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
@@ -379,7 +382,10 @@ class LeaseKeeper:
         if report is not None:
             self.stats.inc_value(f"pharox/outcome/{report.outcome.value}")
         try:
-            await self._call(self.manager.release_proxy, lease, report)
+            if self._on_loop():
+                await self.manager.release_proxy_async(lease, report)
+            else:
+                await self._call(self.manager.release_proxy, lease, report)
         except PharoxError as exc:
             # The lease will expire on its own; the crawl goes on.
             self.stats.inc_value("pharox/release/error")
@@ -408,6 +414,10 @@ class LeaseKeeper:
         if self._offloader is not None:
             self._offloader.shutdown()
         self.manager.storage.close()
+
+    def _on_loop(self) -> bool:
+        """Whether storage calls can wait on the running asyncio loop itself."""
+        return self.manager.storage.native_async and running_loop() is not None
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         if self._offloader is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -74,19 +75,67 @@ class ProxyManager:
         if self._acquire_callbacks:
             self._notify(
                 self._acquire_callbacks,
-                lambda: AcquireEventPayload(
-                    lease=lease,
-                    pool_name=pool_name,
-                    consumer_name=consumer,
-                    filters=filters,
-                    selector=strategy,
-                    started_at=started_at,
-                    completed_at=(completed_at := utc_now()),
-                    duration_ms=_elapsed_ms(started_at, completed_at),
-                    pool_stats=self.storage.get_pool_stats(pool_name),
+                self._acquire_payload(
+                    lease, pool_name, consumer, filters, strategy, started_at
                 ),
             )
         return lease
+
+    async def acquire_proxy_async(
+        self,
+        pool_name: str,
+        consumer_name: str | None = None,
+        duration_seconds: float = 300,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+        domain: str | None = None,
+    ) -> Lease | None:
+        """``acquire_proxy`` for a coroutine, never blocking the running loop.
+
+        The storage waits on the loop itself when it can (``native_async``),
+        else in a worker thread; callbacks run in a worker thread.
+        """
+        check_duration(duration_seconds)
+        consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
+        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        started_at = utc_now()
+        lease = await self.storage.acquire_async(
+            pool_name, consumer, duration_seconds, filters, strategy, domain
+        )
+        if self._acquire_callbacks:
+            await asyncio.to_thread(
+                self._notify,
+                self._acquire_callbacks,
+                self._acquire_payload(
+                    lease, pool_name, consumer, filters, strategy, started_at
+                ),
+            )
+        return lease
+
+    def _acquire_payload(
+        self,
+        lease: Lease | None,
+        pool_name: str,
+        consumer: str,
+        filters: ProxyFilters | None,
+        strategy: SelectorStrategy,
+        started_at: datetime,
+    ) -> Callable[[], AcquireEventPayload]:
+        def build() -> AcquireEventPayload:
+            completed_at = utc_now()
+            return AcquireEventPayload(
+                lease=lease,
+                pool_name=pool_name,
+                consumer_name=consumer,
+                filters=filters,
+                selector=strategy,
+                started_at=started_at,
+                completed_at=completed_at,
+                duration_ms=_elapsed_ms(started_at, completed_at),
+                pool_stats=self.storage.get_pool_stats(pool_name),
+            )
+
+        return build
 
     def release_proxy(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         """Give a lease back; True when this call released it.
@@ -104,23 +153,43 @@ class ProxyManager:
         lease.status = LeaseStatus.RELEASED
         if not released:
             return False
-        released_at = lease.released_at = utc_now()
+        lease.released_at = utc_now()
         if self._release_callbacks:
-            self._notify(
-                self._release_callbacks,
-                lambda: ReleaseEventPayload(
-                    lease=lease,
-                    pool_name=lease.pool_name,
-                    released_at=released_at,
-                    lease_duration_ms=_elapsed_ms(lease.acquired_at, released_at),
-                    pool_stats=(
-                        self.storage.get_pool_stats(lease.pool_name)
-                        if lease.pool_name
-                        else None
-                    ),
-                ),
+            self._notify(self._release_callbacks, self._release_payload(lease))
+        return True
+
+    async def release_proxy_async(
+        self, lease: Lease, report: OutcomeReport | None = None
+    ) -> bool:
+        """``release_proxy`` for a coroutine, never blocking the running loop."""
+        released = await self.storage.release_lease_async(lease, report)
+        lease.status = LeaseStatus.RELEASED
+        if not released:
+            return False
+        lease.released_at = utc_now()
+        if self._release_callbacks:
+            await asyncio.to_thread(
+                self._notify, self._release_callbacks, self._release_payload(lease)
             )
         return True
+
+    def _release_payload(self, lease: Lease) -> Callable[[], ReleaseEventPayload]:
+        released_at = lease.released_at or utc_now()
+
+        def build() -> ReleaseEventPayload:
+            return ReleaseEventPayload(
+                lease=lease,
+                pool_name=lease.pool_name,
+                released_at=released_at,
+                lease_duration_ms=_elapsed_ms(lease.acquired_at, released_at),
+                pool_stats=(
+                    self.storage.get_pool_stats(lease.pool_name)
+                    if lease.pool_name
+                    else None
+                ),
+            )
+
+        return build
 
     def cleanup_expired_leases(self) -> int:
         """Reclaim every expired lease; return how many."""

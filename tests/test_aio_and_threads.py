@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
 
 import pytest
 
+from loop_support import run_on_a_loop
 from scrapy_pharox import (
     InMemoryStorage,
     ProxyManager,
@@ -22,15 +19,6 @@ from scrapy_pharox import (
     with_lease_async,
     with_retrying_lease_async,
 )
-
-T = TypeVar("T")
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on a private loop in its own thread: the test session's
-    reactor already runs an asyncio loop in this one."""
-    with ThreadPoolExecutor(max_workers=1) as executor:
-        return executor.submit(asyncio.run, coroutine).result()
 
 
 @pytest.fixture
@@ -50,13 +38,13 @@ def test_async_acquire_and_release_round_trip(manager: ProxyManager) -> None:
         free = await acquire_proxy_async(manager, "pool") is not None
         return busy, released, free
 
-    assert run(scenario()) == (True, True, True)
+    assert run_on_a_loop(scenario()) == (True, True, True)
 
 
 def test_async_retry_uses_the_given_sleep(manager: ProxyManager) -> None:
     manager.acquire_proxy("pool")
     waits: list[float] = []
-    lease = run(
+    lease = run_on_a_loop(
         acquire_proxy_with_retry_async(
             manager,
             "pool",
@@ -77,7 +65,7 @@ def test_with_lease_async_releases_when_the_block_raises(
             raise KeyError("boom")
 
     with pytest.raises(KeyError):
-        run(scenario())
+        run_on_a_loop(scenario())
     assert manager.acquire_proxy("pool") is not None
 
 
@@ -87,7 +75,7 @@ def test_with_retrying_lease_async_releases_on_exit(manager: ProxyManager) -> No
             assert lease is not None
             return manager.acquire_proxy("pool") is None
 
-    assert run(scenario()) is True
+    assert run_on_a_loop(scenario()) is True
     assert manager.acquire_proxy("pool") is not None
 
 

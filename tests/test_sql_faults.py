@@ -13,12 +13,15 @@ import threading
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from loop_support import run_on_a_loop
 from scrapy_pharox import (
+    Lease,
     ProxyManager,
     SqlStorage,
     StorageError,
@@ -181,15 +184,14 @@ def total_leases(storage: SqlStorage) -> int:
 
 
 @pytest.mark.postgres
-def test_a_dropped_idle_connection_is_found_by_a_ping_and_replaced(
+def test_an_acquire_on_a_connection_dropped_while_idle_takes_a_new_one_at_once(
     cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    storage = storage_through(cutter, postgresql_url, ping_after_idle_seconds=0.2)
+    storage = storage_through(cutter, postgresql_url, ping_after_idle_seconds=None)
     manager = ProxyManager(storage)
     try:
         manager.release_proxy(manager.acquire_proxy("pool"))  # type: ignore[arg-type]
         cutter.cut_all()
-        time.sleep(0.3)
         assert manager.acquire_proxy("pool") is not None
         assert "trying again" not in caplog.text
         assert total_leases(storage) == 1
@@ -198,18 +200,51 @@ def test_a_dropped_idle_connection_is_found_by_a_ping_and_replaced(
 
 
 @pytest.mark.postgres
-def test_a_dropped_connection_used_a_moment_ago_is_retried_on_a_new_one(
+def test_an_async_acquire_on_a_connection_dropped_while_idle_takes_a_new_one(
+    cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = storage_through(cutter, postgresql_url)
+    manager = ProxyManager(storage)
+
+    async def scenario() -> Lease | None:
+        first = await manager.acquire_proxy_async("pool")
+        assert first is not None
+        assert await manager.release_proxy_async(first)
+        cutter.cut_all()
+        return await manager.acquire_proxy_async("pool")
+
+    try:
+        assert run_on_a_loop(scenario()) is not None
+        assert "trying again" not in caplog.text
+        assert total_leases(storage) == 1
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_an_idle_engine_connection_dropped_is_found_by_a_ping_and_replaced(
+    cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = storage_through(cutter, postgresql_url, ping_after_idle_seconds=0.2)
+    try:
+        cutter.cut_all()
+        time.sleep(0.3)
+        assert total_leases(storage) == 0
+        assert "trying again" not in caplog.text
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_an_engine_connection_dropped_a_moment_ago_is_retried_on_a_new_one(
     cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     storage = storage_through(cutter, postgresql_url, ping_after_idle_seconds=60)
-    manager = ProxyManager(storage)
     try:
-        manager.release_proxy(manager.acquire_proxy("pool"))  # type: ignore[arg-type]
         cutter.cut_all()
-        assert manager.acquire_proxy("pool") is not None
-        assert "acquiring a proxy on" in caplog.text
+        assert total_leases(storage) == 0
+        assert "reading pool stats on" in caplog.text
         assert "trying again" in caplog.text
-        assert total_leases(storage) == 1
     finally:
         storage.close()
 
@@ -219,11 +254,9 @@ def test_sqlalchemy_pre_ping_on_every_checkout_can_be_asked_for(
     cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     storage = storage_through(cutter, postgresql_url, pool_pre_ping=True)
-    manager = ProxyManager(storage)
     try:
-        manager.release_proxy(manager.acquire_proxy("pool"))  # type: ignore[arg-type]
         cutter.cut_all()
-        assert manager.acquire_proxy("pool") is not None
+        assert total_leases(storage) == 0
         assert "trying again" not in caplog.text
     finally:
         storage.close()
@@ -260,6 +293,45 @@ def test_an_acquire_whose_reply_was_lost_returns_the_lease_it_took_and_leaks_non
         )
         assert total_leases(storage) == 1
         assert manager.release_proxy(lease) is True
+        assert total_leases(storage) == 0
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_an_async_acquire_whose_reply_was_lost_returns_the_lease_it_took(
+    cutter: WireCutter, postgresql_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = storage_through(cutter, postgresql_url)
+    manager = ProxyManager(storage)
+    try:
+        cutter.cut_reply(b"INSERT INTO pharox_lease")
+        lease = run_on_a_loop(manager.acquire_proxy_async("pool"))
+        assert cutter.cuts == 1
+        assert lease is not None
+        assert "acquiring a proxy on" in caplog.text
+        assert (
+            f"lease {lease.id} was taken by a try whose reply was lost" in caplog.text
+        )
+        assert total_leases(storage) == 1
+        assert run_on_a_loop(manager.release_proxy_async(lease)) is True
+        assert total_leases(storage) == 0
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_a_release_whose_request_was_lost_is_sent_again(
+    cutter: WireCutter, postgresql_url: str
+) -> None:
+    storage = storage_through(cutter, postgresql_url)
+    manager = ProxyManager(storage)
+    try:
+        lease = manager.acquire_proxy("pool")
+        assert lease is not None
+        cutter.cut_request(b"DELETE FROM pharox_lease")
+        assert manager.release_proxy(lease) is True
+        assert cutter.cuts == 1
         assert total_leases(storage) == 0
     finally:
         storage.close()
@@ -362,7 +434,7 @@ def test_a_driver_error_reaches_the_caller_as_a_storage_error(sql_url: str) -> N
             conn.execute(text("DROP TABLE pharox_lease"))
         with pytest.raises(StorageError, match="acquiring a proxy failed on") as raised:
             ProxyManager(storage).acquire_proxy("pool")
-        assert isinstance(raised.value.__cause__, DBAPIError)
+        assert isinstance(raised.value.__cause__, (DBAPIError, psycopg.Error))
     finally:
         storage.close()
 

@@ -7,6 +7,7 @@ by the database's clock, with nothing else to do.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import process_context
+from psycopg.pq import Trace
 from sqlalchemy import event
 
 from scrapy_pharox import (
@@ -154,7 +156,7 @@ def test_a_domain_ban_from_another_process_rests_the_proxy_for_that_domain(
 @pytest.mark.postgres
 @pytest.mark.parametrize("outcome", list(LeaseOutcome))
 @pytest.mark.parametrize("domain", [None, "shop.example"])
-def test_acquire_and_a_reported_release_are_two_statements(
+def test_acquire_and_a_reported_release_are_two_round_trips(
     postgresql_url: str,
     shared: tuple[SqlStorage, Proxy],
     outcome: LeaseOutcome,
@@ -168,21 +170,55 @@ def test_acquire_and_a_reported_release_are_two_statements(
         domain=domain,
         policy=CooldownPolicy(base_seconds=0.001, max_seconds=0.001),
     )
-    statements: list[str] = []
+    opened: list[Any] = []
+    storage.lease_connection_hooks.append(opened.append)
+    engine_statements: list[str] = []
 
     def count(*args: Any) -> None:
-        statements.append(args[2])
+        engine_statements.append(args[2])
 
     try:
-        warm_up = manager.acquire_proxy("pool", "counter")  # consumer registered
-        assert warm_up is not None and manager.release_proxy(warm_up)
-        event.listen(storage.engine, "before_cursor_execute", count)
-        lease = manager.acquire_proxy("pool", "counter", domain=domain)
-        assert lease is not None
-        assert manager.release_proxy(lease, report)
-        assert len(statements) == 2
+        for _ in range(2):  # consumer registered, statements prepared
+            warm_up = manager.acquire_proxy("pool", "counter", domain=domain)
+            assert warm_up is not None and manager.release_proxy(warm_up, report)
+        with WireTrace(opened) as wire:
+            storage.lease_connection_hooks.append(wire.follow)
+            event.listen(storage.engine, "before_cursor_execute", count)
+            lease = manager.acquire_proxy("pool", "counter", domain=domain)
+            assert lease is not None
+            assert manager.release_proxy(lease, report)
+        assert wire.round_trips == 2
+        assert engine_statements == []
     finally:
         storage.close()
+
+
+class WireTrace:
+    """libpq's protocol trace of psycopg connections: every round trip ends with
+    the server's ReadyForQuery."""
+
+    def __init__(self, connections: list[Any]) -> None:
+        self._connections = connections
+        self._file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in __exit__
+        self.round_trips = 0
+
+    def follow(self, connection: Any) -> None:
+        connection.pgconn.trace(self._file.fileno())
+        connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+
+    def __enter__(self) -> WireTrace:
+        for connection in self._connections:
+            self.follow(connection)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for connection in self._connections:
+            connection.pgconn.untrace()  # flushes the trace
+        self._file.seek(0)
+        self.round_trips = sum(
+            line.startswith("B") and "ReadyForQuery" in line for line in self._file
+        )
+        self._file.close()
 
 
 def test_hot_statements_stay_within_the_psycopg_query_cache() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from typing import ClassVar
 from uuid import UUID
@@ -160,6 +161,44 @@ class IStorage(ABC):
             except ProxyUnavailableError:
                 continue
         return None
+
+    @property
+    def native_async(self) -> bool:
+        """True when ``acquire_async`` and ``release_lease_async`` wait on the
+        running asyncio loop itself; by default they take a worker thread."""
+        return False
+
+    async def acquire_async(
+        self,
+        pool_name: str,
+        consumer_name: str,
+        duration_seconds: float,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+        domain: str | None = None,
+    ) -> Lease | None:
+        """``acquire`` for a coroutine: it never blocks the running loop."""
+        if domain is None:  # adapters written before domain cooldowns take none
+            return await asyncio.to_thread(
+                self.acquire,
+                pool_name,
+                consumer_name,
+                duration_seconds,
+                filters,
+                selector,
+            )
+        return await asyncio.to_thread(
+            self.acquire, pool_name, consumer_name, duration_seconds, filters,
+            selector, domain,
+        )  # fmt: skip
+
+    async def release_lease_async(
+        self, lease: Lease, report: OutcomeReport | None = None
+    ) -> bool:
+        """``release_lease`` for a coroutine: it never blocks the running loop."""
+        if report is None:
+            return await asyncio.to_thread(self.release_lease, lease)
+        return await asyncio.to_thread(self.release_lease, lease, report)
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Free connections and threads the adapter holds."""

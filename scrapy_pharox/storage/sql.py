@@ -10,14 +10,14 @@ lease, so a lost reply never leaks a slot. Driver errors leave as StorageError.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID, uuid4
 
 from sqlalchemy import Connection, create_engine, event, select
@@ -25,7 +25,6 @@ from sqlalchemy.engine import URL, CursorResult, Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
-    IntegrityError,
     InvalidatePoolError,
     SQLAlchemyError,
 )
@@ -43,22 +42,24 @@ from ..models import (
     DomainCooldown,
     Lease,
     LeaseOutcome,
-    LeaseStatus,
     OutcomeReport,
     PoolStatsSnapshot,
     Proxy,
-    ProxyCredentials,
     ProxyFilters,
     ProxyPool,
-    ProxyProtocol,
     ProxyStatus,
     SelectorStrategy,
     haversine_km,
     mask_url_password,
 )
+from . import sql_errors
 from . import sql_health as health
 from . import sql_statements as sql
 from .base import IStorage
+from .sql_rows import build_lease, lease_from_row, pool_from_row, proxy_from_row
+
+if TYPE_CHECKING:
+    from .sql_lane import LeaseLane
 from .sql_schema import create_schema, pool_table, proxy_table
 
 #: How long a SQLite connection waits for another process's write lock.
@@ -67,13 +68,6 @@ SQLITE_BUSY_SECONDS = 30.0
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Tries of one acquire when the statement found only locked or expired rows.
-_ACQUIRE_ROUNDS = 32
-# SQLSTATE classes worth another try: connection, resources, operator
-# intervention (a restart), and rolled-back transactions (deadlock, serialization).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
-_QUERY_CANCELED = "57014"
 
 
 class SqlStorage(IStorage):
@@ -128,7 +122,9 @@ class SqlStorage(IStorage):
             raise StorageError(
                 f"cannot set up the storage at {self._shown_url}: {exc}"
             ) from exc
+        self._lane: LeaseLane | None = None
         if self._postgres:
+            self._lane = self._open_lane(connect_args)
             self._transactions_engine: Engine = self._engine.execution_options(
                 isolation_level="READ COMMITTED"
             )
@@ -146,12 +142,40 @@ class SqlStorage(IStorage):
             # of spinning in SQLite's busy handler.
             self._serial = threading.Lock()
 
+    def _open_lane(self, connect_args: dict[str, Any]) -> LeaseLane:
+        from .sql_lane import LeaseLane  # psycopg: PostgreSQL only
+
+        _, dialect_kwargs = self._engine.dialect.create_connect_args(self._url)
+        # SQLAlchemy's type adapters are for its own statements; the lane binds
+        # and reads native types only.
+        dialect_kwargs.pop("context", None)
+        return LeaseLane(
+            {**dialect_kwargs, **connect_args},
+            shown_url=self._shown_url,
+            describe=self._storage_error,
+            retry_seconds=self._retry_seconds,
+        )
+
     def __repr__(self) -> str:
         return f"SqlStorage({self._shown_url!r})"
 
     @property
+    def native_async(self) -> bool:
+        return self._lane is not None
+
+    @property
+    def lease_connection_hooks(self) -> list[Callable[[Any], None]]:
+        """Called with each psycopg connection the PostgreSQL acquire and release
+        open (they bypass the engine); empty on SQLite, which has none."""
+        return self._lane.connection_hooks if self._lane is not None else []
+
+    @property
     def engine(self) -> Engine:
-        """The SQLAlchemy engine (autocommit on PostgreSQL), for event listeners."""
+        """The SQLAlchemy engine (autocommit on PostgreSQL), for event listeners.
+
+        On PostgreSQL, acquire and release do not use it: see
+        ``lease_connection_hooks``.
+        """
         return self._engine
 
     def create_schema(self) -> None:
@@ -169,6 +193,8 @@ class SqlStorage(IStorage):
         )
 
     def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
         self._engine.dispose()
 
     # -- administration -------------------------------------------------------
@@ -182,7 +208,7 @@ class SqlStorage(IStorage):
             row = conn.execute(sql.pool_named(), {"pool_name": pool.name}).first()
             if row is None:
                 raise StorageError(f"pool id {pool.id} belongs to another pool")
-            return _pool_from_row(row)
+            return pool_from_row(row)
 
         return self._run("adding a pool", work, transaction=True)
 
@@ -199,14 +225,14 @@ class SqlStorage(IStorage):
         def work(conn: Connection, _: bool) -> Proxy:
             same = conn.execute(sql.same_proxy(), key).first()
             if same is not None:
-                return _proxy_from_row(same)
+                return proxy_from_row(same)
             if not conn.execute(sql.pool_exists(), key).scalar():
                 raise PoolNotFoundError(f"no pool with id {proxy.pool_id}")
             conn.execute(
                 sql.insert_ignoring_conflicts(self._dialect_name, proxy_table),
                 _proxy_values(proxy),
             )
-            return _proxy_from_row(conn.execute(sql.same_proxy(), key).one())
+            return proxy_from_row(conn.execute(sql.same_proxy(), key).one())
 
         return self._run("adding a proxy", work, transaction=True)
 
@@ -214,7 +240,7 @@ class SqlStorage(IStorage):
         return self._run(
             "listing pools",
             lambda conn, _: [
-                _pool_from_row(row) for row in conn.execute(sql.all_pools())
+                pool_from_row(row) for row in conn.execute(sql.all_pools())
             ],
             read_only=True,
         )
@@ -223,7 +249,7 @@ class SqlStorage(IStorage):
         return self._run(
             "listing proxies",
             lambda conn, _: [
-                _proxy_from_row(row)
+                proxy_from_row(row)
                 for row in conn.execute(sql.proxies_of_pool(), {"pool_name": pool_name})
             ],
             read_only=True,
@@ -272,7 +298,7 @@ class SqlStorage(IStorage):
             lambda conn, _: conn.execute(statement, params).first(),
             read_only=True,
         )
-        return _proxy_from_row(row) if row is not None else None
+        return proxy_from_row(row) if row is not None else None
 
     def create_lease(
         self, proxy: Proxy, consumer_name: str, duration_seconds: float
@@ -291,7 +317,7 @@ class SqlStorage(IStorage):
                 row = _run_prepared(conn, sql.pg_lease_proxy(), params).one()
                 if row.id is None:
                     raise _unavailable(proxy, known=row.proxy_known)
-                return _lease_from_row(row, params, row.pool_name)
+                return lease_from_row(row, params, row.pool_name)
             claimed = conn.execute(sql.claim_proxy(), params).first()
             if claimed is None:
                 known = conn.execute(sql.proxy_exists(), params).scalar()
@@ -320,14 +346,9 @@ class SqlStorage(IStorage):
             "seconds": float(duration_seconds),
             "target_domain": domain,
         }
-        if self._postgres:
+        if self._lane is not None:
             statement = sql.pg_acquire(strategy, filters, domain is not None)
-            return self._run(
-                "acquiring a proxy",
-                lambda conn, retrying: self._pg_acquire(
-                    conn, retrying, statement, params
-                ),
-            )
+            return self._lane.acquire(statement, params)
         return self._run(
             "acquiring a proxy",
             lambda conn, retrying: self._sqlite_acquire(
@@ -335,24 +356,45 @@ class SqlStorage(IStorage):
             ),
         )
 
+    async def acquire_async(
+        self,
+        pool_name: str,
+        consumer_name: str,
+        duration_seconds: float,
+        filters: ProxyFilters | None = None,
+        selector: SelectorStrategy | None = None,
+        domain: str | None = None,
+    ) -> Lease | None:
+        if self._lane is None:
+            return await super().acquire_async(
+                pool_name, consumer_name, duration_seconds, filters, selector, domain
+            )
+        consumer_id = self._consumer_ids.get(consumer_name)
+        if consumer_id is None:  # once per consumer name
+            consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
+        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        params = {
+            "pool_name": pool_name,
+            "lease_id": uuid4(),
+            "consumer_id": consumer_id,
+            "seconds": float(duration_seconds),
+            "target_domain": domain,
+        }
+        statement = sql.pg_acquire(strategy, filters, domain is not None)
+        return await self._lane.acquire_async(statement, params)
+
+    async def release_lease_async(
+        self, lease: Lease, report: OutcomeReport | None = None
+    ) -> bool:
+        if self._lane is None:
+            return await super().release_lease_async(lease, report)
+        params = _release_parameters(lease, report)
+        return await self._lane.release_async(_pg_release_statement(report), params)
+
     def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
-        params = {"lease_id": lease.id}
-        if report is not None:
-            params.update(_outcome_parameters(report))
-        if self._postgres:
-            statement = (
-                sql.pg_release()
-                if report is None
-                else health.pg_release_reported(
-                    report.outcome, report.domain is not None
-                )
-            )
-            return bool(
-                self._run(
-                    "releasing a lease",
-                    lambda conn, _: _run_prepared(conn, statement, params).scalar(),
-                )
-            )
+        params = _release_parameters(lease, report)
+        if self._lane is not None:
+            return self._lane.release(_pg_release_statement(report), params)
 
         def work(conn: Connection, _: bool) -> bool:
             gone = conn.execute(sql.remove_lease(), params).all()
@@ -394,7 +436,7 @@ class SqlStorage(IStorage):
                 raise ProxyNotFoundError(f"no proxy with id {proxy_id}")
             if reset_cooldown and not self._postgres:
                 conn.execute(health.clear_domain_cooldowns(), params)
-            return _proxy_from_row(row)
+            return proxy_from_row(row)
 
         return self._run("setting a proxy's status", work)
 
@@ -416,31 +458,6 @@ class SqlStorage(IStorage):
         )
 
     # -- internals ----------------------------------------------------------------
-
-    def _pg_acquire(
-        self,
-        conn: Connection,
-        retrying: bool,
-        statement: sql.Prepared,
-        params: dict[str, Any],
-    ) -> Lease | None:
-        if retrying and (lease := self._lease_by_id(conn, params)) is not None:
-            return lease
-        for _ in range(_ACQUIRE_ROUNDS):
-            try:
-                row = _run_prepared(conn, statement, params).one()
-            except IntegrityError:
-                # A lost first try committed this lease id after all.
-                if retrying and (lease := self._lease_by_id(conn, params)):
-                    return lease
-                raise
-            if row.id is not None:
-                return _lease_from_row(row, params, params["pool_name"])
-            if row.reclaim_needed:
-                _reclaim(conn)
-            elif not row.contended:
-                return None
-        return None
 
     def _sqlite_acquire(
         self,
@@ -487,7 +504,7 @@ class SqlStorage(IStorage):
             conn.execute(
                 sql.move_cursor(), {"pool_key": claimed.pool_id, "cursor": cursor}
             )
-        return _build_lease(claimed, times, params, pool_name)
+        return build_lease(claimed, times, params, pool_name)
 
     def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
         """The lease an earlier try of this call took, when its reply was lost."""
@@ -504,7 +521,7 @@ class SqlStorage(IStorage):
                 select(pool_table.c.name).where(pool_table.c.id == row.pool_id)
             ).scalar_one()
         )
-        return _lease_from_row(row, params, pool_name)
+        return lease_from_row(row, params, pool_name)
 
     def _run(
         self,
@@ -535,7 +552,7 @@ class SqlStorage(IStorage):
                     "%s on %s failed (%s); trying again",
                     action,
                     self._shown_url,
-                    _reason(exc),
+                    sql_errors.reason(exc.orig),
                 )
             except SQLAlchemyError as exc:
                 raise self._storage_error(action, exc) from exc
@@ -562,17 +579,13 @@ class SqlStorage(IStorage):
         if not self._postgres:
             text = str(exc.orig).lower()
             return "locked" in text or "busy" in text
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        if sqlstate is None:
-            # A client-side failure: the connection, not the statement.
-            return isinstance(exc.orig, _psycopg_operational_error())
-        return (
-            sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES and sqlstate != _QUERY_CANCELED
-        )
+        return sql_errors.transient(exc.orig)
 
-    def _storage_error(self, action: str, exc: SQLAlchemyError) -> StorageError:
-        reason = _reason(exc)
-        if self._postgres and isinstance(exc, DBAPIError) and _unreachable(exc):
+    def _storage_error(self, action: str, exc: BaseException) -> StorageError:
+        """``exc`` (SQLAlchemy's or the driver's) as a StorageError naming where."""
+        source = exc.orig if isinstance(exc, DBAPIError) else exc
+        reason = sql_errors.reason(source)
+        if self._postgres and sql_errors.unreachable(source):
             host = self._url.host or "localhost"
             port = self._url.port or 5432
             return StorageError(
@@ -685,27 +698,6 @@ def _cooldown_seconds(
     return policy.seconds(strikes, draw)
 
 
-def _psycopg_operational_error() -> type[BaseException]:
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is how we reach PostgreSQL
-        return OSError
-    return psycopg.OperationalError
-
-
-def _unreachable(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "sqlstate", None) is None and isinstance(
-        exc.orig, _psycopg_operational_error()
-    )
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's first line: no SQL, no parameters, no DETAIL with row values."""
-    source = exc.orig if isinstance(exc, DBAPIError) else exc
-    lines = str(source).strip().splitlines()
-    return lines[0] if lines else type(source).__name__
-
-
 def _run_prepared(
     conn: Connection, statement: sql.Prepared, params: dict[str, Any]
 ) -> CursorResult[Any]:
@@ -732,6 +724,19 @@ def _end_leases(conn: Connection, gone: Sequence[Any], outcome: str) -> None:
         [{"proxy_key": key, "slots": count} for key, count in slots.items()],
     )
     conn.execute(sql.log_leases(outcome), [row._asdict() for row in gone])
+
+
+def _release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"lease_id": lease.id}
+    if report is not None:
+        params.update(_outcome_parameters(report))
+    return params
+
+
+def _pg_release_statement(report: OutcomeReport | None) -> sql.Prepared:
+    if report is None:
+        return sql.pg_release()
+    return health.pg_release_reported(report.outcome, report.domain is not None)
 
 
 def _outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
@@ -797,72 +802,3 @@ def _proxy_values(proxy: Proxy) -> dict[str, Any]:
         "latency_ms": proxy.latency_ms,
         "cooldown_until": proxy.cooldown_until,
     }
-
-
-def _proxy_from_row(row: Any) -> Proxy:
-    credentials = None
-    if row.username is not None:
-        credentials = ProxyCredentials.model_construct(
-            user=row.username, password=row.password
-        )
-    return Proxy.model_construct(
-        id=row.id,
-        host=row.host,
-        port=row.port,
-        protocol=ProxyProtocol(row.protocol),
-        pool_id=row.pool_id,
-        status=ProxyStatus(row.status),
-        checked_at=_utc(row.checked_at),
-        credentials=credentials,
-        source=row.source,
-        country=row.country,
-        city=row.city,
-        latitude=row.latitude,
-        longitude=row.longitude,
-        isp=row.isp,
-        asn=row.asn,
-        max_concurrency=row.max_concurrency,
-        current_leases=row.current_leases,
-        successes=row.successes,
-        bans=row.bans,
-        failures=row.failures,
-        consecutive_bans=row.consecutive_bans,
-        consecutive_failures=row.consecutive_failures,
-        latency_ms=row.latency_ms,
-        cooldown_until=None if row.cooldown_until is None else _utc(row.cooldown_until),
-    )
-
-
-def _utc(moment: datetime) -> datetime:
-    # Rows of prepared statements come from psycopg in the session's time zone.
-    if moment.tzinfo is timezone.utc:
-        return moment
-    return moment.astimezone(timezone.utc)
-
-
-def _pool_from_row(row: Any) -> ProxyPool:
-    return ProxyPool.model_construct(
-        id=row.id, name=row.name, description=row.description
-    )
-
-
-def _lease_from_row(row: Any, params: dict[str, Any], pool_name: str) -> Lease:
-    return _build_lease(row, row, params, pool_name)
-
-
-def _build_lease(
-    proxy_row: Any, times: Any, params: dict[str, Any], pool_name: str
-) -> Lease:
-    proxy = _proxy_from_row(proxy_row)
-    return Lease.model_construct(
-        id=params["lease_id"],
-        proxy_id=proxy.id,
-        consumer_id=params["consumer_id"],
-        pool_id=proxy.pool_id,
-        pool_name=pool_name,
-        status=LeaseStatus.ACTIVE,
-        acquired_at=_utc(times.acquired_at),
-        expires_at=_utc(times.expires_at),
-        released_at=None,
-        proxy=proxy,
-    )

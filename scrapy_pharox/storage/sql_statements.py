@@ -103,10 +103,16 @@ class Prepared:
         if self._compiled._bind_processors:
             raise TypeError("a prepared statement must bind only native types")
         self.sql = self._compiled.string
+        # The values bound in when it was built (literals); the rest come per run.
+        self._literals = {
+            name: value
+            for name, value in self._compiled.construct_params(_check=False).items()
+            if value is not None
+        }
 
     def parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The statement's parameters: ``values`` and its bound literals."""
-        return dict(self._compiled.construct_params(dict(values)))
+        return {**values, **self._literals}
 
 
 def _prepared(build: Callable[[], Select[Any]]) -> Callable[[], Prepared]:
