@@ -218,6 +218,12 @@ def run_child(args: argparse.Namespace) -> None:
     }
     layer = LayerClock()
     layer.instrument([load_object(path) for path in settings["DOWNLOADER_MIDDLEWARES"]])
+    if args.child == "pharox-pg":
+        # Its SQL runs in rounds, in a task of the lease lane, not inside the
+        # middleware's own steps: time that task's steps too.
+        from scrapy_pharox.storage.sql_lane import _Pipeliner
+
+        setattr(_Pipeliner, "_work", layer._timed(_Pipeliner._work))  # noqa: B010
     process = CrawlerProcess(settings)
     crawler = process.create_crawler(AllPagesSpider)
     clock: dict[str, float] = {}

@@ -7,7 +7,6 @@ by the database's clock, with nothing else to do.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 from conftest import process_context
-from psycopg.pq import Trace
 from sqlalchemy import event
 
 from scrapy_pharox import (
@@ -32,6 +30,7 @@ from scrapy_pharox import (
     open_storage,
 )
 from scrapy_pharox.storage import sql_health, sql_statements
+from wire_support import WireTrace
 
 #: One fixed rest, long enough to look at it from another process.
 REST = CooldownPolicy(base_seconds=1.5, max_seconds=1.5, jitter=0.0)
@@ -191,34 +190,6 @@ def test_acquire_and_a_reported_release_are_two_round_trips(
         assert engine_statements == []
     finally:
         storage.close()
-
-
-class WireTrace:
-    """libpq's protocol trace of psycopg connections: every round trip ends with
-    the server's ReadyForQuery."""
-
-    def __init__(self, connections: list[Any]) -> None:
-        self._connections = connections
-        self._file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in __exit__
-        self.round_trips = 0
-
-    def follow(self, connection: Any) -> None:
-        connection.pgconn.trace(self._file.fileno())
-        connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
-
-    def __enter__(self) -> WireTrace:
-        for connection in self._connections:
-            self.follow(connection)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for connection in self._connections:
-            connection.pgconn.untrace()  # flushes the trace
-        self._file.seek(0)
-        self.round_trips = sum(
-            line.startswith("B") and "ReadyForQuery" in line for line in self._file
-        )
-        self._file.close()
 
 
 def test_hot_statements_stay_within_the_psycopg_query_cache() -> None:

@@ -389,12 +389,16 @@ class SqlStorage(IStorage):
         if self._lane is None:
             return await super().release_lease_async(lease, report)
         params = _release_parameters(lease, report)
-        return await self._lane.release_async(_pg_release_statement(report), params)
+        return await self._lane.release_async(
+            _pg_release_statement(report), params, lease.proxy_id
+        )
 
     def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         params = _release_parameters(lease, report)
         if self._lane is not None:
-            return self._lane.release(_pg_release_statement(report), params)
+            return self._lane.release(
+                _pg_release_statement(report), params, lease.proxy_id
+            )
 
         def work(conn: Connection, _: bool) -> bool:
             gone = conn.execute(sql.remove_lease(), params).all()

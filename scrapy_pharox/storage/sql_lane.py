@@ -21,10 +21,10 @@ import logging
 import select
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from functools import cache
 from typing import Any, TypeVar
+from uuid import UUID
 
 import psycopg
 from psycopg.rows import namedtuple_row
@@ -46,20 +46,32 @@ Steps = Generator["Query", Any, T]
 
 #: Idle blocking connections the lane keeps; more are closed when given back.
 MAX_IDLE_CONNECTIONS = 16
-#: Connections of the asyncio runner: steps wait for one beyond that.
-MAX_ASYNC_CONNECTIONS = 4
 #: Tries of one acquire while its statement found only rows others hold locked.
 ACQUIRE_ROUNDS = 32
 
 
 class Query:
-    """One prepared statement with its parameters."""
+    """One prepared statement with its parameters.
 
-    __slots__ = ("params", "sql")
+    ``order`` is where it goes in a pipelined round (see ``_Pipeliner``); None
+    keeps it out of rounds: it runs on its own.
+    """
 
-    def __init__(self, statement: Prepared, values: Mapping[str, Any]) -> None:
+    __slots__ = ("order", "params", "sql")
+
+    def __init__(
+        self,
+        statement: Prepared,
+        values: Mapping[str, Any],
+        order: tuple[int, str] | None = None,
+    ) -> None:
         self.sql = statement.sql
         self.params = statement.parameters(values)
+        self.order = order
+
+
+#: Round order: releases first, by proxy id, then acquires (see ``_Pipeliner``).
+_RELEASE, _ACQUIRE = 0, 1
 
 
 class LeaseLane:
@@ -80,7 +92,7 @@ class LeaseLane:
         self.connection_hooks: list[Callable[[Any], None]] = []
         options = {**connect_kwargs, "autocommit": True, "row_factory": namedtuple_row}
         self._connections = _Connections(options, self.connection_hooks)
-        self._async_connections = _AsyncConnections(options, self.connection_hooks)
+        self._pipeliner = _Pipeliner(options, self.connection_hooks)
         self._shown_url = shown_url
         self._describe = describe
         self._retry_seconds = retry_seconds
@@ -93,9 +105,13 @@ class LeaseLane:
             "acquiring a proxy", lambda again: acquire_steps(statement, params, again)
         )
 
-    def release(self, statement: Prepared, params: dict[str, Any]) -> bool:
+    def release(
+        self, statement: Prepared, params: dict[str, Any], proxy_id: UUID
+    ) -> bool:
         """Run a release ``statement``; whether it released the lease."""
-        return self.run("releasing a lease", lambda _: release_steps(statement, params))
+        return self.run(
+            "releasing a lease", lambda _: release_steps(statement, params, proxy_id)
+        )
 
     async def acquire_async(
         self, statement: Prepared, params: dict[str, Any]
@@ -105,10 +121,12 @@ class LeaseLane:
             "acquiring a proxy", lambda again: acquire_steps(statement, params, again)
         )
 
-    async def release_async(self, statement: Prepared, params: dict[str, Any]) -> bool:
+    async def release_async(
+        self, statement: Prepared, params: dict[str, Any], proxy_id: UUID
+    ) -> bool:
         """``release`` on the running loop."""
         return await self.run_async(
-            "releasing a lease", lambda _: release_steps(statement, params)
+            "releasing a lease", lambda _: release_steps(statement, params, proxy_id)
         )
 
     # -- the runners -----------------------------------------------------------------
@@ -129,24 +147,20 @@ class LeaseLane:
             time.sleep(delay)
 
     async def run_async(self, action: str, steps: Callable[[bool], Steps[T]]) -> T:
-        """``run`` on the running loop: the loop serves others while it waits."""
+        """``run`` on the running loop: the loop serves others while it waits,
+        and steps of several coroutines share round trips (``_Pipeliner``)."""
         retry = _Retry(self._retry_seconds)
         while True:
-            conn = None
             try:
-                conn = await self._async_connections.take()
-                return await _drive_async(conn, steps(retry.retrying))
+                return await self._pipeliner.run(steps(retry.retrying))
             except psycopg.Error as exc:
                 delay = self._next_try(action, exc, retry)
-            finally:
-                if conn is not None:
-                    self._async_connections.give_back(conn)
             await asyncio.sleep(delay)
 
     def close(self) -> None:
         """Close every idle connection (one in use closes when given back)."""
         self._connections.close()
-        self._async_connections.close()
+        self._pipeliner.close()
 
     def _next_try(self, action: str, exc: psycopg.Error, retry: _Retry) -> float:
         """The wait before another try, or the StorageError to raise now."""
@@ -201,82 +215,161 @@ class _Connections:
             conn.close()
 
 
-class _AsyncConnections:
-    """Connections of the running loop, at most ``MAX_ASYNC_CONNECTIONS``: a step
-    waits for a free one rather than open one more (opening costs the server a
-    process, and psycopg a few unprepared runs of each statement)."""
+class _Pending:
+    """A coroutine's steps waiting in the pipeliner, and its result."""
 
-    def __init__(self, options: dict[str, Any], hooks: list[Callable[[Any], None]]):
+    __slots__ = ("future", "query", "steps")
+
+    def __init__(self, steps: Steps[Any], query: Query, future: asyncio.Future[Any]):
+        self.steps = steps
+        self.query = query
+        self.future = future
+
+
+class _Pipeliner:
+    """One connection on the running loop, shared by every coroutine's steps.
+
+    While a round trip is out, the queries that coroutines queue wait; then
+    they all go in the next round: one pipeline, one write, one read, one
+    transaction (PostgreSQL commits at the pipeline's sync). A crawl has
+    several acquires and releases in flight at any moment, so a round carries
+    several of them, at about half the client CPU of one statement each.
+
+    One transaction for a round cannot deadlock with another process's round:
+    releases come first, in proxy id order (they wait for proxy rows), then
+    acquires, which skip locked proxies and wait only for their pool's row.
+    Queries that may wait otherwise (reclaiming expired leases, looking a
+    lease up) run on their own. A round that fails for a statement's error
+    rolls back as a whole: each of its queries then runs on its own, so the
+    error reaches the coroutine whose query caused it, and only that one.
+    """
+
+    def __init__(
+        self, options: dict[str, Any], hooks: list[Callable[[Any], None]]
+    ) -> None:
         self._options = options
         self._hooks = hooks
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._closed = False
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._queue: list[_Pending] = []
+        self._worker: asyncio.Task[None] | None = None
 
-    async def take(self) -> psycopg.AsyncConnection[Any]:
+    async def run(self, steps: Steps[T]) -> T:
+        """Drive ``steps`` to its result, its queries in the coming rounds."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             # A connection serves the loop it was opened on only.
-            self.close(reopen=True)
-            self._loop = loop
-        while True:
-            while self._idle:
-                conn = self._idle.pop()
-                if _usable(conn):
-                    return conn
-                self._forget(conn)
-            if self._open < MAX_ASYNC_CONNECTIONS:
-                return await self._connect()
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                elif not waiter.cancelled():
-                    self._wake_one()  # woken, but gone: let the next one go
-                raise
-
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        self._open += 1
+            self.close()
+            self._loop, self._queue, self._worker = loop, [], None
         try:
-            conn = await psycopg.AsyncConnection.connect(**self._options)
-        except BaseException:
-            self._open -= 1
-            self._wake_one()
-            raise
+            query = next(steps)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        pending = _Pending(steps, query, loop.create_future())
+        self._queue.append(pending)
+        if self._worker is None:
+            self._worker = loop.create_task(self._work())
+        return await pending.future  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the connection now (no await: psycopg's close() does only this)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.pgconn.finish()
+
+    async def _work(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._round([p for p in batch if not p.future.done()])
+        finally:
+            self._worker = None
+
+    async def _round(self, batch: list[_Pending]) -> None:
+        try:
+            conn = await self._connection()
+        except psycopg.Error as exc:
+            _fail(batch, exc)
+            return
+        together = sorted(
+            (p for p in batch if p.query.order is not None),
+            key=lambda p: p.query.order,  # type: ignore[arg-type,return-value]
+        )
+        alone = [p for p in batch if p.query.order is None]
+        if len(together) > 1:
+            try:
+                rows = await _pipeline(conn, [p.query for p in together])
+            except psycopg.Error as exc:
+                if _lost(conn):
+                    self.close()
+                    _fail(batch, exc)
+                    return
+                alone += together  # all rolled back: each again, on its own
+            else:
+                for pending, row in zip(together, rows, strict=True):
+                    self._advance(pending, row, None)
+        else:
+            alone += together
+        for index, pending in enumerate(alone):
+            try:
+                cursor = await conn.execute(pending.query.sql, pending.query.params)
+                row = await cursor.fetchone()
+            except psycopg.Error as exc:
+                if _lost(conn):
+                    self.close()
+                    _fail(alone[index:], exc)
+                    return
+                self._advance(pending, None, exc)
+            else:
+                self._advance(pending, row, None)
+
+    def _advance(
+        self, pending: _Pending, row: Any, error: psycopg.Error | None
+    ) -> None:
+        """Hand the steps their row (or error): done, failed, or queued again."""
+        try:
+            if error is not None:
+                pending.query = pending.steps.throw(error)
+            else:
+                pending.query = pending.steps.send(row)
+        except StopIteration as done:
+            if not pending.future.done():
+                pending.future.set_result(done.value)
+        except Exception as exc:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        else:
+            self._queue.append(pending)
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is not None and _usable(self._conn):
+            return self._conn
+        self.close()
+        conn = await psycopg.AsyncConnection.connect(**self._options)
         for hook in self._hooks:
             hook(conn)
+        self._conn = conn
         return conn
 
-    def give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if not _reusable(conn) or self._closed:
-            lost = conn.pgconn.status == _BAD
-            self._forget(conn)
-            if lost:  # the server probably restarted: the others are gone too
-                self.close(reopen=True)
-        else:
-            self._idle.append(conn)
-        self._wake_one()
 
-    def close(self, *, reopen: bool = False) -> None:
-        while self._idle:
-            self._forget(self._idle.pop())
-        self._closed = not reopen
+async def _pipeline(
+    conn: psycopg.AsyncConnection[Any], queries: list[Query]
+) -> list[Any]:
+    """Each query's first row, all sent in one pipeline: one transaction."""
+    async with conn.pipeline():  # its end syncs, and fetches every result
+        cursors = [await conn.execute(query.sql, query.params) for query in queries]
+    return [await cursor.fetchone() for cursor in cursors]
 
-    def _forget(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        conn.pgconn.finish()  # no await: psycopg's close() does only this
-        self._open -= 1
 
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+def _fail(batch: list[_Pending], exc: psycopg.Error) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+
+
+def _lost(conn: Any) -> bool:
+    return bool(conn.pgconn.status == _BAD)
 
 
 def _reusable(conn: Any) -> bool:
@@ -299,7 +392,7 @@ def acquire_steps(
         return lease
     for _ in range(ACQUIRE_ROUNDS):
         try:
-            row = yield Query(statement, params)
+            row = yield Query(statement, params, (_ACQUIRE, ""))
         except psycopg.IntegrityError:
             # The lease id exists: a lost first try committed it after all.
             if retrying and (lease := (yield from _taken_before(params))) is not None:
@@ -330,9 +423,11 @@ def _lease_with_proxy() -> Prepared:
     return Prepared(sql.lease_with_proxy())
 
 
-def release_steps(statement: Prepared, params: dict[str, Any]) -> Steps[bool]:
+def release_steps(
+    statement: Prepared, params: dict[str, Any], proxy_id: UUID
+) -> Steps[bool]:
     """One release: whether the statement released the lease (it was active)."""
-    row = yield Query(statement, params)
+    row = yield Query(statement, params, (_RELEASE, str(proxy_id)))
     return bool(row.released)
 
 
@@ -367,22 +462,6 @@ def _drive(conn: psycopg.Connection[Any], steps: Steps[T]) -> T:
         try:
             try:
                 row = conn.execute(query.sql, query.params).fetchone()
-            except psycopg.Error as exc:
-                query = steps.throw(exc)
-            else:
-                query = steps.send(row)
-        except StopIteration as done:
-            result: T = done.value
-            return result
-
-
-async def _drive_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T]) -> T:
-    query = next(steps)
-    while True:
-        try:
-            try:
-                cursor = await conn.execute(query.sql, query.params)
-                row = await cursor.fetchone()
             except psycopg.Error as exc:
                 query = steps.throw(exc)
             else:

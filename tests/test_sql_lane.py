@@ -1,0 +1,138 @@
+"""The PostgreSQL lease lane on an asyncio loop: coroutines share round trips."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import literal_column, select
+
+from loop_support import run_on_a_loop
+from scrapy_pharox import (
+    ProxyManager,
+    SqlStorage,
+    StorageError,
+    bootstrap_pool,
+    bootstrap_proxy,
+)
+from scrapy_pharox.storage.sql_lane import Query, Steps
+from scrapy_pharox.storage.sql_statements import Prepared
+from wire_support import WireTrace
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def storage(postgresql_url: str) -> Iterator[SqlStorage]:
+    storage = SqlStorage(postgresql_url)
+    storage.create_schema()
+    pool = bootstrap_pool(storage, name="pool")
+    for port in (1, 2, 3):
+        bootstrap_proxy(
+            storage, pool=pool, host="127.0.0.1", port=port, max_concurrency=1
+        )
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+def test_coroutines_sharing_three_exclusive_proxies_never_hold_one_together(
+    storage: SqlStorage,
+) -> None:
+    manager = ProxyManager(storage)
+    holders: dict[Any, int] = {}
+    most = 0
+
+    async def worker() -> int:
+        nonlocal most
+        leases = 0
+        for _ in range(15):
+            lease = await manager.acquire_proxy_async("pool", "worker")
+            if lease is None:
+                await asyncio.sleep(0.001)
+                continue
+            holders[lease.proxy_id] = holders.get(lease.proxy_id, 0) + 1
+            most = max(most, holders[lease.proxy_id])
+            await asyncio.sleep(0.002)
+            holders[lease.proxy_id] -= 1
+            assert await manager.release_proxy_async(lease)
+            leases += 1
+        return leases
+
+    async def scenario() -> list[int]:
+        return await asyncio.gather(*(worker() for _ in range(12)))
+
+    leases = run_on_a_loop(scenario())
+    assert sum(leases) > 0
+    assert most == 1
+    stats = storage.get_pool_stats("pool")
+    assert stats is not None and stats.total_leases == 0
+
+
+def test_concurrent_acquires_share_round_trips(storage: SqlStorage) -> None:
+    manager = ProxyManager(storage)
+    opened: list[Any] = []
+    storage.lease_connection_hooks.append(opened.append)
+
+    async def scenario() -> int:
+        warm_up = await manager.acquire_proxy_async("pool", "worker")
+        assert warm_up is not None and await manager.release_proxy_async(warm_up)
+        with WireTrace(opened) as wire:
+            leases = await asyncio.gather(
+                *(manager.acquire_proxy_async("pool", "worker") for _ in range(3))
+            )
+            await asyncio.gather(
+                *(manager.release_proxy_async(lease) for lease in leases if lease)
+            )
+        assert all(leases)
+        return wire.round_trips
+
+    # Six statements: the three acquires in one round, the three releases in one.
+    assert run_on_a_loop(scenario()) == 2
+
+
+def test_a_lease_released_twice_in_one_round_is_released_once(
+    storage: SqlStorage,
+) -> None:
+    manager = ProxyManager(storage)
+    lease = manager.acquire_proxy("pool", "worker")
+    assert lease is not None
+    twin = lease.model_copy()
+
+    async def scenario() -> list[bool]:
+        return await asyncio.gather(
+            manager.release_proxy_async(lease), manager.release_proxy_async(twin)
+        )
+
+    assert sorted(run_on_a_loop(scenario())) == [False, True]
+    assert storage.list_proxies("pool")[0].current_leases == 0
+
+
+def test_a_failing_statement_fails_only_the_coroutine_that_sent_it(
+    storage: SqlStorage,
+) -> None:
+    lane = storage._lane
+    assert lane is not None
+    failing = Prepared(select(literal_column("1 / 0").label("value")))
+    fine = Prepared(select(literal_column("7").label("value")))
+
+    def steps(statement: Prepared) -> Steps[int]:
+        row = yield Query(statement, {}, (1, ""))
+        return int(row.value)
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                lane.run_async("testing", lambda _, s=statement: steps(s))
+                for statement in (fine, failing, fine)
+            ),
+            return_exceptions=True,
+        )
+
+    first, second, third = run_on_a_loop(scenario())
+    assert (first, third) == (7, 7)
+    assert isinstance(second, StorageError)
+    assert "division by zero" in str(second)
