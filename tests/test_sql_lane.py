@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,3 +137,29 @@ def test_a_failing_statement_fails_only_the_coroutine_that_sent_it(
     assert (first, third) == (7, 7)
     assert isinstance(second, StorageError)
     assert "division by zero" in str(second)
+
+
+def test_coroutines_waiting_on_a_cancelled_round_are_cancelled_not_left_waiting(
+    storage: SqlStorage,
+) -> None:
+    lane = storage._lane
+    assert lane is not None
+    sleeping = Prepared(select(literal_column("pg_sleep(5)").label("value")))
+
+    def steps() -> Steps[None]:
+        yield Query(sleeping, {})
+
+    async def scenario() -> float:
+        waiting = asyncio.ensure_future(lane.run_async("testing", lambda _: steps()))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        worker = lane._pipeliner._worker
+        assert worker is not None
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 2)  # never left waiting
+        return time.monotonic() - started
+
+    assert run_on_a_loop(scenario()) < 1.0
+    manager = ProxyManager(storage)
+    assert run_on_a_loop(manager.acquire_proxy_async("pool")) is not None

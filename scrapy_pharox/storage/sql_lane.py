@@ -279,10 +279,24 @@ class _Pipeliner:
             conn.pgconn.finish()
 
     async def _work(self) -> None:
+        batch: list[_Pending] = []
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
                 await self._round([p for p in batch if not p.future.done()])
+        except BaseException as exc:
+            # The loop shutting down (or a bug): no coroutine may wait forever,
+            # and the connection may be mid-statement.
+            self.close()
+            for pending in [*batch, *self._queue]:
+                if pending.future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    pending.future.set_exception(exc)
+                else:
+                    pending.future.cancel()
+            self._queue = []
+            raise
         finally:
             self._worker = None
 
