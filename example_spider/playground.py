@@ -422,10 +422,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Forward an absolute-URI request."""
-        with self.proxy._carrying():
+        with self.proxy._carrying() as finish:
             try:
-                self._forward()
+                self._forward(finish)
             except _Reply as err:
+                finish()
                 self._reply(err)
 
     do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_PATCH = do_GET
@@ -481,7 +482,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.proxy._forwarded(int(sock.getsockname()[1]))
         return sock
 
-    def _forward(self) -> None:
+    def _forward(self, finish: Callable[[], None]) -> None:
         url = urlsplit(self.path)
         try:
             port = url.port or 80
@@ -521,8 +522,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", length_out)
         if self.close_connection:
             self.send_header("Connection", "close")
+        if no_body:
+            finish()
         self.end_headers()
         if not no_body:
+            finish()
             self.wfile.write(data)
 
     def _upstream_headers(self, host: str) -> list[tuple[str, str]]:
@@ -585,18 +589,31 @@ class ForwardProxy(_Service):
         self.max_active_requests = 0
 
     @contextlib.contextmanager
-    def _carrying(self) -> Iterator[None]:
-        """Count a request (or a CONNECT tunnel) from arrival to its last byte."""
+    def _carrying(self) -> Iterator[Callable[[], None]]:
+        """Count a request (or a CONNECT tunnel) from arrival to its last byte.
+
+        The handler calls the function it gets just before it writes the last
+        bytes: once they are out, the client may send its next request, which
+        must not find this one still counted.
+        """
         with self._lock:
             self.active_requests += 1
             self.max_active_requests = max(
                 self.max_active_requests, self.active_requests
             )
-        try:
-            yield
-        finally:
+        done = False
+
+        def finish() -> None:
+            nonlocal done
             with self._lock:
-                self.active_requests -= 1
+                if not done:
+                    done = True
+                    self.active_requests -= 1
+
+        try:
+            yield finish
+        finally:
+            finish()
 
     def _handler(self) -> _Handler:
         return functools.partial(_ProxyHandler, proxy=self)
