@@ -21,13 +21,13 @@ import logging
 import select
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Generator, Mapping
 from functools import cache
 from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import namedtuple_row
 
 from ..exceptions import StorageError
 from ..models import Lease
@@ -90,7 +90,7 @@ class LeaseLane:
         retry_seconds: float,
     ) -> None:
         self.connection_hooks: list[Callable[[Any], None]] = []
-        options = {**connect_kwargs, "autocommit": True, "row_factory": namedtuple_row}
+        options = {**connect_kwargs, "autocommit": True}
         self._connections = _Connections(options, self.connection_hooks)
         self._pipeliner = _Pipeliner(options, self.connection_hooks)
         self._shown_url = shown_url
@@ -328,7 +328,7 @@ class _Pipeliner:
         for index, pending in enumerate(alone):
             try:
                 cursor = await conn.execute(pending.query.sql, pending.query.params)
-                row = await cursor.fetchone()
+                row = _named(pending.query, cursor, await cursor.fetchone())
             except psycopg.Error as exc:
                 if _lost(conn):
                     self.close()
@@ -373,7 +373,10 @@ async def _pipeline(
     """Each query's first row, all sent in one pipeline: one transaction."""
     async with conn.pipeline():  # its end syncs, and fetches every result
         cursors = [await conn.execute(query.sql, query.params) for query in queries]
-    return [await cursor.fetchone() for cursor in cursors]
+    return [
+        _named(query, cursor, await cursor.fetchone())
+        for query, cursor in zip(queries, cursors, strict=True)
+    ]
 
 
 def _fail(batch: list[_Pending], exc: psycopg.Error) -> None:
@@ -475,7 +478,8 @@ def _drive(conn: psycopg.Connection[Any], steps: Steps[T]) -> T:
     while True:
         try:
             try:
-                row = conn.execute(query.sql, query.params).fetchone()
+                cursor = conn.execute(query.sql, query.params)
+                row = _named(query, cursor, cursor.fetchone())
             except psycopg.Error as exc:
                 query = steps.throw(exc)
             else:
@@ -483,6 +487,23 @@ def _drive(conn: psycopg.Connection[Any], steps: Steps[T]) -> T:
         except StopIteration as done:
             result: T = done.value
             return result
+
+
+#: The row type of each statement run, by its SQL: psycopg's namedtuple_row
+#: would work the names out again for every row.
+_row_types: dict[str, Callable[[Any], Any]] = {}
+
+
+def _named(query: Query, cursor: Any, values: tuple[Any, ...] | None) -> Any:
+    """A row of ``query`` with its columns as attributes, or None."""
+    if values is None:
+        return None
+    make = _row_types.get(query.sql)
+    if make is None:
+        names = [column.name for column in cursor.description]
+        row_type: Any = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+        make = _row_types[query.sql] = row_type._make
+    return make(values)
 
 
 def _usable(conn: Any) -> bool:
