@@ -33,6 +33,7 @@ from ..exceptions import StorageError
 from ..models import Lease
 from . import sql_statements as sql
 from .sql_errors import reason, transient
+from .sql_pipeline import RawPipeline, result_names
 from .sql_rows import lease_from_row
 from .sql_statements import Prepared
 
@@ -251,6 +252,7 @@ class _Pipeliner:
         self._hooks = hooks
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._pipeline: RawPipeline | None = None
         self._queue: list[_Pending] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -274,7 +276,7 @@ class _Pipeliner:
 
     def close(self) -> None:
         """Close the connection now (no await: psycopg's close() does only this)."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._pipeline = self._conn, None, None
         if conn is not None:
             conn.pgconn.finish()
 
@@ -311,20 +313,24 @@ class _Pipeliner:
             key=lambda p: p.query.order,  # type: ignore[arg-type,return-value]
         )
         alone = [p for p in batch if p.query.order is None]
-        if len(together) > 1:
+        if together:
             try:
-                rows = await _pipeline(conn, [p.query for p in together])
+                assert self._pipeline is not None
+                rows = await self._pipeline.run(
+                    [(p.query.sql, p.query.params) for p in together], _result_row
+                )
             except psycopg.Error as exc:
                 if _lost(conn):
                     self.close()
                     _fail(batch, exc)
                     return
-                alone += together  # all rolled back: each again, on its own
+                if len(together) == 1:  # its error is its own
+                    self._advance(together[0], None, exc)
+                else:
+                    alone += together  # all rolled back: each again, on its own
             else:
                 for pending, row in zip(together, rows, strict=True):
                     self._advance(pending, row, None)
-        else:
-            alone += together
         for index, pending in enumerate(alone):
             try:
                 cursor = await conn.execute(pending.query.sql, pending.query.params)
@@ -363,20 +369,8 @@ class _Pipeliner:
         conn = await psycopg.AsyncConnection.connect(**self._options)
         for hook in self._hooks:
             hook(conn)
-        self._conn = conn
+        self._conn, self._pipeline = conn, RawPipeline(conn)
         return conn
-
-
-async def _pipeline(
-    conn: psycopg.AsyncConnection[Any], queries: list[Query]
-) -> list[Any]:
-    """Each query's first row, all sent in one pipeline: one transaction."""
-    async with conn.pipeline():  # its end syncs, and fetches every result
-        cursors = [await conn.execute(query.sql, query.params) for query in queries]
-    return [
-        _named(query, cursor, await cursor.fetchone())
-        for query, cursor in zip(queries, cursors, strict=True)
-    ]
 
 
 def _fail(batch: list[_Pending], exc: psycopg.Error) -> None:
@@ -496,13 +490,25 @@ _row_types: dict[str, Callable[[Any], Any]] = {}
 
 def _named(query: Query, cursor: Any, values: tuple[Any, ...] | None) -> Any:
     """A row of ``query`` with its columns as attributes, or None."""
+    return _row_of(
+        query.sql, lambda: [column.name for column in cursor.description], values
+    )
+
+
+def _result_row(sql: str, result: Any, values: tuple[Any, ...] | None) -> Any:
+    """A row of a libpq result of ``sql`` (``RawPipeline``), or None."""
+    return _row_of(sql, lambda: result_names(result), values)
+
+
+def _row_of(
+    sql: str, names: Callable[[], list[str]], values: tuple[Any, ...] | None
+) -> Any:
     if values is None:
         return None
-    make = _row_types.get(query.sql)
+    make = _row_types.get(sql)
     if make is None:
-        names = [column.name for column in cursor.description]
-        row_type: Any = namedtuple("Row", names, rename=True)  # type: ignore[misc]
-        make = _row_types[query.sql] = row_type._make
+        row_type: Any = namedtuple("Row", names(), rename=True)  # type: ignore[misc]
+        make = _row_types[sql] = row_type._make
     return make(values)
 
 
