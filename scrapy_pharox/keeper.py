@@ -7,6 +7,7 @@ waiting for a proxy, and the ``pharox/*`` stats.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ class LeaseKeeper:
         self._wakeup = Wakeup()
         self._offloader = Offloader(threads=8) if manager.storage.blocking_io else None
         self._closing = False
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self._resting_pools: set[str] = set()
         self._resting_checked: dict[str, float] = {}
@@ -381,6 +383,19 @@ class LeaseKeeper:
         self.stats.set_value("pharox/leases/active", len(self._held))
         if report is not None:
             self.stats.inc_value(f"pharox/outcome/{report.outcome.value}")
+        if self._on_loop():
+            # The response need not wait for the database: its release goes on
+            # in a task of its own (awaited at spider close), and the request
+            # does not leave Scrapy's fast path for a suspended middleware.
+            task = asyncio.get_running_loop().create_task(
+                self._give_back(lease, report)
+            )
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+        else:
+            await self._give_back(lease, report)
+
+    async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
             if self._on_loop():
                 await self.manager.release_proxy_async(lease, report)
@@ -402,6 +417,8 @@ class LeaseKeeper:
         self._wakeup.wake_all()
         for lease in list(self._held.values()):
             await self.release(lease, "closed")
+        while self._giving_back:
+            await asyncio.gather(*self._giving_back)
         for hook in self._close_hooks:
             await hook()
 

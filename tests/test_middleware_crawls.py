@@ -60,6 +60,29 @@ def test_pool_counts_are_in_the_stats_at_close(
     assert stats["pharox/pool/default/total_leases"] == 0
 
 
+@pytest.mark.postgres
+@pytest_twisted.inlineCallbacks
+def test_a_crawl_on_postgresql_has_given_every_lease_back_when_its_pool_is_counted(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy], postgresql_url: str
+) -> Any:
+    proxies = [start_proxy() for _ in range(2)]
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {
+            "PHAROX_STORAGE_URL": postgresql_url,
+            "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+        },
+        start_url=site.url + "/",
+    )
+    stats = stats_of(crawler)
+    assert stats["pharox/release/response"] == PAGES_AND_ROOT
+    assert_every_lease_released(stats)
+    # Releases run in the background on PostgreSQL: all done before the count.
+    assert stats["pharox/pool/default/total_leases"] == 0
+    assert stats["pharox/pool/default/available_proxies"] == 2
+    assert max(proxy.max_active_requests for proxy in proxies) == 1
+
+
 @pytest_twisted.inlineCallbacks
 def test_the_middleware_and_extension_can_be_enabled_by_hand(
     site: TargetSite, start_proxy: Callable[..., ForwardProxy]

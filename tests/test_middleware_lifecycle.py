@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import pytest
 import pytest_twisted
 import scrapy
 from scrapy.crawler import Crawler
@@ -91,15 +92,26 @@ def test_a_slow_storage_runs_beside_the_downloads_not_in_front_of_them(
     assert_every_lease_released(stats_of(crawler))
 
 
+@pytest.mark.parametrize(
+    "storage_kind", ["memory", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 @pytest_twisted.inlineCallbacks
 def test_closing_with_requests_in_flight_leaves_no_lease_behind(
     start_proxy: Callable[..., ForwardProxy],
+    storage_kind: str,
+    request: pytest.FixtureRequest,
 ) -> Any:
+    storage_url = (
+        request.getfixturevalue("postgresql_url")
+        if storage_kind == "postgresql"
+        else "memory://"
+    )
     proxies = [start_proxy() for _ in range(3)]
     with TargetSite(pages=30, delay=0.5) as slow_site:
         crawler: Crawler = yield crawl(
             LinkSpider,
             {
+                "PHAROX_STORAGE_URL": storage_url,
                 "PHAROX_PROXIES": [proxy.url for proxy in proxies],
                 "CLOSESPIDER_PAGECOUNT": 2,
                 "CONCURRENT_REQUESTS": 16,
