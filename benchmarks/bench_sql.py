@@ -8,9 +8,10 @@ Needs a PostgreSQL server (default: the tests' one, PHAROX_TEST_DATABASE_URL) an
 with greenlet). Everything runs in two fresh schemas of that database, one per
 adapter, dropped at the end. In one run it measures:
 
-1. round trips per acquire+release: statements counted by a SQLAlchemy
-   ``before_cursor_execute`` listener, plus what that listener cannot see
-   (BEGIN and COMMIT of explicit transactions, pool pre-pings);
+1. round trips per acquire+release: for pharox, statements counted by a
+   SQLAlchemy ``before_cursor_execute`` listener; for ours, whose acquire and
+   release bypass the engine, Execute messages in libpq's trace of the lease
+   lane's connections; round trips from that trace, for both;
 2. acquire+release cycles per second in one process;
 3. processes sharing 20 exclusive proxies: leases per second, acquires that came
    back empty, exceptions, from 1 to 2 to 8 processes;
@@ -180,6 +181,37 @@ def round_trips(manager: Any, engine: Engine, cycles: int = 200) -> dict[str, fl
     return {"statements": statements / cycles, "wire": ready / cycles}
 
 
+def lane_round_trips(manager: Any, cycles: int = 200) -> dict[str, float]:
+    """``round_trips`` for SqlStorage, whose acquire and release bypass the
+    engine: statements and round trips both read off libpq's trace of the lease
+    lane's connections (a statement is an Execute message of ours, a round trip
+    ends with the server's ReadyForQuery)."""
+    opened: list[Any] = []
+    manager.storage.lease_connection_hooks.append(opened.append)
+    for _ in range(20):
+        cycle(manager, "counter")  # warm up: consumer registered, caches filled
+    with tempfile.TemporaryFile(mode="w+") as trace:
+
+        def follow(connection: Any) -> None:
+            connection.pgconn.trace(trace.fileno())
+            connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS)
+
+        for connection in opened:
+            follow(connection)
+        manager.storage.lease_connection_hooks.append(follow)
+        try:
+            for _ in range(cycles):
+                cycle(manager, "counter")
+        finally:
+            for connection in opened:
+                connection.pgconn.untrace()  # flushes the trace
+        trace.seek(0)
+        lines = trace.readlines()
+    executes = sum(line.startswith("F") and "\tExecute" in line for line in lines)
+    ready = sum(line.startswith("B") and "ReadyForQuery" in line for line in lines)
+    return {"statements": executes / cycles, "wire": ready / cycles}
+
+
 def cycles_per_second(manager: Any, seconds: float) -> float:
     for _ in range(20):
         cycle(manager, "solo")
@@ -342,9 +374,12 @@ def main() -> None:
         urls = {"ours": our_url, "pharox": their_url}
 
         print("round trips ...", file=sys.stderr)
-        counted = {kind: round_trips(*MAKERS[kind](url)) for kind, url in urls.items()}
+        counted = {
+            "ours": lane_round_trips(ours(our_url)[0]),
+            "pharox": round_trips(*pharox_manager(their_url)),
+        }
         for key, label in (
-            ("statements", "statements per acquire+release (listener)"),
+            ("statements", "statements per acquire+release"),
             ("wire", "round trips per acquire+release (wire)"),
         ):
             mine, theirs = counted["ours"][key], counted["pharox"][key]
