@@ -188,9 +188,14 @@ class IStorage(ABC):
                 selector,
             )
         return await asyncio.to_thread(
-            self.acquire, pool_name, consumer_name, duration_seconds, filters,
-            selector, domain,
-        )  # fmt: skip
+            self.acquire,
+            pool_name,
+            consumer_name,
+            duration_seconds,
+            filters,
+            selector,
+            domain,
+        )
 
     async def release_lease_async(
         self, lease: Lease, report: OutcomeReport | None = None
