@@ -78,11 +78,14 @@ class SqlStorage(IStorage):
     (``hide_parameters=True`` unless given). A step that fails on a dropped
     connection or a restarting server is tried again for up to ``retry_seconds``.
 
-    A pooled PostgreSQL connection is pinged before use when it sat idle for
-    ``ping_after_idle_seconds`` (None: never): the staleness that SQLAlchemy's
-    ``pool_pre_ping`` guards against, without its round trip on every
-    checkout, which would double the round trips of an acquire. Pass
-    ``pool_pre_ping=True`` to ping on every checkout instead. Call
+    On PostgreSQL, acquire and release run on connections of their own
+    (``sql_lane``), which notice a connection the server closed without a
+    round trip; awaited from a coroutine (``acquire_async``), they share
+    round trips with other coroutines' (``native_async``). The engine serves
+    the rest: its pooled connection is pinged before use when it sat idle for
+    ``ping_after_idle_seconds`` (None: never), the staleness that SQLAlchemy's
+    ``pool_pre_ping`` guards against without its round trip on every checkout;
+    pass ``pool_pre_ping=True`` to ping on every checkout instead. Call
     ``create_schema()`` once before use (``open_storage`` does).
     """
 
