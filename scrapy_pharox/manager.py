@@ -22,7 +22,7 @@ from .models import (
     SelectorStrategy,
     utc_now,
 )
-from .storage.base import IStorage
+from .storage.base import IStorage, call_acquire, call_release
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +58,16 @@ class ProxyManager:
         before the search. With ``domain``, proxies cooling down for that target
         domain are passed over.
         """
-        check_duration(duration_seconds)
-        consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
-        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now()
-        # Adapters written before domain cooldowns take no ``domain``.
-        lease = (
-            self.storage.acquire(
-                pool_name, consumer, duration_seconds, filters, strategy
-            )
-            if domain is None
-            else self.storage.acquire(
-                pool_name, consumer, duration_seconds, filters, strategy, domain=domain
-            )
+        lease = call_acquire(
+            self.storage,
+            pool_name,
+            consumer,
+            duration_seconds,
+            filters,
+            strategy,
+            domain,
         )
         if self._acquire_callbacks:
             self._notify(
@@ -92,12 +89,20 @@ class ProxyManager:
     ) -> Lease | None:
         """``acquire_proxy`` for a coroutine, never blocking the running loop.
 
-        The storage waits on the loop itself when it can (``native_async``),
-        else in a worker thread; callbacks run in a worker thread.
+        The storage waits on the loop itself when it can (``native_async``);
+        else, and for callbacks, ``acquire_proxy`` runs in a worker thread.
         """
-        check_duration(duration_seconds)
-        consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
-        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        if not self.storage.native_async:
+            return await asyncio.to_thread(
+                self.acquire_proxy,
+                pool_name,
+                consumer_name,
+                duration_seconds,
+                filters,
+                selector,
+                domain,
+            )
+        consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now()
         lease = await self.storage.acquire_async(
             pool_name, consumer, duration_seconds, filters, strategy, domain
@@ -111,6 +116,17 @@ class ProxyManager:
                 ),
             )
         return lease
+
+    def _checked(
+        self,
+        consumer_name: str | None,
+        duration_seconds: float,
+        selector: SelectorStrategy | None,
+    ) -> tuple[str, SelectorStrategy]:
+        """The consumer and selector an acquire uses; a bad duration raises."""
+        check_duration(duration_seconds)
+        consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
+        return consumer, SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
 
     def _acquire_payload(
         self,
@@ -145,33 +161,32 @@ class ProxyManager:
         lease that expired and was reclaimed, changes nothing, returns False and
         runs no callback.
         """
-        released = (
-            self.storage.release_lease(lease)
-            if report is None
-            else self.storage.release_lease(lease, report)
-        )
-        lease.status = LeaseStatus.RELEASED
-        if not released:
-            return False
-        lease.released_at = utc_now()
-        if self._release_callbacks:
+        released = call_release(self.storage, lease, report)
+        if self._mark(lease, released) and self._release_callbacks:
             self._notify(self._release_callbacks, self._release_payload(lease))
-        return True
+        return released
 
     async def release_proxy_async(
         self, lease: Lease, report: OutcomeReport | None = None
     ) -> bool:
-        """``release_proxy`` for a coroutine, never blocking the running loop."""
+        """``release_proxy`` for a coroutine, never blocking the running loop
+        (a worker thread runs it unless the storage is ``native_async``)."""
+        if not self.storage.native_async:
+            return await asyncio.to_thread(self.release_proxy, lease, report)
         released = await self.storage.release_lease_async(lease, report)
-        lease.status = LeaseStatus.RELEASED
-        if not released:
-            return False
-        lease.released_at = utc_now()
-        if self._release_callbacks:
+        if self._mark(lease, released) and self._release_callbacks:
             await asyncio.to_thread(
                 self._notify, self._release_callbacks, self._release_payload(lease)
             )
-        return True
+        return released
+
+    @staticmethod
+    def _mark(lease: Lease, released: bool) -> bool:
+        """Mark the lease released (stamped when this call did it); ``released``."""
+        lease.status = LeaseStatus.RELEASED
+        if released:
+            lease.released_at = utc_now()
+        return released
 
     def _release_payload(self, lease: Lease) -> Callable[[], ReleaseEventPayload]:
         released_at = lease.released_at or utc_now()

@@ -342,13 +342,8 @@ class SqlStorage(IStorage):
         domain: str | None = None,
     ) -> Lease | None:
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-        params = {
-            "pool_name": pool_name,
-            "lease_id": uuid4(),
-            "consumer_id": self.ensure_consumer(consumer_name),
-            "seconds": float(duration_seconds),
-            "target_domain": domain,
-        }
+        consumer_id = self.ensure_consumer(consumer_name)
+        params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
         if self._lane is not None:
             statement = sql.pg_acquire(strategy, filters, domain is not None)
             return self._lane.acquire(statement, params)
@@ -376,13 +371,7 @@ class SqlStorage(IStorage):
         if consumer_id is None:  # once per consumer name
             consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-        params = {
-            "pool_name": pool_name,
-            "lease_id": uuid4(),
-            "consumer_id": consumer_id,
-            "seconds": float(duration_seconds),
-            "target_domain": domain,
-        }
+        params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
         statement = sql.pg_acquire(strategy, filters, domain is not None)
         return await self._lane.acquire_async(statement, params)
 
@@ -731,6 +720,19 @@ def _end_leases(conn: Connection, gone: Sequence[Any], outcome: str) -> None:
         [{"proxy_key": key, "slots": count} for key, count in slots.items()],
     )
     conn.execute(sql.log_leases(outcome), [row._asdict() for row in gone])
+
+
+def _acquire_parameters(
+    pool_name: str, consumer_id: UUID, duration_seconds: float, domain: str | None
+) -> dict[str, Any]:
+    """An acquire's parameters, with the new lease's id (a retry finds it by it)."""
+    return {
+        "pool_name": pool_name,
+        "lease_id": uuid4(),
+        "consumer_id": consumer_id,
+        "seconds": float(duration_seconds),
+        "target_domain": domain,
+    }
 
 
 def _release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str, Any]:
