@@ -7,12 +7,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from conftest import libpq_url
 from sqlalchemy import literal_column, select
 
 from loop_support import run_on_a_loop
 from scrapy_pharox import (
     ProxyManager,
+    SelectorStrategy,
     SqlStorage,
     StorageError,
     bootstrap_pool,
@@ -163,3 +166,35 @@ def test_coroutines_waiting_on_a_cancelled_round_are_cancelled_not_left_waiting(
     assert run_on_a_loop(scenario()) < 1.0
     manager = ProxyManager(storage)
     assert run_on_a_loop(manager.acquire_proxy_async("pool")) is not None
+
+
+def test_an_acquire_whose_coroutine_was_cancelled_gives_its_lease_back(
+    storage: SqlStorage, postgresql_url: str
+) -> None:
+    manager = ProxyManager(storage)
+    assert manager.acquire_proxy("pool", "worker") is not None  # consumer known
+    storage.cleanup_expired_leases()
+    holder = psycopg.connect(libpq_url(postgresql_url))
+    # A round-robin acquire waits for its pool's row: hold it locked meanwhile.
+    holder.execute("SELECT id FROM pharox_pool FOR UPDATE")
+
+    async def scenario() -> None:
+        acquiring = asyncio.ensure_future(
+            manager.acquire_proxy_async(
+                "pool", "worker", selector=SelectorStrategy.ROUND_ROBIN
+            )
+        )
+        await asyncio.sleep(0.3)  # the acquire is out, waiting on the lock
+        acquiring.cancel()
+        holder.rollback()  # the acquire now goes through, for nobody
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if storage.get_pool_stats("pool").total_leases == 1:  # type: ignore[union-attr]
+                return
+
+    try:
+        run_on_a_loop(scenario())
+    finally:
+        holder.close()
+    stats = storage.get_pool_stats("pool")
+    assert stats is not None and stats.total_leases == 1  # the first lease only

@@ -356,11 +356,20 @@ class _Pipeliner:
         except StopIteration as done:
             if not pending.future.done():
                 pending.future.set_result(done.value)
+            elif isinstance(done.value, Lease):
+                self._give_back(done.value)
         except Exception as exc:
             if not pending.future.done():
                 pending.future.set_exception(exc)
         else:
             self._queue.append(pending)
+
+    def _give_back(self, lease: Lease) -> None:
+        """Release a lease whose coroutine stopped waiting for it (cancelled
+        while its acquire was out): nobody else would, before it expires."""
+        steps = release_steps(sql.pg_release(), {"lease_id": lease.id}, lease.proxy_id)
+        loop = self._loop or asyncio.get_running_loop()
+        self._queue.append(_Pending(steps, next(steps), loop.create_future()))
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is not None and _usable(self._conn):
