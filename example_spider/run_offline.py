@@ -52,8 +52,10 @@ def main() -> int:
             items = (Path(workdir) / "pages.jsonl").read_text().splitlines()
         print(f"\n{len(items)} pages scraped from {site.url}")
         for proxy, country in zip(proxies, COUNTRIES, strict=True):
+            count = proxy.requests_count
             print(
-                f"  proxy {proxy.url} ({country}): {proxy.requests_count} requests, "
+                f"  proxy {proxy.url} ({country}): {count} "
+                f"request{'' if count == 1 else 's'}, "
                 f"at most {proxy.max_active_requests} at once"
             )
         return status
