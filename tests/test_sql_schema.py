@@ -71,21 +71,27 @@ def test_creating_the_schema_again_keeps_the_data_and_one_version_row(
         storage.close()
 
 
-def test_many_processes_can_create_the_schema_at_the_same_moment(
-    sql_url: str, tmp_path: Path
-) -> None:
+def open_from_processes_at_once(url: str, tmp_path: Path, count: int) -> list[str]:
+    """Open the storage from ``count`` processes in the same second; what each
+    said (``open_at``)."""
     context = process_context()
     start_at = time.time() + 1.0
-    outputs = [tmp_path / f"opener-{index}.json" for index in range(6)]
+    outputs = [tmp_path / f"opener-{index}.json" for index in range(count)]
     processes = [
-        context.Process(target=open_at, args=(sql_url, start_at, str(out)))
+        context.Process(target=open_at, args=(url, start_at, str(out)))
         for out in outputs
     ]
     for process in processes:
         process.start()
     for process in processes:
         process.join(timeout=60)
-    assert [json.loads(out.read_text()) for out in outputs] == ["ok"] * 6
+    return [json.loads(out.read_text()) for out in outputs]
+
+
+def test_many_processes_can_create_the_schema_at_the_same_moment(
+    sql_url: str, tmp_path: Path
+) -> None:
+    assert open_from_processes_at_once(sql_url, tmp_path, 6) == ["ok"] * 6
     storage = SqlStorage(sql_url)
     try:
         assert stored_versions(storage) == [SCHEMA_VERSION]
@@ -113,18 +119,7 @@ def test_a_version_1_schema_is_migrated_by_many_processes_at_once(
         make_version_1(storage)
     finally:
         storage.close()
-    context = process_context()
-    start_at = time.time() + 1.0
-    outputs = [tmp_path / f"migrator-{index}.json" for index in range(4)]
-    processes = [
-        context.Process(target=open_at, args=(sql_url, start_at, str(out)))
-        for out in outputs
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=60)
-    assert [json.loads(out.read_text()) for out in outputs] == ["ok"] * 4
+    assert open_from_processes_at_once(sql_url, tmp_path, 4) == ["ok"] * 4
     storage = open_storage(sql_url)
     assert isinstance(storage, SqlStorage)
     try:
