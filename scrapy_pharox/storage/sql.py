@@ -532,17 +532,13 @@ class SqlStorage(IStorage):
 
         ``work`` gets ``retrying=True`` on every try after the first.
         """
-        deadline: float | None = None
-        delay = 0.05
-        retrying = False
+        tries = sql_errors.Retry(self._retry_seconds)
         while True:
             try:
                 with self._serial, self._connection(transaction, read_only) as conn:
-                    return work(conn, retrying)
+                    return work(conn, tries.retrying)
             except DBAPIError as exc:
-                now = time.monotonic()
-                deadline = deadline or now + self._retry_seconds
-                if not (retry and self._transient(exc) and now < deadline):
+                if not (retry and self._transient(exc) and tries.allowed()):
                     raise self._storage_error(action, exc) from exc
                 logger.warning(
                     "%s on %s failed (%s); trying again",
@@ -552,9 +548,7 @@ class SqlStorage(IStorage):
                 )
             except SQLAlchemyError as exc:
                 raise self._storage_error(action, exc) from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            retrying = True
+            time.sleep(tries.next_delay())
 
     @contextmanager
     def _connection(self, transaction: bool, read_only: bool) -> Iterator[Connection]:

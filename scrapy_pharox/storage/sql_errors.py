@@ -5,6 +5,8 @@ psycopg is imported only when an error is looked at: SQLite needs no psycopg.
 
 from __future__ import annotations
 
+import time
+
 # SQLSTATE classes worth another try: connection, resources, operator
 # intervention (a restart), and rolled-back transactions (deadlock, serialization).
 _TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
@@ -39,3 +41,27 @@ def _operational_error() -> type[BaseException]:
     except ImportError:  # pragma: no cover - psycopg is how we reach PostgreSQL
         return OSError
     return psycopg.OperationalError
+
+
+class Retry:
+    """When to try a failed step again: backing off from 50 ms to 1 s, for up to
+    ``seconds`` from the first failure. ``retrying`` is True after one."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._deadline: float | None = None
+        self._delay = 0.05
+        self.retrying = False
+
+    def allowed(self) -> bool:
+        """Whether another try may start (the first call starts the clock)."""
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self._seconds
+        return now < self._deadline
+
+    def next_delay(self) -> float:
+        """The wait before the next try."""
+        delay, self._delay = self._delay, min(self._delay * 2, 1.0)
+        self.retrying = True
+        return delay

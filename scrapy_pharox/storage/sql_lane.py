@@ -32,7 +32,7 @@ import psycopg
 from ..exceptions import StorageError
 from ..models import Lease
 from . import sql_statements as sql
-from .sql_errors import reason, transient
+from .sql_errors import Retry, reason, transient
 from .sql_pipeline import RawPipeline, result_names
 from .sql_rows import lease_from_row
 from .sql_statements import Prepared
@@ -134,7 +134,7 @@ class LeaseLane:
 
     def run(self, action: str, steps: Callable[[bool], Steps[T]]) -> T:
         """Drive ``steps(retrying)`` to its result, again after a lost connection."""
-        retry = _Retry(self._retry_seconds)
+        retry = Retry(self._retry_seconds)
         while True:
             conn = None
             try:
@@ -150,7 +150,7 @@ class LeaseLane:
     async def run_async(self, action: str, steps: Callable[[bool], Steps[T]]) -> T:
         """``run`` on the running loop: the loop serves others while it waits,
         and steps of several coroutines share round trips (``_Pipeliner``)."""
-        retry = _Retry(self._retry_seconds)
+        retry = Retry(self._retry_seconds)
         while True:
             try:
                 return await self._pipeliner.run(steps(retry.retrying))
@@ -163,7 +163,7 @@ class LeaseLane:
         self._connections.close()
         self._pipeliner.close()
 
-    def _next_try(self, action: str, exc: psycopg.Error, retry: _Retry) -> float:
+    def _next_try(self, action: str, exc: psycopg.Error, retry: Retry) -> float:
         """The wait before another try, or the StorageError to raise now."""
         if not (transient(exc) and retry.allowed()):
             raise self._describe(action, exc) from exc
@@ -453,27 +453,6 @@ def release_steps(
 
 _IDLE_TRANSACTION = psycopg.pq.TransactionStatus.IDLE
 _BAD = psycopg.pq.ConnStatus.BAD
-
-
-class _Retry:
-    """When to try again: backing off from 50 ms to 1 s, until a deadline."""
-
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._deadline: float | None = None
-        self._delay = 0.05
-        self.retrying = False
-
-    def allowed(self) -> bool:
-        now = time.monotonic()
-        if self._deadline is None:
-            self._deadline = now + self._seconds
-        return now < self._deadline
-
-    def next_delay(self) -> float:
-        delay, self._delay = self._delay, min(self._delay * 2, 1.0)
-        self.retrying = True
-        return delay
 
 
 def _drive(conn: psycopg.Connection[Any], steps: Steps[T]) -> T:
