@@ -90,7 +90,7 @@ class ProxyManager:
         """``acquire_proxy`` for a coroutine, never blocking the running loop.
 
         The storage waits on the loop itself when it can (``native_async``);
-        else, and for callbacks, ``acquire_proxy`` runs in a worker thread.
+        else ``acquire_proxy`` runs in a worker thread. Callbacks always do.
         """
         if not self.storage.native_async:
             return await asyncio.to_thread(
