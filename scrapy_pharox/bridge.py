@@ -27,6 +27,23 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def call_later(delay: float, func: Callable[[], None]) -> Callable[[], None]:
+    """Run ``func`` in ``delay`` seconds on the running loop (else the reactor);
+    return what cancels it. Cancelling after it ran does nothing."""
+    loop = running_loop()
+    if loop is not None:
+        return loop.call_later(delay, func).cancel
+    from twisted.internet import reactor  # importing it installs one: late
+
+    call = cast(Any, reactor).callLater(delay, func)
+
+    def cancel() -> None:
+        if call.active():
+            call.cancel()
+
+    return cancel
+
+
 class Offloader:
     """Runs blocking calls in worker threads, awaited from reactor code."""
 

@@ -67,6 +67,7 @@ class PharoxStatsExtension:
         return deferred_from_coro(self._log())
 
     async def _log(self) -> None:
+        self.keeper.flush_stats()
         leased = self.stats.get_value("pharox/acquire/leased", 0)
         released = sum(
             self.stats.get_value(f"pharox/release/{reason}", 0)

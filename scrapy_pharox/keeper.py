@@ -34,6 +34,7 @@ from .models import (
     SelectorStrategy,
 )
 from .storage import IStorage, open_storage
+from .tally import StatsTally
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -56,6 +57,9 @@ FIRST_RECHECK_SECONDS = 0.25
 RESTING_CHECK_SECONDS = 5.0
 
 RELEASE_REASONS = ("response", "exception", "closed")
+
+#: The meta keys that route one request elsewhere than the spider's default.
+TARGET_META_KEYS = frozenset({"pharox_pool", "pharox_filters", "pharox_selector"})
 
 _keepers: WeakKeyDictionary[Crawler, LeaseKeeper] = WeakKeyDictionary()
 
@@ -90,6 +94,9 @@ class LeaseKeeper:
         self._held: dict[UUID, Lease] = {}
         self._wakeup = Wakeup()
         self._offloader = Offloader(threads=8) if manager.storage.blocking_io else None
+        self._native_async = manager.storage.native_async
+        self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
+        self._longest_wait_ms = 0
         self._closing = False
         self._giving_back: set[asyncio.Task[None]] = set()
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
@@ -100,6 +107,7 @@ class LeaseKeeper:
         for name in ("leased", "empty", "gave_up"):
             stats.set_value(f"pharox/acquire/{name}", 0)
         stats.set_value("pharox/leases/active", 0)
+        stats.set_value("pharox/acquire/wait_ms/max", 0)
 
     @classmethod
     def for_crawler(cls, crawler: Crawler) -> LeaseKeeper:
@@ -210,7 +218,7 @@ class LeaseKeeper:
         """The pool, filters and selector for one request (meta overrides spider)."""
         meta = request.meta
         default = self.default_target
-        if not ({"pharox_pool", "pharox_filters", "pharox_selector"} & meta.keys()):
+        if TARGET_META_KEYS.isdisjoint(meta):
             return default
         target = Target(
             pool=meta.get("pharox_pool") or default.pool,
@@ -255,7 +263,7 @@ class LeaseKeeper:
                         "A proxy of pool %r is back from its cooldown", target.pool
                     )
                 return self._hold(lease)
-            self.stats.inc_value("pharox/acquire/empty")
+            self._tally.inc("pharox/acquire/empty")
             await self._notice_resting_pool(target.pool)
             if baton is not None:
                 # Woken by a release we could not use: let the next waiter try.
@@ -264,7 +272,7 @@ class LeaseKeeper:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._record_wait(started)
-                self.stats.inc_value("pharox/acquire/gave_up")
+                self._tally.inc("pharox/acquire/gave_up")
                 logger.warning(
                     "Dropped %s: no proxy of pool %r was free within "
                     "PHAROX_ACQUIRE_TIMEOUT (%ss)",
@@ -293,10 +301,14 @@ class LeaseKeeper:
         try:
             if self._on_loop():
                 lease = await self.manager.acquire_proxy_async(*acquire_args)
+            elif self._offloader is None:
+                lease = self.manager.acquire_proxy(*acquire_args)
             else:
-                lease = await self._call(self.manager.acquire_proxy, *acquire_args)
+                lease = await self._offloader.run(
+                    self.manager.acquire_proxy, *acquire_args
+                )
         except PharoxError as exc:
-            self.stats.inc_value("pharox/acquire/error")
+            self._tally.inc("pharox/acquire/error")
             logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
             return None
         if lease is not None and self._closing:
@@ -308,13 +320,14 @@ class LeaseKeeper:
 
     def _hold(self, lease: Lease) -> Lease:
         self._held[lease.id] = lease
-        self.stats.inc_value("pharox/acquire/leased")
-        self.stats.set_value("pharox/leases/active", len(self._held))
+        self._tally.inc("pharox/acquire/leased")
         return lease
 
     def _record_wait(self, started: float) -> None:
         waited_ms = int((time.monotonic() - started) * 1000)
-        self.stats.max_value("pharox/acquire/wait_ms/max", waited_ms)
+        if waited_ms > self._longest_wait_ms:
+            self._longest_wait_ms = waited_ms
+            self.stats.max_value("pharox/acquire/wait_ms/max", waited_ms)
 
     def _with_protocols(self, filters: ProxyFilters | None) -> ProxyFilters | None:
         protocols = sorted(self.config.protocols, key=lambda protocol: protocol.value)
@@ -379,10 +392,9 @@ class LeaseKeeper:
     async def _release(
         self, lease: Lease, reason: str, report: OutcomeReport | None = None
     ) -> None:
-        self.stats.inc_value(f"pharox/release/{reason}")
-        self.stats.set_value("pharox/leases/active", len(self._held))
+        self._tally.inc(f"pharox/release/{reason}")
         if report is not None:
-            self.stats.inc_value(f"pharox/outcome/{report.outcome.value}")
+            self._tally.inc(f"pharox/outcome/{report.outcome.value}")
         if self._on_loop():
             # The response need not wait for the database: its release goes on
             # in a task of its own (awaited at spider close), and the request
@@ -399,13 +411,16 @@ class LeaseKeeper:
         try:
             if self._on_loop():
                 await self.manager.release_proxy_async(lease, report)
+            elif self._offloader is None:
+                self.manager.release_proxy(lease, report)
             else:
-                await self._call(self.manager.release_proxy, lease, report)
+                await self._offloader.run(self.manager.release_proxy, lease, report)
         except PharoxError as exc:
             # The lease will expire on its own; the crawl goes on.
-            self.stats.inc_value("pharox/release/error")
+            self._tally.inc("pharox/release/error")
             logger.error("scrapy-pharox could not release a lease: %s", exc)
-        self._wakeup.wake_one(set())
+        if self._wakeup.sleepers:
+            self._wakeup.wake_one(set())
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` at spider close, once every lease is back."""
@@ -419,8 +434,14 @@ class LeaseKeeper:
             await self.release(lease, "closed")
         while self._giving_back:
             await asyncio.gather(*self._giving_back)
+        self.flush_stats()
         for hook in self._close_hooks:
             await hook()
+
+    def flush_stats(self) -> None:
+        """Put the ``pharox/*`` counts into Scrapy's stats now (they otherwise
+        follow within ``tally.FLUSH_SECONDS``)."""
+        self._tally.flush()
 
     async def pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
         """A pool's counts, read off the reactor thread when storage does I/O."""
@@ -434,7 +455,7 @@ class LeaseKeeper:
 
     def _on_loop(self) -> bool:
         """Whether storage calls can wait on the running asyncio loop itself."""
-        return self.manager.storage.native_async and running_loop() is not None
+        return self._native_async and running_loop() is not None
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         if self._offloader is None:

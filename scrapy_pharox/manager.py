@@ -59,7 +59,7 @@ class ProxyManager:
         domain are passed over.
         """
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
-        started_at = utc_now()
+        started_at = utc_now() if self._acquire_callbacks else None
         lease = call_acquire(
             self.storage,
             pool_name,
@@ -69,7 +69,7 @@ class ProxyManager:
             strategy,
             domain,
         )
-        if self._acquire_callbacks:
+        if started_at is not None:
             self._notify(
                 self._acquire_callbacks,
                 self._acquire_payload(
@@ -103,11 +103,11 @@ class ProxyManager:
                 domain,
             )
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
-        started_at = utc_now()
+        started_at = utc_now() if self._acquire_callbacks else None
         lease = await self.storage.acquire_async(
             pool_name, consumer, duration_seconds, filters, strategy, domain
         )
-        if self._acquire_callbacks:
+        if started_at is not None:
             await asyncio.to_thread(
                 self._notify,
                 self._acquire_callbacks,
