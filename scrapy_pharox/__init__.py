@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .addon import Addon
 from .aio import (
     acquire_proxy_async,
@@ -52,7 +54,10 @@ from .models import (
     ReleaseEventPayload,
     SelectorStrategy,
 )
-from .storage import InMemoryStorage, IStorage, SqlStorage, open_storage
+from .storage import InMemoryStorage, IStorage, open_storage
+
+if TYPE_CHECKING:
+    from .storage.sql import SqlStorage
 
 __all__ = [
     "AcquireEventPayload",
@@ -105,3 +110,11 @@ __all__ = [
     "with_lease_async",
     "with_retrying_lease_async",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SqlStorage":  # imports SQLAlchemy: only for those who ask
+        from .storage.sql import SqlStorage
+
+        return SqlStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

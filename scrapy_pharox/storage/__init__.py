@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..exceptions import UnsupportedStorageURLError
 from ..models import mask_url_password
 from .base import IStorage
 from .memory import InMemoryStorage
-from .sql import SqlStorage
+
+if TYPE_CHECKING:
+    from .sql import SqlStorage
 
 __all__ = ["IStorage", "InMemoryStorage", "SqlStorage", "open_storage"]
 
@@ -29,6 +33,8 @@ def open_storage(url: str) -> IStorage:
     if scheme in _SQL_SCHEMES:
         if scheme == "postgres":
             url = "postgresql" + url[len(scheme) :]
+        from .sql import SqlStorage
+
         storage = SqlStorage(url)
         try:
             storage.create_schema()
@@ -40,3 +46,13 @@ def open_storage(url: str) -> IStorage:
         f"unsupported storage URL {mask_url_password(str(url))!r}: use memory://, "
         "postgresql+psycopg://user:password@host:port/db or sqlite:///path/to/file.db"
     )
+
+
+def __getattr__(name: str) -> Any:
+    # SQLAlchemy is imported by those who use SQL only: it brings some 30,000
+    # objects that every full garbage collection of a crawl would walk.
+    if name == "SqlStorage":
+        from .sql import SqlStorage
+
+        return SqlStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
