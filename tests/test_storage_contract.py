@@ -11,9 +11,11 @@ import pytest
 
 from scrapy_pharox import (
     IStorage,
+    Lease,
     LeaseStatus,
     PoolNotFoundError,
     Proxy,
+    ProxyCredentials,
     ProxyFilters,
     ProxyManager,
     ProxyPool,
@@ -67,6 +69,21 @@ def test_acquired_lease_names_its_proxy_pool_and_expiry(
     assert lease.pool_name == "pool" and lease.pool_id == proxy.pool_id
     assert lease.status is LeaseStatus.ACTIVE
     assert timedelta(seconds=55) < lease.expires_at - before < timedelta(seconds=65)
+
+
+def test_a_lease_and_its_proxy_carry_every_field_of_their_models(
+    manager: ProxyManager, storage: IStorage
+) -> None:
+    add_proxies(
+        storage, 1, credentials=ProxyCredentials(user="user", password="secret")
+    )
+    lease = manager.acquire_proxy("pool", duration_seconds=60)
+    assert lease is not None and lease.proxy is not None
+    assert set(lease.__dict__) == set(Lease.model_fields)
+    assert set(lease.proxy.__dict__) == set(Proxy.model_fields)
+    assert lease.proxy.credentials is not None
+    assert lease.proxy.credentials.password == "secret"
+    assert Lease.model_validate(lease.model_dump()) == lease
 
 
 def test_default_and_named_consumers_are_registered_on_first_use(

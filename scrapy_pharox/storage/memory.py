@@ -31,6 +31,8 @@ from ..models import (
     ProxyPool,
     ProxyStatus,
     SelectorStrategy,
+    build_trusted,
+    snapshot,
 )
 from .base import IStorage
 
@@ -383,17 +385,20 @@ class InMemoryStorage(IStorage):
         slot.proxy.current_leases += 1
         if not slot.proxy.has_capacity and slot.in_heap:
             pool.first_free(now)  # drops the now-full proxy from the top of the heap
-        lease = Lease.model_construct(
-            id=uuid4(),
-            proxy_id=slot.proxy.id,
-            consumer_id=self._consumer_id(consumer_name),
-            pool_id=pool.model.id,
-            pool_name=pool.model.name,
-            status=LeaseStatus.ACTIVE,
-            acquired_at=datetime.fromtimestamp(now, timezone.utc),
-            expires_at=datetime.fromtimestamp(expires_at, timezone.utc),
-            released_at=None,
-            proxy=slot.proxy.model_copy(),
+        lease = build_trusted(
+            Lease,
+            {
+                "id": uuid4(),
+                "proxy_id": slot.proxy.id,
+                "consumer_id": self._consumer_id(consumer_name),
+                "pool_id": pool.model.id,
+                "pool_name": pool.model.name,
+                "status": LeaseStatus.ACTIVE,
+                "acquired_at": datetime.fromtimestamp(now, timezone.utc),
+                "expires_at": datetime.fromtimestamp(expires_at, timezone.utc),
+                "released_at": None,
+                "proxy": snapshot(slot.proxy),
+            },
         )
         self._active[lease.id] = _ActiveLease(pool, slot, expires_at)
         heapq.heappush(self._expiry_heap, (expires_at, lease.id))

@@ -14,40 +14,45 @@ from ..models import (
     ProxyPool,
     ProxyProtocol,
     ProxyStatus,
+    build_trusted,
 )
 
 
 def proxy_from_row(row: Any) -> Proxy:
     credentials = None
     if row.username is not None:
-        credentials = ProxyCredentials.model_construct(
-            user=row.username, password=row.password
+        credentials = build_trusted(
+            ProxyCredentials, {"user": row.username, "password": row.password}
         )
-    return Proxy.model_construct(
-        id=row.id,
-        host=row.host,
-        port=row.port,
-        protocol=ProxyProtocol(row.protocol),
-        pool_id=row.pool_id,
-        status=ProxyStatus(row.status),
-        checked_at=utc(row.checked_at),
-        credentials=credentials,
-        source=row.source,
-        country=row.country,
-        city=row.city,
-        latitude=row.latitude,
-        longitude=row.longitude,
-        isp=row.isp,
-        asn=row.asn,
-        max_concurrency=row.max_concurrency,
-        current_leases=row.current_leases,
-        successes=row.successes,
-        bans=row.bans,
-        failures=row.failures,
-        consecutive_bans=row.consecutive_bans,
-        consecutive_failures=row.consecutive_failures,
-        latency_ms=row.latency_ms,
-        cooldown_until=None if row.cooldown_until is None else utc(row.cooldown_until),
+    cooldown_until = row.cooldown_until
+    return build_trusted(
+        Proxy,
+        {
+            "id": row.id,
+            "host": row.host,
+            "port": row.port,
+            "protocol": ProxyProtocol(row.protocol),
+            "pool_id": row.pool_id,
+            "status": ProxyStatus(row.status),
+            "checked_at": utc(row.checked_at),
+            "credentials": credentials,
+            "source": row.source,
+            "country": row.country,
+            "city": row.city,
+            "latitude": row.latitude,
+            "longitude": row.longitude,
+            "isp": row.isp,
+            "asn": row.asn,
+            "max_concurrency": row.max_concurrency,
+            "current_leases": row.current_leases,
+            "successes": row.successes,
+            "bans": row.bans,
+            "failures": row.failures,
+            "consecutive_bans": row.consecutive_bans,
+            "consecutive_failures": row.consecutive_failures,
+            "latency_ms": row.latency_ms,
+            "cooldown_until": None if cooldown_until is None else utc(cooldown_until),
+        },
     )
 
 
@@ -72,15 +77,18 @@ def build_lease(
     proxy_row: Any, times: Any, params: dict[str, Any], pool_name: str
 ) -> Lease:
     proxy = proxy_from_row(proxy_row)
-    return Lease.model_construct(
-        id=params["lease_id"],
-        proxy_id=proxy.id,
-        consumer_id=params["consumer_id"],
-        pool_id=proxy.pool_id,
-        pool_name=pool_name,
-        status=LeaseStatus.ACTIVE,
-        acquired_at=utc(times.acquired_at),
-        expires_at=utc(times.expires_at),
-        released_at=None,
-        proxy=proxy,
+    return build_trusted(
+        Lease,
+        {
+            "id": params["lease_id"],
+            "proxy_id": proxy.id,
+            "consumer_id": params["consumer_id"],
+            "pool_id": proxy.pool_id,
+            "pool_name": pool_name,
+            "status": LeaseStatus.ACTIVE,
+            "acquired_at": utc(times.acquired_at),
+            "expires_at": utc(times.expires_at),
+            "released_at": None,
+            "proxy": proxy,
+        },
     )
