@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,6 +33,7 @@ from .models import (
     ProxyPool,
     ProxyProtocol,
     SelectorStrategy,
+    build_trusted,
 )
 from .storage import IStorage, open_storage
 from .tally import StatsTally
@@ -372,12 +374,19 @@ class LeaseKeeper:
     def report(
         self, request: Request, outcome: LeaseOutcome, latency_ms: float | None = None
     ) -> OutcomeReport:
-        """The outcome of a request's lease, as the storage records it."""
-        return OutcomeReport(
-            outcome=outcome,
-            latency_ms=latency_ms,
-            domain=self.domain_of(request),
-            policy=self.config.cooldown,
+        """The outcome of a request's lease, as the storage records it.
+
+        A latency below zero (the wall clock stepped back) counts as zero.
+        """
+        return build_trusted(
+            OutcomeReport,
+            {
+                "outcome": LeaseOutcome(outcome),
+                "latency_ms": None if latency_ms is None else max(0.0, latency_ms),
+                "domain": self.domain_of(request),
+                "policy": self.config.cooldown,
+                "draw": random.random(),
+            },
         )
 
     async def release(

@@ -419,7 +419,8 @@ class InMemoryStorage(IStorage):
             )
         if report.outcome is LeaseOutcome.SUCCESS:
             proxy.successes += 1
-            proxy.consecutive_bans = proxy.consecutive_failures = 0
+            if proxy.consecutive_bans or proxy.consecutive_failures:
+                proxy.consecutive_bans = proxy.consecutive_failures = 0
             if report.domain in slot.domain_rests:
                 slot.domain_rests[report.domain] = (
                     0,
