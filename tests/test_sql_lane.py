@@ -98,6 +98,34 @@ def test_concurrent_acquires_share_round_trips(storage: SqlStorage) -> None:
     assert run_on_a_loop(scenario()) == 2
 
 
+def test_a_statement_of_a_coroutine_the_last_round_woke_rides_the_next_round(
+    storage: SqlStorage,
+) -> None:
+    manager = ProxyManager(storage)
+    opened: list[Any] = []
+    storage.lease_connection_hooks.append(opened.append)
+
+    async def first() -> None:
+        lease = await manager.acquire_proxy_async("pool", "worker")
+        assert lease is not None and await manager.release_proxy_async(lease)
+
+    async def second() -> Any:
+        for _ in range(3):  # queued while the first acquire's round is out
+            await asyncio.sleep(0)
+        return await manager.acquire_proxy_async("pool", "worker")
+
+    async def scenario() -> int:
+        warm_up = await manager.acquire_proxy_async("pool", "worker")
+        assert warm_up is not None and await manager.release_proxy_async(warm_up)
+        with WireTrace(opened) as wire:
+            _, lease = await asyncio.gather(first(), second())
+        assert lease is not None and await manager.release_proxy_async(lease)
+        return wire.round_trips
+
+    # The first acquire; then the second acquire and the first release together.
+    assert run_on_a_loop(scenario()) == 2
+
+
 def test_a_lease_released_twice_in_one_round_is_released_once(
     storage: SqlStorage,
 ) -> None:

@@ -284,6 +284,11 @@ class _Pipeliner:
         batch: list[_Pending] = []
         try:
             while self._queue:
+                # One turn of the loop first: coroutines woken by the last round
+                # (or by their own I/O) queue their statements in it and ride
+                # this round, not the next. A bench crawl needed 687 rounds for
+                # 4,002 statements without it, 432 with it.
+                await asyncio.sleep(0)
                 batch, self._queue = self._queue, []
                 await self._round([p for p in batch if not p.future.done()])
         except BaseException as exc:
