@@ -12,11 +12,12 @@ the CPU time of this process per request (the best and the median of
 per statement: one request at a time shares no round with another.
 
 Timings on a virtual machine move by 10-20% from run to run. Instruction counts
-do not: run it under callgrind with ``--repeat 1`` twice, with ``--requests 0``
-and ``--requests 4000``, and divide the difference of the totals by 4000:
+do not: run it under callgrind with ``--repeat 1``, once as is and once with
+``--without-middleware`` (the same requests and responses are built, nothing is
+called), and divide the difference of the totals by ``--requests``:
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
-        python benchmarks/bench_layer.py --repeat 1 --requests 0
+        python benchmarks/bench_layer.py --repeat 1 [--without-middleware]
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ def traffic(count: int) -> list[tuple[Request, HtmlResponse]]:
     return pairs
 
 
-async def one_run(middleware: PharoxProxyMiddleware, count: int) -> tuple[float, float]:
-    """CPU and wall seconds for ``count`` requests, each leased and given back."""
+async def one_run(
+    middleware: PharoxProxyMiddleware, count: int, *, call: bool = True
+) -> tuple[float, float]:
+    """CPU and wall seconds for ``count`` requests, each leased and given back
+    (with ``call`` false the requests are built, and nothing more)."""
     pairs = traffic(count)
     cpu, wall = time.process_time(), time.perf_counter()
-    for request, response in pairs:
+    for request, response in pairs if call else []:
         await middleware.process_request(request)
         await middleware.process_response(request, response)
     await asyncio.gather(*middleware.keeper._giving_back)
@@ -72,19 +76,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--storage-url", default="memory://")
+    parser.add_argument(
+        "--without-middleware",
+        action="store_true",
+        help="build the requests and responses only: the baseline of an "
+        "instruction count",
+    )
     args = parser.parse_args()
     middleware = build_middleware(args.storage_url)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(one_run(middleware, 200))  # warm up: caches, pool
         runs = [
-            loop.run_until_complete(one_run(middleware, args.requests))
+            loop.run_until_complete(
+                one_run(middleware, args.requests, call=not args.without_middleware)
+            )
             for _ in range(args.repeat)
         ]
     finally:
         loop.close()
         middleware.keeper.shutdown()
-    if args.requests:
+    if args.requests and not args.without_middleware:
         cpu = [run[0] / args.requests * 1e6 for run in runs]
         wall = [run[1] / args.requests * 1e6 for run in runs]
         print(
