@@ -76,14 +76,23 @@ def test_coroutines_sharing_three_exclusive_proxies_never_hold_one_together(
     assert stats is not None and stats.total_leases == 0
 
 
-def test_concurrent_acquires_share_round_trips(storage: SqlStorage) -> None:
-    manager = ProxyManager(storage)
+def manager_with_wire(storage: SqlStorage) -> tuple[ProxyManager, list[Any]]:
+    """A manager, and the lease lane's connections as they open (for WireTrace)."""
     opened: list[Any] = []
     storage.lease_connection_hooks.append(opened.append)
+    return ProxyManager(storage), opened
+
+
+async def lease_and_give_back(manager: ProxyManager) -> None:
+    lease = await manager.acquire_proxy_async("pool", "worker")
+    assert lease is not None and await manager.release_proxy_async(lease)
+
+
+def test_concurrent_acquires_share_round_trips(storage: SqlStorage) -> None:
+    manager, opened = manager_with_wire(storage)
 
     async def scenario() -> int:
-        warm_up = await manager.acquire_proxy_async("pool", "worker")
-        assert warm_up is not None and await manager.release_proxy_async(warm_up)
+        await lease_and_give_back(manager)  # connected, statements prepared
         with WireTrace(opened) as wire:
             leases = await asyncio.gather(
                 *(manager.acquire_proxy_async("pool", "worker") for _ in range(3))
@@ -101,13 +110,7 @@ def test_concurrent_acquires_share_round_trips(storage: SqlStorage) -> None:
 def test_a_statement_of_a_coroutine_the_last_round_woke_rides_the_next_round(
     storage: SqlStorage,
 ) -> None:
-    manager = ProxyManager(storage)
-    opened: list[Any] = []
-    storage.lease_connection_hooks.append(opened.append)
-
-    async def first() -> None:
-        lease = await manager.acquire_proxy_async("pool", "worker")
-        assert lease is not None and await manager.release_proxy_async(lease)
+    manager, opened = manager_with_wire(storage)
 
     async def second() -> Any:
         for _ in range(3):  # queued while the first acquire's round is out
@@ -115,10 +118,9 @@ def test_a_statement_of_a_coroutine_the_last_round_woke_rides_the_next_round(
         return await manager.acquire_proxy_async("pool", "worker")
 
     async def scenario() -> int:
-        warm_up = await manager.acquire_proxy_async("pool", "worker")
-        assert warm_up is not None and await manager.release_proxy_async(warm_up)
+        await lease_and_give_back(manager)  # connected, statements prepared
         with WireTrace(opened) as wire:
-            _, lease = await asyncio.gather(first(), second())
+            _, lease = await asyncio.gather(lease_and_give_back(manager), second())
         assert lease is not None and await manager.release_proxy_async(lease)
         return wire.round_trips
 
