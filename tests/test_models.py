@@ -7,10 +7,10 @@ from uuid import uuid4
 import pytest
 from pydantic import BaseModel
 
-from scrapy_pharox import Lease, LeaseStatus, Proxy, ProxyCredentials
+from scrapy_pharox import Lease, LeaseStatus, OutcomeReport, Proxy, ProxyCredentials
 from scrapy_pharox.models import build_trusted, snapshot, utc_now
 
-TRUSTED_MODELS = (Lease, Proxy, ProxyCredentials)
+TRUSTED_MODELS = (Lease, OutcomeReport, Proxy, ProxyCredentials)
 
 
 @pytest.mark.parametrize("model", TRUSTED_MODELS, ids=lambda m: m.__name__)

@@ -49,7 +49,7 @@ def open_storage(url: str) -> IStorage:
 
 
 def __getattr__(name: str) -> Any:
-    # SQLAlchemy is imported by those who use SQL only: it brings some 30,000
+    # SQLAlchemy is imported by those who use SQL only: it brings some 25,000
     # objects that every full garbage collection of a crawl would walk.
     if name == "SqlStorage":
         from .sql import SqlStorage
