@@ -303,12 +303,8 @@ class LeaseKeeper:
         try:
             if self._on_loop():
                 lease = await self.manager.acquire_proxy_async(*acquire_args)
-            elif self._offloader is None:
-                lease = self.manager.acquire_proxy(*acquire_args)
             else:
-                lease = await self._offloader.run(
-                    self.manager.acquire_proxy, *acquire_args
-                )
+                lease = await self._call(self.manager.acquire_proxy, *acquire_args)
         except PharoxError as exc:
             self._tally.inc("pharox/acquire/error")
             logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
@@ -420,10 +416,8 @@ class LeaseKeeper:
         try:
             if self._on_loop():
                 await self.manager.release_proxy_async(lease, report)
-            elif self._offloader is None:
-                self.manager.release_proxy(lease, report)
             else:
-                await self._offloader.run(self.manager.release_proxy, lease, report)
+                await self._call(self.manager.release_proxy, lease, report)
         except PharoxError as exc:
             # The lease will expire on its own; the crawl goes on.
             self._tally.inc("pharox/release/error")
