@@ -408,9 +408,20 @@ class LeaseKeeper:
                 self._give_back(lease, report)
             )
             self._giving_back.add(task)
-            task.add_done_callback(self._giving_back.discard)
+            task.add_done_callback(self._given_back)
         else:
             await self._give_back(lease, report)
+
+    def _given_back(self, task: asyncio.Task[None]) -> None:
+        self._giving_back.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # Not a storage error (_give_back handles those): a bug, say. No request
+        # waits on this task, so it is told here; the lease expires on its own.
+        self._tally.inc("pharox/release/error")
+        logger.error(
+            "scrapy-pharox could not release a lease", exc_info=task.exception()
+        )
 
     async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
@@ -435,8 +446,8 @@ class LeaseKeeper:
         self._wakeup.wake_all()
         for lease in list(self._held.values()):
             await self.release(lease, "closed")
-        while self._giving_back:
-            await asyncio.gather(*self._giving_back)
+        while self._giving_back:  # their failures are told by _given_back
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
         self.flush_stats()
         for hook in self._close_hooks:
             await hook()
