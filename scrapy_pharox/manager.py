@@ -20,6 +20,7 @@ from .models import (
     ProxyFilters,
     ReleaseEventPayload,
     SelectorStrategy,
+    assign,
     utc_now,
 )
 from .storage.base import IStorage, call_acquire, call_release
@@ -126,6 +127,8 @@ class ProxyManager:
         """The consumer and selector an acquire uses; a bad duration raises."""
         check_duration(duration_seconds)
         consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
+        if isinstance(selector, SelectorStrategy):  # the common case, without a lookup
+            return consumer, selector
         return consumer, SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
 
     def _acquire_payload(
@@ -183,9 +186,10 @@ class ProxyManager:
     @staticmethod
     def _mark(lease: Lease, released: bool) -> bool:
         """Mark the lease released (stamped when this call did it); ``released``."""
-        lease.status = LeaseStatus.RELEASED
         if released:
-            lease.released_at = utc_now()
+            assign(lease, status=LeaseStatus.RELEASED, released_at=utc_now())
+        else:
+            assign(lease, status=LeaseStatus.RELEASED)
         return released
 
     def _release_payload(self, lease: Lease) -> Callable[[], ReleaseEventPayload]:

@@ -50,6 +50,13 @@ def build_trusted(cls: type[Model], values: dict[str, Any]) -> Model:
     return model
 
 
+def assign(model: BaseModel, **values: Any) -> None:
+    """Set fields of a model to known-good values: what pydantic's ``__setattr__``
+    does for the models here (store, mark as set), without its per-call lookups."""
+    model.__dict__.update(values)
+    model.__pydantic_fields_set__.update(values)
+
+
 def snapshot(model: Model) -> Model:
     """A shallow copy, like ``model.model_copy()``, built as ``build_trusted`` does."""
     return build_trusted(type(model), dict(model.__dict__))
@@ -332,9 +339,12 @@ class ProxyFilters(BaseModel):
 
     def matches(self, proxy: Proxy) -> bool:
         """True when the proxy meets every criterion of this filter."""
+        # Read from the instance dicts: this runs for each candidate proxy of
+        # every acquire on memory, where attribute access was most of its cost.
+        criteria, values = self.__dict__, proxy.__dict__
         for name in SCALAR_FILTER_FIELDS:
-            wanted = getattr(self, name)
-            if wanted is not None and getattr(proxy, name) != wanted:
+            wanted = criteria[name]
+            if wanted is not None and values[name] != wanted:
                 return False
         if self.latitude is not None and self.longitude is not None:
             if proxy.latitude is None or proxy.longitude is None:
@@ -352,13 +362,26 @@ class ProxyFilters(BaseModel):
                 > self.radius_km
             ):
                 return False
-        if self.all_of and not all(child.matches(proxy) for child in self.all_of):
-            return False
-        if self.any_of and not any(child.matches(proxy) for child in self.any_of):
-            return False
-        return not (
-            self.none_of and any(child.matches(proxy) for child in self.none_of)
+        all_of, any_of, none_of = (
+            criteria["all_of"],
+            criteria["any_of"],
+            criteria["none_of"],
         )
+        if all_of:
+            for child in all_of:
+                if not child.matches(proxy):
+                    return False
+        if any_of:
+            for child in any_of:
+                if child.matches(proxy):
+                    break
+            else:
+                return False
+        if none_of:
+            for child in none_of:
+                if child.matches(proxy):
+                    return False
+        return True
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

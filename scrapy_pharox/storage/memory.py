@@ -11,10 +11,11 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import itemgetter
 from uuid import UUID, uuid4
 
 from ..exceptions import PoolNotFoundError, ProxyNotFoundError, ProxyUnavailableError
@@ -31,6 +32,7 @@ from ..models import (
     ProxyPool,
     ProxyStatus,
     SelectorStrategy,
+    assign,
     build_trusted,
     snapshot,
 )
@@ -70,8 +72,10 @@ class _Pool:
         default_factory=dict
     )
     free_heap: list[tuple[FirstAvailableKey, UUID]] = field(default_factory=list)
-    ids_in_order: list[UUID] = field(default_factory=list)
-    round_robin_cursor: UUID | None = None
+    # (id.int, id) in id order; the cursor is the last leased id.int. Ints, not
+    # UUIDs, so that the search and the lookups stay in C.
+    ids_in_order: list[tuple[int, UUID]] = field(default_factory=list)
+    round_robin_cursor: int | None = None
 
     def push_if_free(self, slot: _Slot, now: float) -> None:
         if slot.eligible(now) and not slot.in_heap:
@@ -101,9 +105,9 @@ class _Pool:
         ids = self.ids_in_order
         start = 0
         if self.round_robin_cursor is not None:
-            start = bisect_right(ids, self.round_robin_cursor)
+            start = bisect_right(ids, self.round_robin_cursor, key=itemgetter(0))
         for offset in range(len(ids)):
-            yield self.slots[ids[(start + offset) % len(ids)]]
+            yield self.slots[ids[(start + offset) % len(ids)][1]]
 
 
 @dataclass(slots=True)
@@ -128,8 +132,9 @@ class InMemoryStorage(IStorage):
         self._pools: dict[str, _Pool] = {}
         self._pools_by_id: dict[UUID, _Pool] = {}
         self._consumers: dict[str, UUID] = {}
-        self._active: dict[UUID, _ActiveLease] = {}
-        self._expiry_heap: list[tuple[float, UUID]] = []
+        # Keyed by lease.id.int: a UUID hashes in Python, an int in C.
+        self._active: dict[int, _ActiveLease] = {}
+        self._expiry_heap: list[tuple[float, int]] = []
         self._rest_heap: list[tuple[float, UUID]] = []
 
     # -- administration -------------------------------------------------------
@@ -156,9 +161,7 @@ class InMemoryStorage(IStorage):
             slot = _Slot(proxy=stored, order_key=_order_key(stored))
             pool.slots[stored.id] = slot
             pool.endpoints[stored.endpoint_key] = stored.id
-            pool.ids_in_order.insert(
-                bisect_right(pool.ids_in_order, stored.id), stored.id
-            )
+            insort(pool.ids_in_order, (stored.id.int, stored.id))
             pool.push_if_free(slot, self._clock())
             return stored.model_copy()
 
@@ -240,7 +243,7 @@ class InMemoryStorage(IStorage):
 
     def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         with self._lock:
-            active = self._active.pop(lease.id, None)
+            active = self._active.pop(lease.id.int, None)
             if active is None:
                 return False
             now = self._clock()
@@ -360,7 +363,7 @@ class InMemoryStorage(IStorage):
             for slot in pool.from_round_robin_cursor():
                 if usable(slot):
                     if advance:
-                        pool.round_robin_cursor = slot.proxy.id
+                        pool.round_robin_cursor = slot.proxy.id.int
                     return slot
             return None
         candidates = [slot for slot in pool.slots.values() if usable(slot)]
@@ -382,7 +385,7 @@ class InMemoryStorage(IStorage):
     ) -> Lease:
         now = self._clock()
         expires_at = now + duration_seconds
-        slot.proxy.current_leases += 1
+        assign(slot.proxy, current_leases=slot.proxy.current_leases + 1)
         if not slot.proxy.has_capacity and slot.in_heap:
             pool.first_free(now)  # drops the now-full proxy from the top of the heap
         lease = build_trusted(
@@ -400,25 +403,29 @@ class InMemoryStorage(IStorage):
                 "proxy": snapshot(slot.proxy),
             },
         )
-        self._active[lease.id] = _ActiveLease(pool, slot, expires_at)
-        heapq.heappush(self._expiry_heap, (expires_at, lease.id))
+        self._active[lease.id.int] = _ActiveLease(pool, slot, expires_at)
+        heapq.heappush(self._expiry_heap, (expires_at, lease.id.int))
         return lease
 
     def _free(self, active: _ActiveLease, now: float) -> None:
-        active.slot.proxy.current_leases -= 1
+        proxy = active.slot.proxy
+        assign(proxy, current_leases=proxy.current_leases - 1)
         active.pool.push_if_free(active.slot, now)
 
     def _record(self, slot: _Slot, report: OutcomeReport, now: float) -> None:
         proxy, policy = slot.proxy, report.policy
         if report.latency_ms is not None:
-            proxy.latency_ms = (
-                report.latency_ms
-                if proxy.latency_ms is None
-                else (1 - LATENCY_SMOOTHING) * proxy.latency_ms
-                + LATENCY_SMOOTHING * report.latency_ms
+            assign(
+                proxy,
+                latency_ms=(
+                    report.latency_ms
+                    if proxy.latency_ms is None
+                    else (1 - LATENCY_SMOOTHING) * proxy.latency_ms
+                    + LATENCY_SMOOTHING * report.latency_ms
+                ),
             )
         if report.outcome is LeaseOutcome.SUCCESS:
-            proxy.successes += 1
+            assign(proxy, successes=proxy.successes + 1)
             if proxy.consecutive_bans or proxy.consecutive_failures:
                 proxy.consecutive_bans = proxy.consecutive_failures = 0
             if report.domain in slot.domain_rests:
