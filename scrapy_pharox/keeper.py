@@ -13,7 +13,6 @@ import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from uuid import UUID
 from weakref import WeakKeyDictionary
 
 from scrapy import signals
@@ -59,6 +58,8 @@ FIRST_RECHECK_SECONDS = 0.25
 RESTING_CHECK_SECONDS = 5.0
 
 RELEASE_REASONS = ("response", "exception", "closed")
+_RELEASE_KEYS = {reason: f"pharox/release/{reason}" for reason in RELEASE_REASONS}
+_OUTCOME_KEYS = {outcome: f"pharox/outcome/{outcome.value}" for outcome in LeaseOutcome}
 
 #: The meta keys that route one request elsewhere than the spider's default.
 TARGET_META_KEYS = frozenset({"pharox_pool", "pharox_filters", "pharox_selector"})
@@ -93,10 +94,13 @@ class LeaseKeeper:
         self.default_target = default_target
         self.pools_used: set[str] = {default_target.pool}
         self._default_filters = self._with_protocols(default_target.filters)
-        self._held: dict[UUID, Lease] = {}
+        self._held: dict[int, Lease] = {}  # by lease.id.int: hashed in C
         self._wakeup = Wakeup()
         self._offloader = Offloader(threads=8) if manager.storage.blocking_io else None
         self._native_async = manager.storage.native_async
+        # Storage that neither does I/O nor waits on a loop (memory) is called
+        # right here, without a coroutine around each call: the per-request path.
+        self._inline = self._offloader is None and not self._native_async
         self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
         self._longest_wait_ms = 0
         self._closing = False
@@ -256,7 +260,18 @@ class LeaseKeeper:
         while True:
             if self._closing:
                 raise IgnoreRequest("scrapy-pharox: the spider is closing")
-            lease = await self._acquire(target, filters, self.domain_of(request))
+            acquire_args = (
+                target.pool,
+                self.consumer,
+                self.config.lease_seconds,
+                filters,
+                target.selector,
+                self.domain_of(request),
+            )
+            if self._inline:
+                lease = self._acquire_now(acquire_args)
+            else:
+                lease = await self._acquire(acquire_args)
             if lease is not None:
                 self._record_wait(started)
                 if target.pool in self._resting_pools:
@@ -289,25 +304,21 @@ class LeaseKeeper:
             if baton is None:
                 recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
 
-    async def _acquire(
-        self, target: Target, filters: ProxyFilters | None, domain: str | None
-    ) -> Lease | None:
-        acquire_args = (
-            target.pool,
-            self.consumer,
-            self.config.lease_seconds,
-            filters,
-            target.selector,
-            domain,
-        )
+    def _acquire_now(self, acquire_args: tuple[Any, ...]) -> Lease | None:
+        try:
+            return self.manager.acquire_proxy(*acquire_args)
+        except PharoxError as exc:
+            self._acquire_failed(exc)
+            return None
+
+    async def _acquire(self, acquire_args: tuple[Any, ...]) -> Lease | None:
         try:
             if self._on_loop():
                 lease = await self.manager.acquire_proxy_async(*acquire_args)
             else:
                 lease = await self._call(self.manager.acquire_proxy, *acquire_args)
         except PharoxError as exc:
-            self._tally.inc("pharox/acquire/error")
-            logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
+            self._acquire_failed(exc)
             return None
         if lease is not None and self._closing:
             # Counted as leased, then released, so leased == released still holds.
@@ -316,8 +327,12 @@ class LeaseKeeper:
             raise IgnoreRequest("scrapy-pharox: the spider is closing")
         return lease
 
+    def _acquire_failed(self, exc: PharoxError) -> None:
+        self._tally.inc("pharox/acquire/error")
+        logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
+
     def _hold(self, lease: Lease) -> Lease:
-        self._held[lease.id] = lease
+        self._held[lease.id.int] = lease
         self._tally.inc("pharox/acquire/leased")
         return lease
 
@@ -338,7 +353,7 @@ class LeaseKeeper:
 
     def holds(self, lease: Lease) -> bool:
         """True while this keeper still holds the lease."""
-        return lease.id in self._held
+        return lease.id.int in self._held
 
     async def _notice_resting_pool(self, pool_name: str) -> None:
         # Looked at most every few seconds per pool, and only while requests wait.
@@ -377,7 +392,9 @@ class LeaseKeeper:
         return build_trusted(
             OutcomeReport,
             {
-                "outcome": LeaseOutcome(outcome),
+                "outcome": outcome
+                if isinstance(outcome, LeaseOutcome)
+                else LeaseOutcome(outcome),
                 "latency_ms": None if latency_ms is None else max(0.0, latency_ms),
                 "domain": self.domain_of(request),
                 "policy": self.config.cooldown,
@@ -389,18 +406,14 @@ class LeaseKeeper:
         self, lease: Lease, reason: str, report: OutcomeReport | None = None
     ) -> bool:
         """Give a held lease back, counting why; False when it was not held."""
-        if self._held.pop(lease.id, None) is None:
+        if self._held.pop(lease.id.int, None) is None:
             return False
-        await self._release(lease, reason, report)
-        return True
-
-    async def _release(
-        self, lease: Lease, reason: str, report: OutcomeReport | None = None
-    ) -> None:
-        self._tally.inc(f"pharox/release/{reason}")
+        self._tally.inc(_RELEASE_KEYS[reason])
         if report is not None:
-            self._tally.inc(f"pharox/outcome/{report.outcome.value}")
-        if self._on_loop():
+            self._tally.inc(_OUTCOME_KEYS[report.outcome])
+        if self._inline:
+            self._give_back_now(lease, report)
+        elif self._on_loop():
             # The response need not wait for the database: its release goes on
             # in a task of its own (awaited at spider close), and the request
             # does not leave Scrapy's fast path for a suspended middleware.
@@ -411,6 +424,7 @@ class LeaseKeeper:
             task.add_done_callback(self._given_back)
         else:
             await self._give_back(lease, report)
+        return True
 
     def _given_back(self, task: asyncio.Task[None]) -> None:
         self._giving_back.discard(task)
@@ -423,6 +437,13 @@ class LeaseKeeper:
             "scrapy-pharox could not release a lease", exc_info=task.exception()
         )
 
+    def _give_back_now(self, lease: Lease, report: OutcomeReport | None) -> None:
+        try:
+            self.manager.release_proxy(lease, report)
+        except PharoxError as exc:
+            self._release_failed(exc)
+        self._wake_a_waiter()
+
     async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
             if self._on_loop():
@@ -430,9 +451,15 @@ class LeaseKeeper:
             else:
                 await self._call(self.manager.release_proxy, lease, report)
         except PharoxError as exc:
-            # The lease will expire on its own; the crawl goes on.
-            self._tally.inc("pharox/release/error")
-            logger.error("scrapy-pharox could not release a lease: %s", exc)
+            self._release_failed(exc)
+        self._wake_a_waiter()
+
+    def _release_failed(self, exc: PharoxError) -> None:
+        # The lease will expire on its own; the crawl goes on.
+        self._tally.inc("pharox/release/error")
+        logger.error("scrapy-pharox could not release a lease: %s", exc)
+
+    def _wake_a_waiter(self) -> None:
         if self._wakeup.sleepers:
             self._wakeup.wake_one(set())
 

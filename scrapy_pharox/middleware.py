@@ -50,9 +50,12 @@ class PharoxProxyMiddleware:
         meta.pop("proxy", None)
         lease = await self.keeper.lease_for(request)
         assert lease.proxy is not None
+        proxy = lease.proxy
+        url = proxy.url
         meta["pharox_lease"] = lease
-        meta["proxy"] = lease.proxy.url
-        meta[OUR_PROXY_KEY] = lease.proxy.address
+        meta["proxy"] = url
+        # Without credentials the URL is the address: build the string once.
+        meta[OUR_PROXY_KEY] = url if proxy.credentials is None else proxy.address
 
     async def process_response(
         self, request: Request, response: Response

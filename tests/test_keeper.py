@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from scrapy import Request, Spider
+from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.test import get_crawler
 
 from loop_support import run_on_a_loop
-from scrapy_pharox import InMemoryStorage, Lease, LeaseOutcome, OutcomeReport
+from scrapy_pharox import (
+    InMemoryStorage,
+    Lease,
+    LeaseOutcome,
+    OutcomeReport,
+    StorageError,
+)
 from scrapy_pharox.keeper import LeaseKeeper
 
 
@@ -91,3 +99,66 @@ def test_a_release_failing_in_the_background_is_counted_and_close_still_runs(
     assert keeper.stats.get_value("pharox/release/error") == 1
     assert keeper.stats.get_value("pharox/release/response") == 1
     assert "could not release a lease" in caplog.text
+
+
+class FailsInline(InMemoryStorage):
+    """Memory storage (called inline by the keeper) whose database is 'down'."""
+
+    def __init__(self, *, fail_acquire: bool) -> None:
+        super().__init__()
+        self.fail_acquire = fail_acquire
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Lease | None:
+        if self.fail_acquire:
+            raise StorageError("the store is down")
+        return super().acquire(*args, **kwargs)
+
+    def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
+        raise StorageError("the store is down")
+
+
+def inline_keeper(storage: InMemoryStorage) -> LeaseKeeper:
+    crawler = get_crawler(
+        settings_dict={
+            "PHAROX_PROXIES": ["http://127.0.0.1:3128"],
+            "PHAROX_STORAGE": lambda: storage,
+            "PHAROX_ACQUIRE_TIMEOUT": 0,
+        }
+    )
+    return LeaseKeeper.for_crawler(crawler)
+
+
+def test_an_inline_acquire_that_fails_is_counted_and_the_request_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keeper = inline_keeper(FailsInline(fail_acquire=True))
+    try:
+        with pytest.raises(IgnoreRequest):
+            run_on_a_loop(keeper.lease_for(Request("http://127.0.0.1:8000/")))
+    finally:
+        keeper.shutdown()
+    keeper.flush_stats()
+    assert keeper.stats.get_value("pharox/acquire/error") == 1
+    assert keeper.stats.get_value("pharox/acquire/gave_up") == 1
+    assert "could not acquire a proxy: the store is down" in caplog.text
+
+
+def test_an_inline_release_that_fails_is_counted_and_the_lease_let_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keeper = inline_keeper(FailsInline(fail_acquire=False))
+
+    async def scenario() -> bool:
+        lease = await keeper.lease_for(Request("http://127.0.0.1:8000/"))
+        return await keeper.release(lease, "response")
+
+    try:
+        released = run_on_a_loop(scenario())
+    finally:
+        keeper.shutdown()
+    assert released
+    assert keeper.active == 0
+    keeper.flush_stats()
+    assert keeper.stats.get_value("pharox/release/error") == 1
+    assert keeper.stats.get_value("pharox/release/response") == 1
+    assert "could not release a lease: the store is down" in caplog.text
