@@ -20,7 +20,6 @@ from .models import (
     ProxyFilters,
     ReleaseEventPayload,
     SelectorStrategy,
-    assign,
     utc_now,
 )
 from .storage.base import IStorage, call_acquire, call_release
@@ -186,10 +185,9 @@ class ProxyManager:
     @staticmethod
     def _mark(lease: Lease, released: bool) -> bool:
         """Mark the lease released (stamped when this call did it); ``released``."""
+        lease.status = LeaseStatus.RELEASED
         if released:
-            assign(lease, status=LeaseStatus.RELEASED, released_at=utc_now())
-        else:
-            assign(lease, status=LeaseStatus.RELEASED)
+            lease.released_at = utc_now()
         return released
 
     def _release_payload(self, lease: Lease) -> Callable[[], ReleaseEventPayload]:

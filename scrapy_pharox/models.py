@@ -50,13 +50,6 @@ def build_trusted(cls: type[Model], values: dict[str, Any]) -> Model:
     return model
 
 
-def assign(model: BaseModel, **values: Any) -> None:
-    """Set fields of a model to known-good values: what pydantic's ``__setattr__``
-    does for the models here (store, mark as set), without its per-call lookups."""
-    model.__dict__.update(values)
-    model.__pydantic_fields_set__.update(values)
-
-
 def snapshot(model: Model) -> Model:
     """A shallow copy, like ``model.model_copy()``, built as ``build_trusted`` does."""
     return build_trusted(type(model), dict(model.__dict__))

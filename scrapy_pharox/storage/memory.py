@@ -32,7 +32,6 @@ from ..models import (
     ProxyPool,
     ProxyStatus,
     SelectorStrategy,
-    assign,
     build_trusted,
     snapshot,
 )
@@ -385,7 +384,7 @@ class InMemoryStorage(IStorage):
     ) -> Lease:
         now = self._clock()
         expires_at = now + duration_seconds
-        assign(slot.proxy, current_leases=slot.proxy.current_leases + 1)
+        slot.proxy.current_leases += 1
         if not slot.proxy.has_capacity and slot.in_heap:
             pool.first_free(now)  # drops the now-full proxy from the top of the heap
         lease = build_trusted(
@@ -408,24 +407,20 @@ class InMemoryStorage(IStorage):
         return lease
 
     def _free(self, active: _ActiveLease, now: float) -> None:
-        proxy = active.slot.proxy
-        assign(proxy, current_leases=proxy.current_leases - 1)
+        active.slot.proxy.current_leases -= 1
         active.pool.push_if_free(active.slot, now)
 
     def _record(self, slot: _Slot, report: OutcomeReport, now: float) -> None:
         proxy, policy = slot.proxy, report.policy
         if report.latency_ms is not None:
-            assign(
-                proxy,
-                latency_ms=(
-                    report.latency_ms
-                    if proxy.latency_ms is None
-                    else (1 - LATENCY_SMOOTHING) * proxy.latency_ms
-                    + LATENCY_SMOOTHING * report.latency_ms
-                ),
+            proxy.latency_ms = (
+                report.latency_ms
+                if proxy.latency_ms is None
+                else (1 - LATENCY_SMOOTHING) * proxy.latency_ms
+                + LATENCY_SMOOTHING * report.latency_ms
             )
         if report.outcome is LeaseOutcome.SUCCESS:
-            assign(proxy, successes=proxy.successes + 1)
+            proxy.successes += 1
             if proxy.consecutive_bans or proxy.consecutive_failures:
                 proxy.consecutive_bans = proxy.consecutive_failures = 0
             if report.domain in slot.domain_rests:
