@@ -777,6 +777,20 @@ def _cpus(cpus: set[int]) -> str:
     return ",".join(map(str, sorted(cpus)))
 
 
+def _paired_ratios(crawls: list[Crawl], base_by_round: dict[int, float]) -> list[float]:
+    """Each crawl's pages/s over that of the trivial crawl of its own round."""
+    return [
+        crawl.rate / base_by_round[crawl.round_no]
+        for crawl in crawls
+        if crawl.round_no in base_by_round
+    ]
+
+
+def _mean_and_error(values: list[float]) -> str:
+    error = statistics.stdev(values) / len(values) ** 0.5
+    return f"{statistics.mean(values):.3f} +- {error:.3f}"
+
+
 def _paired(values: list[float]) -> str:
     if not values:
         return "-"
@@ -836,12 +850,7 @@ def report(
         layer = statistics.median(c.layer_per_page for c in crawls)
         # the ratio to expect if the crawl is CPU-bound and only the layer differs
         estimate = base_cpu / (base_cpu - base_layer + layer) if base_cpu else 0.0
-        # each crawl against the trivial crawl of its own round
-        paired = [
-            c.rate / base_by_round[c.round_no]
-            for c in crawls
-            if c.round_no in base_by_round
-        ]
+        paired = _paired_ratios(crawls, base_by_round)
         cells = [
             f"{name:<13}{rate:>8.0f}",
             f"{f'{min(rates):.0f}-{max(rates):.0f}':>10}",
@@ -871,6 +880,14 @@ def report(
         "show; others: CPU cores other processes kept busy (PostgreSQL too, but for "
         f"pharox-pg).\nMedians over the rounds. Servers: {server_us:.0f} CPU us/page."
     )
+    means = [
+        f"{name} {_mean_and_error(ratios)}"
+        for name in variants
+        if name != "trivial"
+        and len(ratios := _paired_ratios(results.get(name, []), base_by_round)) > 1
+    ]
+    if means:
+        print("Paired ratios, mean +- standard error: " + ", ".join(means) + ".")
     disturbed = sum(c.disturbed for c in crawls)
     if disturbed:
         print(
