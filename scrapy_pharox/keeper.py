@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 from weakref import WeakKeyDictionary
 
 from scrapy import signals
@@ -57,7 +57,8 @@ FIRST_RECHECK_SECONDS = 0.25
 #: How often, at most, a pool that gives no lease is checked for "all cooling".
 RESTING_CHECK_SECONDS = 5.0
 
-RELEASE_REASONS = ("response", "exception", "closed")
+ReleaseReason = Literal["response", "exception", "closed"]
+RELEASE_REASONS: tuple[ReleaseReason, ...] = get_args(ReleaseReason)
 _RELEASE_KEYS = {reason: f"pharox/release/{reason}" for reason in RELEASE_REASONS}
 _OUTCOME_KEYS = {outcome: f"pharox/outcome/{outcome.value}" for outcome in LeaseOutcome}
 
@@ -403,7 +404,7 @@ class LeaseKeeper:
         )
 
     async def release(
-        self, lease: Lease, reason: str, report: OutcomeReport | None = None
+        self, lease: Lease, reason: ReleaseReason, report: OutcomeReport | None = None
     ) -> bool:
         """Give a held lease back, counting why; False when it was not held."""
         if self._held.pop(lease.id.int, None) is None:
