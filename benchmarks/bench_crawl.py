@@ -14,6 +14,9 @@ Twisted reactor per crawl); the variants take turns round by round:
   pharox-mem-4 scrapy-pharox on memory, at most 4 requests at once per proxy
   pharox-pg    scrapy-pharox on PostgreSQL (skipped when none answers)
   rotating     scrapy-rotating-proxies (skipped when not installed)
+  trivial-import  only with --variants: the baseline in a process that imported
+               scrapy-pharox and leased once, so pydantic and the models are in
+               memory but no request sees them (what the import alone costs)
 
 Per variant: the median pages/s over the rounds, its min-max, the ratio of medians
 to the trivial baseline, the per-round (paired) ratios, the crawl process's CPU
@@ -58,7 +61,8 @@ EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "example_spider"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PROXIES = 5
 CONCURRENCY = 16
-VARIANTS = ("trivial", "pharox-mem", "pharox-mem-4", "pharox-pg", "rotating")
+DEFAULT_VARIANTS = ("trivial", "pharox-mem", "pharox-mem-4", "pharox-pg", "rotating")
+VARIANTS = (*DEFAULT_VARIANTS, "trivial-import")
 PHAROX_VARIANTS = frozenset({"pharox-mem", "pharox-mem-4", "pharox-pg"})
 RESULT_PREFIX = "BENCH-RESULT "
 CRAWL_TIMEOUT = 900.0
@@ -110,6 +114,9 @@ def variant_settings(
             "DOWNLOADER_MIDDLEWARES": {f"{__name__}.TrivialRoundRobin": 740},
             "BENCH_PROXIES": proxy_urls,
         }
+    if name == "trivial-import":
+        lease_once_in_memory()
+        return variant_settings("trivial", proxy_urls, database_url, pool)
     if name == "pharox-mem":
         return pharox
     if name == "pharox-mem-4":
@@ -125,6 +132,22 @@ def variant_settings(
             "ROTATING_PROXY_LIST": [url.removeprefix("http://") for url in proxy_urls],
         }
     raise SystemExit(f"unknown variant {name!r}")
+
+
+def lease_once_in_memory() -> None:
+    """Import scrapy-pharox and lease one proxy from an in-memory pool, so that
+    pydantic, the models and their schemas are loaded as in a pharox crawl."""
+    from scrapy_pharox import ProxyManager
+    from scrapy_pharox.models import Proxy, ProxyPool
+    from scrapy_pharox.storage import open_storage
+
+    manager = ProxyManager(open_storage("memory://"))
+    pool = manager.storage.add_pool(ProxyPool(name="import-only"))
+    proxy = Proxy.from_url("http://127.0.0.1:9", pool_id=pool.id)
+    manager.storage.add_proxy(proxy)
+    lease = manager.acquire_proxy(pool.name)
+    assert lease is not None
+    manager.release_proxy(lease)
 
 
 class LayerClock:
@@ -904,7 +927,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
+        default=",".join(DEFAULT_VARIANTS),
         help=f"comma-separated subset of {','.join(VARIANTS)} (trivial always runs)",
     )
     parser.add_argument(
