@@ -10,7 +10,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.task import LoopingCall
 
-from .keeper import LeaseKeeper
+from .keeper import RELEASE_KEYS, LeaseKeeper
 
 if TYPE_CHECKING:
     from scrapy import Spider
@@ -69,10 +69,7 @@ class PharoxStatsExtension:
     async def _log(self) -> None:
         self.keeper.flush_stats()
         leased = self.stats.get_value("pharox/acquire/leased", 0)
-        released = sum(
-            self.stats.get_value(f"pharox/release/{reason}", 0)
-            for reason in ("response", "exception", "closed")
-        )
+        released = sum(self.stats.get_value(key, 0) for key in RELEASE_KEYS.values())
         rate = (leased - self._leased_before) * self.multiplier
         self._leased_before = leased
         pools = []

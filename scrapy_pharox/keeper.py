@@ -59,7 +59,8 @@ RESTING_CHECK_SECONDS = 5.0
 
 ReleaseReason = Literal["response", "exception", "closed"]
 RELEASE_REASONS: tuple[ReleaseReason, ...] = get_args(ReleaseReason)
-_RELEASE_KEYS = {reason: f"pharox/release/{reason}" for reason in RELEASE_REASONS}
+#: The stats key of each release reason, built once.
+RELEASE_KEYS = {reason: f"pharox/release/{reason}" for reason in RELEASE_REASONS}
 _OUTCOME_KEYS = {outcome: f"pharox/outcome/{outcome.value}" for outcome in LeaseOutcome}
 
 #: The meta keys that route one request elsewhere than the spider's default.
@@ -109,8 +110,8 @@ class LeaseKeeper:
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self._resting_pools: set[str] = set()
         self._resting_checked: dict[str, float] = {}
-        for reason in RELEASE_REASONS:
-            stats.set_value(f"pharox/release/{reason}", 0)
+        for key in RELEASE_KEYS.values():
+            stats.set_value(key, 0)
         for name in ("leased", "empty", "gave_up"):
             stats.set_value(f"pharox/acquire/{name}", 0)
         stats.set_value("pharox/leases/active", 0)
@@ -409,7 +410,7 @@ class LeaseKeeper:
         """Give a held lease back, counting why; False when it was not held."""
         if self._held.pop(lease.id.int, None) is None:
             return False
-        self._tally.inc(_RELEASE_KEYS[reason])
+        self._tally.inc(RELEASE_KEYS[reason])
         if report is not None:
             self._tally.inc(_OUTCOME_KEYS[report.outcome])
         if self._inline:
