@@ -14,6 +14,9 @@ from sqlalchemy import literal_column, select
 
 from loop_support import run_on_a_loop
 from scrapy_pharox import (
+    InvalidArgumentError,
+    Lease,
+    ProxyFilters,
     ProxyManager,
     SelectorStrategy,
     SqlStorage,
@@ -228,3 +231,48 @@ def test_an_acquire_whose_coroutine_was_cancelled_gives_its_lease_back(
         holder.close()
     stats = storage.get_pool_stats("pool")
     assert stats is not None and stats.total_leases == 1  # the first lease only
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [ProxyFilters(city="a\x00b"), ProxyFilters(isp="\ud800")],
+    ids=["nul-byte", "lone-surrogate"],
+)
+def test_an_acquire_psycopg_cannot_send_fails_alone_and_the_next_one_works(
+    storage: SqlStorage, filters: ProxyFilters
+) -> None:
+    manager = ProxyManager(storage)
+
+    async def scenario() -> list[Any]:
+        together = await asyncio.wait_for(  # a wedged storage never answers
+            asyncio.gather(
+                manager.acquire_proxy_async("pool", "worker"),
+                manager.acquire_proxy_async("pool", "worker", filters=filters),
+                manager.acquire_proxy_async("pool", "worker"),
+                return_exceptions=True,
+            ),
+            20,
+        )
+        after = await asyncio.wait_for(manager.acquire_proxy_async("pool"), 1)
+        return [*together, after]
+
+    first, failed, third, after = run_on_a_loop(scenario())
+    assert isinstance(failed, (StorageError, InvalidArgumentError))
+    assert all(isinstance(lease, Lease) for lease in (first, third, after))
+    assert total_leases(storage) == 3
+
+
+def test_a_sync_acquire_psycopg_cannot_send_fails_and_the_next_one_works(
+    storage: SqlStorage,
+) -> None:
+    manager = ProxyManager(storage)
+    with pytest.raises(StorageError, match="NUL"):
+        manager.acquire_proxy("pool", filters=ProxyFilters(city="a\x00b"))
+    assert manager.acquire_proxy("pool") is not None
+    assert total_leases(storage) == 1
+
+
+def total_leases(storage: SqlStorage) -> int:
+    stats = storage.get_pool_stats("pool")
+    assert stats is not None
+    return stats.total_leases

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -10,6 +11,7 @@ from uuid import UUID
 import pytest
 
 from scrapy_pharox import (
+    InvalidLeaseError,
     IStorage,
     Lease,
     LeaseStatus,
@@ -24,6 +26,7 @@ from scrapy_pharox import (
     bootstrap_pool,
     bootstrap_proxy,
 )
+from scrapy_pharox.storage.base import MAX_LEASE_SECONDS
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -123,6 +126,28 @@ def test_an_exclusive_proxy_is_leased_once_until_released(
     assert lease is not None
     assert manager.acquire_proxy("pool") is None
     manager.release_proxy(lease)
+    assert manager.acquire_proxy("pool") is not None
+
+
+@pytest.mark.parametrize("seconds", [1e12, 1e300, float("inf"), float("nan")])
+def test_a_lease_too_long_to_store_is_refused_before_it_takes_a_slot(
+    manager: ProxyManager, storage: IStorage, seconds: float
+) -> None:
+    (proxy,) = add_proxies(storage, 1, max_concurrency=1)
+    with pytest.raises(InvalidLeaseError, match=re.escape(repr(seconds))):
+        storage.acquire("pool", "worker", seconds)
+    with pytest.raises(InvalidLeaseError, match=re.escape(repr(seconds))):
+        storage.create_lease(proxy, "worker", seconds)
+    assert manager.acquire_proxy("pool", duration_seconds=60) is not None
+
+
+def test_a_lease_of_the_longest_duration_is_stored_and_given_back(
+    manager: ProxyManager, storage: IStorage
+) -> None:
+    add_proxies(storage, 1, max_concurrency=1)
+    lease = storage.acquire("pool", "worker", MAX_LEASE_SECONDS)
+    assert lease is not None and lease.expires_at.year >= 2126
+    assert manager.release_proxy(lease)
     assert manager.acquire_proxy("pool") is not None
 
 

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 from uuid import UUID
 
-from ..exceptions import ProxyUnavailableError
+from ..exceptions import InvalidLeaseError, ProxyUnavailableError
 from ..models import (
     DomainCooldown,
     Lease,
@@ -19,6 +19,26 @@ from ..models import (
     ProxyStatus,
     SelectorStrategy,
 )
+
+#: The longest lease a storage takes: its expiry must stay a time every adapter
+#: can store and give back (Python's datetime ends with the year 9999).
+MAX_LEASE_SECONDS = 100 * 366 * 86400
+
+
+def check_lease_seconds(duration_seconds: float) -> float:
+    """The lease duration as a float; InvalidLeaseError, before any I/O, for one
+    that is not a positive number of at most ``MAX_LEASE_SECONDS``."""
+    if (
+        isinstance(duration_seconds, bool)
+        or not isinstance(duration_seconds, (int, float))
+        or not 0 < duration_seconds <= MAX_LEASE_SECONDS
+    ):
+        raise InvalidLeaseError(
+            "duration_seconds must be a positive number of at most "
+            f"{MAX_LEASE_SECONDS} (100 years), got {duration_seconds!r}"
+        )
+    return float(duration_seconds)
+
 
 # How often the composed acquire tries again when another worker took the proxy
 # between find and lease.

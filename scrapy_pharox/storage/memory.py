@@ -35,7 +35,7 @@ from ..models import (
     build_trusted,
     snapshot,
 )
-from .base import IStorage
+from .base import IStorage, check_lease_seconds
 
 FirstAvailableKey = tuple[float, int]
 
@@ -212,6 +212,7 @@ class InMemoryStorage(IStorage):
     def create_lease(
         self, proxy: Proxy, consumer_name: str, duration_seconds: float
     ) -> Lease:
+        check_lease_seconds(duration_seconds)
         with self._lock:
             pool = self._pools_by_id.get(proxy.pool_id)
             slot = pool.slots.get(proxy.id) if pool is not None else None
@@ -230,6 +231,7 @@ class InMemoryStorage(IStorage):
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
     ) -> Lease | None:
+        check_lease_seconds(duration_seconds)
         with self._lock:
             now = self._reclaim_expired()
             slot = self._select(pool_name, filters, selector, domain, now, advance=True)

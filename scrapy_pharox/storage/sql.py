@@ -55,7 +55,7 @@ from ..models import (
 from . import sql_errors
 from . import sql_health as health
 from . import sql_statements as sql
-from .base import IStorage
+from .base import IStorage, check_lease_seconds
 from .sql_rows import build_lease, lease_from_row, pool_from_row, proxy_from_row
 
 if TYPE_CHECKING:
@@ -306,11 +306,12 @@ class SqlStorage(IStorage):
     def create_lease(
         self, proxy: Proxy, consumer_name: str, duration_seconds: float
     ) -> Lease:
+        seconds = check_lease_seconds(duration_seconds)
         params = {
             "proxy_id": proxy.id,
             "lease_id": uuid4(),
             "consumer_id": self.ensure_consumer(consumer_name),
-            "seconds": float(duration_seconds),
+            "seconds": seconds,
         }
 
         def work(conn: Connection, retrying: bool) -> Lease:
@@ -342,6 +343,7 @@ class SqlStorage(IStorage):
         domain: str | None = None,
     ) -> Lease | None:
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+        check_lease_seconds(duration_seconds)
         consumer_id = self.ensure_consumer(consumer_name)
         params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
         if self._lane is not None:
@@ -367,6 +369,7 @@ class SqlStorage(IStorage):
             return await super().acquire_async(
                 pool_name, consumer_name, duration_seconds, filters, selector, domain
             )
+        check_lease_seconds(duration_seconds)
         consumer_id = self._consumer_ids.get(consumer_name)
         if consumer_id is None:  # once per consumer name
             consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
@@ -724,7 +727,7 @@ def _acquire_parameters(
         "pool_name": pool_name,
         "lease_id": uuid4(),
         "consumer_id": consumer_id,
-        "seconds": float(duration_seconds),
+        "seconds": check_lease_seconds(duration_seconds),
         "target_domain": domain,
     }
 

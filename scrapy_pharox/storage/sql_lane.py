@@ -33,7 +33,6 @@ from ..exceptions import StorageError
 from ..models import Lease
 from . import sql_statements as sql
 from .sql_errors import Retry, reason, transient
-from .sql_pipeline import RawPipeline, result_names
 from .sql_rows import lease_from_row
 from .sql_statements import Prepared
 
@@ -197,7 +196,7 @@ class _Connections:
 
     def give_back(self, conn: psycopg.Connection[Any]) -> None:
         if not _reusable(conn):
-            lost = conn.pgconn.status == _BAD
+            lost = _lost(conn)
             conn.close()
             if lost:  # the server probably restarted: the others are gone too
                 self.close(reopen=True)
@@ -231,10 +230,10 @@ class _Pipeliner:
     """One connection on the running loop, shared by every coroutine's steps.
 
     While a round trip is out, the queries that coroutines queue wait; then
-    they all go in the next round: one pipeline, one write, one read, one
-    transaction (PostgreSQL commits at the pipeline's sync). A crawl has
-    several acquires and releases in flight at any moment, so a round carries
-    several of them, at about half the client CPU of one statement each.
+    they all go in the next round: one psycopg pipeline
+    (``AsyncConnection.pipeline()``), one round trip, one transaction
+    (PostgreSQL commits at the pipeline's sync). A crawl has several acquires
+    and releases in flight at any moment, so a round carries several of them.
 
     One transaction for a round cannot deadlock with another process's round:
     releases come first, in proxy id order (they wait for proxy rows), then
@@ -242,7 +241,9 @@ class _Pipeliner:
     Queries that may wait otherwise (reclaiming expired leases, looking a
     lease up) run on their own. A round that fails for a statement's error
     rolls back as a whole: each of its queries then runs on its own, so the
-    error reaches the coroutine whose query caused it, and only that one.
+    error reaches the coroutine whose query caused it, and only that one; a
+    query psycopg refuses to send (a NUL byte in a text value) fails alone,
+    and the connection stays as good as new.
     """
 
     def __init__(
@@ -252,7 +253,6 @@ class _Pipeliner:
         self._hooks = hooks
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._pipeline: RawPipeline | None = None
         self._queue: list[_Pending] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -275,10 +275,10 @@ class _Pipeliner:
         return await pending.future  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        """Close the connection now (no await: psycopg's close() does only this)."""
-        conn, self._conn, self._pipeline = self._conn, None, None
+        """Close the connection now, from any thread, loop running or not."""
+        conn, self._conn = self._conn, None
         if conn is not None:
-            conn.pgconn.finish()
+            _close_now(conn)
 
     async def _work(self) -> None:
         batch: list[_Pending] = []
@@ -318,24 +318,26 @@ class _Pipeliner:
             key=lambda p: p.query.order,  # type: ignore[arg-type,return-value]
         )
         alone = [p for p in batch if p.query.order is None]
+        if len(together) == 1:
+            alone.insert(0, together.pop())  # a pipeline of one saves nothing
         if together:
             try:
-                assert self._pipeline is not None
-                rows = await self._pipeline.run(
-                    [(p.query.sql, p.query.params) for p in together], _result_row
-                )
+                sent = await self._pipelined(conn, together)
             except psycopg.Error as exc:
                 if _lost(conn):
                     self.close()
                     _fail(batch, exc)
                     return
-                if len(together) == 1:  # its error is its own
-                    self._advance(together[0], None, exc)
-                else:
-                    alone += together  # all rolled back: each again, on its own
+                # A statement failed on the server: the round's transaction
+                # rolled back as a whole. Each runs again on its own, so the
+                # error reaches the coroutine whose statement caused it only.
+                alone += together
             else:
-                for pending, row in zip(together, rows, strict=True):
-                    self._advance(pending, row, None)
+                for pending, outcome in sent:
+                    if isinstance(outcome, psycopg.Error):
+                        self._advance(pending, None, outcome)
+                    else:
+                        self._advance(pending, outcome, None)
         for index, pending in enumerate(alone):
             try:
                 cursor = await conn.execute(pending.query.sql, pending.query.params)
@@ -348,6 +350,36 @@ class _Pipeliner:
                 self._advance(pending, None, exc)
             else:
                 self._advance(pending, row, None)
+
+    async def _pipelined(
+        self, conn: psycopg.AsyncConnection[Any], together: list[_Pending]
+    ) -> list[tuple[_Pending, Any]]:
+        """Send the statements in one psycopg pipeline: one write, one read, one
+        transaction (it commits at the pipeline's sync). Each pending comes back
+        with its row, or with the error of a statement psycopg refused to send
+        (a parameter it cannot encode, such as a NUL byte: nothing went out, so
+        it is that statement's own). A server's error raises."""
+        cursors: list[tuple[_Pending, Any]] = []
+        async with conn.pipeline():
+            for pending in together:
+                cursor = conn.cursor()
+                try:
+                    await cursor.execute(pending.query.sql, pending.query.params)
+                except psycopg.Error as exc:
+                    if _from_server(exc) or _lost(conn):
+                        raise
+                    cursors.append((pending, exc))
+                else:
+                    cursors.append((pending, cursor))
+        sent: list[tuple[_Pending, Any]] = []
+        for pending, cursor in cursors:
+            if isinstance(cursor, psycopg.Error):
+                sent.append((pending, cursor))
+            else:
+                sent.append(
+                    (pending, _named(pending.query, cursor, await cursor.fetchone()))
+                )
+        return sent
 
     def _advance(
         self, pending: _Pending, row: Any, error: psycopg.Error | None
@@ -383,7 +415,7 @@ class _Pipeliner:
         conn = await psycopg.AsyncConnection.connect(**self._options)
         for hook in self._hooks:
             hook(conn)
-        self._conn, self._pipeline = conn, RawPipeline(conn)
+        self._conn = conn
         return conn
 
 
@@ -394,14 +426,31 @@ def _fail(batch: list[_Pending], exc: psycopg.Error) -> None:
 
 
 def _lost(conn: Any) -> bool:
-    return bool(conn.pgconn.status == _BAD)
+    return bool(conn.broken or conn.info.status == _BAD)
+
+
+def _from_server(exc: psycopg.Error) -> bool:
+    """Whether the server answered with this error (it has a SQLSTATE), rather
+    than psycopg refusing the statement before sending it."""
+    return exc.sqlstate is not None or isinstance(exc, psycopg.errors.PipelineAborted)
+
+
+def _close_now(conn: psycopg.AsyncConnection[Any]) -> None:
+    """``await conn.close()`` without a loop: psycopg's close() never suspends
+    (it frees the libpq connection), so one step of the coroutine runs it all."""
+    closing = conn.close()
+    try:
+        closing.send(None)
+    except StopIteration:
+        return
+    closing.close()  # pragma: no cover - a psycopg whose close() suspends
+    raise RuntimeError("psycopg's AsyncConnection.close() suspended")
 
 
 def _reusable(conn: Any) -> bool:
     """A statement's error leaves an autocommit connection as good as new; a lost
     connection or a wait cancelled mid-statement does not."""
-    lost = conn.pgconn.status == _BAD
-    return not lost and conn.info.transaction_status == _IDLE_TRANSACTION
+    return not _lost(conn) and conn.info.transaction_status == _IDLE_TRANSACTION
 
 
 def acquire_steps(
@@ -483,25 +532,13 @@ _row_types: dict[str, Callable[[Any], Any]] = {}
 
 def _named(query: Query, cursor: Any, values: tuple[Any, ...] | None) -> Any:
     """A row of ``query`` with its columns as attributes, or None."""
-    return _row_of(
-        query.sql, lambda: [column.name for column in cursor.description], values
-    )
-
-
-def _result_row(sql: str, result: Any, values: tuple[Any, ...] | None) -> Any:
-    """A row of a libpq result of ``sql`` (``RawPipeline``), or None."""
-    return _row_of(sql, lambda: result_names(result), values)
-
-
-def _row_of(
-    sql: str, names: Callable[[], list[str]], values: tuple[Any, ...] | None
-) -> Any:
     if values is None:
         return None
-    make = _row_types.get(sql)
+    make = _row_types.get(query.sql)
     if make is None:
-        row_type: Any = namedtuple("Row", names(), rename=True)  # type: ignore[misc]
-        make = _row_types[sql] = row_type._make
+        names = [column.name for column in cursor.description]
+        row_type: Any = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+        make = _row_types[query.sql] = row_type._make
     return make(values)
 
 
@@ -510,5 +547,5 @@ def _usable(conn: Any) -> bool:
     idle: the server closed it (a restart, a cut wire). Costs no round trip."""
     if conn.closed:
         return False
-    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
     return not readable

@@ -15,6 +15,7 @@ from enum import Enum
 from functools import cache, lru_cache
 from typing import Any, TypeVar
 
+from pydantic_core import PydanticSerializationError
 from sqlalchemy import (
     ColumnElement,
     Double,
@@ -46,6 +47,7 @@ from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.functions import FunctionElement
 
+from ..exceptions import InvalidArgumentError
 from ..models import EARTH_RADIUS_KM, ProxyFilters, SelectorStrategy
 from .sql_schema import (
     UtcDateTime,
@@ -141,10 +143,17 @@ def _cached_per_filters(
     def statement(
         strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
     ) -> S:
-        filters_json = None if filters is None else filters.model_dump_json()
+        filters_json = None if filters is None else _filters_key(filters)
         return cached(strategy, filters_json, by_domain)
 
     return statement
+
+
+def _filters_key(filters: ProxyFilters) -> str:
+    try:
+        return filters.model_dump_json()
+    except PydanticSerializationError as exc:  # a str no encoding can hold
+        raise InvalidArgumentError(f"filters cannot be sent to SQL: {exc}") from None
 
 
 # -- time and distance, compiled per dialect --------------------------------------
