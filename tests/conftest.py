@@ -19,6 +19,7 @@ from uuid import uuid4
 import pytest
 from sqlalchemy.engine import make_url
 
+from async_path import AsyncPath
 from scrapy_pharox import InMemoryStorage, IStorage, ProxyManager, open_storage
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -137,6 +138,17 @@ def postgresql_storage(request: pytest.FixtureRequest) -> Iterator[IStorage]:
 
 
 @contextmanager
+def postgresql_async_storage(request: pytest.FixtureRequest) -> Iterator[IStorage]:
+    """PostgreSQL, acquire and release through the pipelined async path."""
+    with fresh_postgres_schema() as url:
+        store = AsyncPath(open_storage(url))
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@contextmanager
 def sqlite_storage(request: pytest.FixtureRequest) -> Iterator[IStorage]:
     with sql_storage(request.getfixturevalue("sqlite_url")) as store:
         yield store
@@ -145,13 +157,16 @@ def sqlite_storage(request: pytest.FixtureRequest) -> Iterator[IStorage]:
 STORAGE_KINDS: dict[str, StorageFactory] = {
     "memory": memory_storage,
     "postgresql": postgresql_storage,
+    "postgresql-async": postgresql_async_storage,
     "sqlite": sqlite_storage,
 }
 
 
 @pytest.fixture(
     params=[
-        pytest.param(kind, marks=[pytest.mark.postgres] if kind == "postgresql" else [])
+        pytest.param(
+            kind, marks=[pytest.mark.postgres] if kind.startswith("postgresql") else []
+        )
         for kind in sorted(STORAGE_KINDS)
     ]
 )
