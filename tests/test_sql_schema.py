@@ -9,23 +9,16 @@ from pathlib import Path
 
 import pytest
 from conftest import process_context
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from scrapy_pharox import (
-    CooldownPolicy,
-    LeaseOutcome,
-    OutcomeReport,
-    ProxyManager,
     SqlStorage,
     StorageError,
     bootstrap_pool,
-    bootstrap_proxy,
     open_storage,
 )
 from scrapy_pharox.storage.sql_schema import (
     SCHEMA_VERSION,
-    domain_cooldown_table,
-    proxy_table,
     schema_version_table,
 )
 
@@ -99,65 +92,26 @@ def test_many_processes_can_create_the_schema_at_the_same_moment(
         storage.close()
 
 
-def make_version_1(storage: SqlStorage) -> None:
-    """Turn the storage's schema back into version 1, data kept."""
-    with storage.engine.begin() as conn:
-        domain_cooldown_table.drop(conn)
-        for column in VERSION_2_PROXY_COLUMNS:
-            conn.execute(text(f"ALTER TABLE {proxy_table.name} DROP COLUMN {column}"))
-        conn.execute(update(schema_version_table).values(version=1))
-
-
-def test_a_version_1_schema_is_migrated_by_many_processes_at_once(
-    sql_url: str, tmp_path: Path
-) -> None:
-    storage = open_storage(sql_url)
-    assert isinstance(storage, SqlStorage)
-    try:
-        pool = bootstrap_pool(storage, name="pool")
-        bootstrap_proxy(storage, pool=pool, host="127.0.0.1", port=3128)
-        make_version_1(storage)
-    finally:
-        storage.close()
-    assert open_from_processes_at_once(sql_url, tmp_path, 4) == ["ok"] * 4
-    storage = open_storage(sql_url)
-    assert isinstance(storage, SqlStorage)
-    try:
-        assert stored_versions(storage) == [SCHEMA_VERSION]
-        (proxy,) = storage.list_proxies("pool")
-        assert (proxy.port, proxy.successes, proxy.cooldown_until) == (3128, 0, None)
-        manager = ProxyManager(storage)
-        lease = manager.acquire_proxy("pool", domain="shop.example")
-        assert lease is not None
-        ban = OutcomeReport(
-            outcome=LeaseOutcome.BAN,
-            domain="shop.example",
-            policy=CooldownPolicy(base_seconds=60),
-        )
-        assert manager.release_proxy(lease, ban)
-        assert manager.acquire_proxy("pool", domain="shop.example") is None
-        assert [rest.domain for rest in storage.list_domain_cooldowns("pool")] == [
-            "shop.example"
-        ]
-    finally:
-        storage.close()
-
-
+@pytest.mark.parametrize(
+    ("version", "advice"),
+    [(1, "point it at another database"), (99, "upgrade scrapy-pharox")],
+)
 def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
-    sql_url: str,
+    sql_url: str, version: int, advice: str
 ) -> None:
     storage = open_storage(sql_url)
     assert isinstance(storage, SqlStorage)
     try:
         bootstrap_pool(storage, name="pool")
         with storage.engine.begin() as conn:
-            conn.execute(update(schema_version_table).values(version=99))
+            conn.execute(update(schema_version_table).values(version=version))
         with pytest.raises(
             StorageError,
-            match=rf"schema version 99.* uses version {SCHEMA_VERSION}: upgrade",
+            match=rf"schema version {version},.* uses version {SCHEMA_VERSION}: "
+            f"{advice}",
         ):
             open_storage(sql_url)
-        assert stored_versions(storage) == [99]
+        assert stored_versions(storage) == [version]
         assert [pool.name for pool in storage.list_pools()] == ["pool"]
     finally:
         storage.close()

@@ -42,25 +42,25 @@ FirstAvailableKey = tuple[float, int]
 
 @dataclass(slots=True)
 class _Slot:
-    """A stored proxy, its place in the FIRST_AVAILABLE order, and its rests."""
+    """A stored proxy, its place in the FIRST_AVAILABLE order, and its cooldowns."""
 
     proxy: Proxy
     order_key: FirstAvailableKey
     in_heap: bool = False
-    resting_until: float = 0.0
-    domain_rests: dict[str, tuple[int, float]] = field(default_factory=dict)
+    cooldown_until: float = 0.0
+    domain_cooldowns: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def eligible(self, now: float) -> bool:
         return (
             self.proxy.status is ProxyStatus.ACTIVE
             and self.proxy.has_capacity
-            and self.resting_until <= now
+            and self.cooldown_until <= now
         )
 
-    def rests_for(self, domain: str | None, now: float) -> bool:
-        if domain is None or domain not in self.domain_rests:
+    def in_cooldown_for(self, domain: str | None, now: float) -> bool:
+        if domain is None or domain not in self.domain_cooldowns:
             return False
-        return self.domain_rests[domain][1] > now
+        return self.domain_cooldowns[domain][1] > now
 
 
 @dataclass(slots=True)
@@ -134,7 +134,7 @@ class InMemoryStorage(IStorage):
         # Keyed by lease.id.int: a UUID hashes in Python, an int in C.
         self._active: dict[int, _ActiveLease] = {}
         self._expiry_heap: list[tuple[float, int]] = []
-        self._rest_heap: list[tuple[float, UUID]] = []
+        self._cooldown_heap: list[tuple[float, UUID]] = []
 
     # -- administration -------------------------------------------------------
 
@@ -274,7 +274,7 @@ class InMemoryStorage(IStorage):
                 available_proxies=sum(1 for slot in active if slot.eligible(now)),
                 leased_proxies=sum(1 for slot in slots if slot.proxy.current_leases),
                 total_leases=sum(slot.proxy.current_leases for slot in slots),
-                cooling_proxies=sum(1 for slot in active if slot.resting_until > now),
+                cooling_proxies=sum(1 for slot in active if slot.cooldown_until > now),
                 banned_proxies=sum(
                     1 for slot in slots if slot.proxy.status is ProxyStatus.BANNED
                 ),
@@ -302,8 +302,8 @@ class InMemoryStorage(IStorage):
             if latency_ms is not None:
                 proxy.latency_ms = latency_ms
             if reset_cooldown:
-                slot.resting_until = 0.0
-                slot.domain_rests.clear()
+                slot.cooldown_until = 0.0
+                slot.domain_cooldowns.clear()
                 proxy.cooldown_until = None
                 proxy.consecutive_bans = proxy.consecutive_failures = 0
             if checked:
@@ -328,7 +328,7 @@ class InMemoryStorage(IStorage):
                     cooldown_until=datetime.fromtimestamp(until, timezone.utc),
                 )
                 for slot in pool.in_first_available_order()
-                for domain, (strikes, until) in sorted(slot.domain_rests.items())
+                for domain, (strikes, until) in sorted(slot.domain_cooldowns.items())
                 if until > now
             ]
 
@@ -350,13 +350,13 @@ class InMemoryStorage(IStorage):
         strategy = selector or SelectorStrategy.FIRST_AVAILABLE
         if strategy is SelectorStrategy.FIRST_AVAILABLE and filters is None:
             first = pool.first_free(now)
-            if first is None or not first.rests_for(domain, now):
+            if first is None or not first.in_cooldown_for(domain, now):
                 return first
 
         def usable(slot: _Slot) -> bool:
             return (
                 slot.eligible(now)
-                and not slot.rests_for(domain, now)
+                and not slot.in_cooldown_for(domain, now)
                 and (filters is None or filters.matches(slot.proxy))
             )
 
@@ -425,18 +425,18 @@ class InMemoryStorage(IStorage):
             proxy.successes += 1
             if proxy.consecutive_bans or proxy.consecutive_failures:
                 proxy.consecutive_bans = proxy.consecutive_failures = 0
-            if report.domain in slot.domain_rests:
-                slot.domain_rests[report.domain] = (
+            if report.domain in slot.domain_cooldowns:
+                slot.domain_cooldowns[report.domain] = (
                     0,
-                    slot.domain_rests[report.domain][1],
+                    slot.domain_cooldowns[report.domain][1],
                 )
             return
         if report.outcome is LeaseOutcome.BAN:
             proxy.bans += 1
             if report.domain is not None:
-                strikes = slot.domain_rests.get(report.domain, (0, 0.0))[0] + 1
+                strikes = slot.domain_cooldowns.get(report.domain, (0, 0.0))[0] + 1
                 until = now + policy.seconds(strikes, report.draw)
-                slot.domain_rests[report.domain] = (strikes, until)
+                slot.domain_cooldowns[report.domain] = (strikes, until)
                 return
             proxy.consecutive_bans += 1
             strikes = policy.strikes(LeaseOutcome.BAN, proxy.consecutive_bans)
@@ -445,11 +445,11 @@ class InMemoryStorage(IStorage):
             proxy.consecutive_failures += 1
             strikes = policy.strikes(LeaseOutcome.FAILURE, proxy.consecutive_failures)
         if strikes:
-            slot.resting_until = now + policy.seconds(strikes, report.draw)
+            slot.cooldown_until = now + policy.seconds(strikes, report.draw)
             proxy.cooldown_until = datetime.fromtimestamp(
-                slot.resting_until, timezone.utc
+                slot.cooldown_until, timezone.utc
             )
-            heapq.heappush(self._rest_heap, (slot.resting_until, proxy.id))
+            heapq.heappush(self._cooldown_heap, (slot.cooldown_until, proxy.id))
 
     def _reclaim_expired(self) -> float:
         """Reclaim expired leases and wake rested proxies; return now."""
@@ -468,8 +468,8 @@ class InMemoryStorage(IStorage):
                 for lease_id, active in self._active.items()
             ]
             heapq.heapify(self._expiry_heap)
-        while self._rest_heap and self._rest_heap[0][0] <= now:
-            _, proxy_id = heapq.heappop(self._rest_heap)
+        while self._cooldown_heap and self._cooldown_heap[0][0] <= now:
+            _, proxy_id = heapq.heappop(self._cooldown_heap)
             pool = self._pool_of(proxy_id)
             if pool is not None:
                 pool.push_if_free(pool.slots[proxy_id], now)

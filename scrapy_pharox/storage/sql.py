@@ -53,7 +53,7 @@ from ..models import (
     mask_url_password,
 )
 from . import sql_errors
-from . import sql_health as health
+from . import sql_outcomes as outcomes
 from . import sql_statements as sql
 from .base import IStorage, check_lease_seconds
 from .sql_rows import build_lease, lease_from_row, pool_from_row, proxy_from_row
@@ -427,14 +427,14 @@ class SqlStorage(IStorage):
 
         def work(conn: Connection, _: bool) -> Proxy:
             if self._postgres and reset_cooldown:
-                statement: Any = health.pg_set_status_resetting(**shape)
+                statement: Any = outcomes.pg_set_status_resetting(**shape)
             else:
-                statement = health.set_status(**shape, reset=reset_cooldown)
+                statement = outcomes.set_status(**shape, reset=reset_cooldown)
             row = conn.execute(statement, params).first()
             if row is None:
                 raise ProxyNotFoundError(f"no proxy with id {proxy_id}")
             if reset_cooldown and not self._postgres:
-                conn.execute(health.clear_domain_cooldowns(), params)
+                conn.execute(outcomes.clear_domain_cooldowns(), params)
             return proxy_from_row(row)
 
         return self._run("setting a proxy's status", work)
@@ -450,7 +450,7 @@ class SqlStorage(IStorage):
                     cooldown_until=row.cooldown_until,
                 )
                 for row in conn.execute(
-                    health.domain_cooldowns_of_pool(), {"pool_name": pool_name}
+                    outcomes.domain_cooldowns_of_pool(), {"pool_name": pool_name}
                 )
             ],
             read_only=True,
@@ -742,7 +742,7 @@ def _release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str,
 def _pg_release_statement(report: OutcomeReport | None) -> sql.Prepared:
     if report is None:
         return sql.pg_release()
-    return health.pg_release_reported(report.outcome, report.domain is not None)
+    return outcomes.pg_release_reported(report.outcome, report.domain is not None)
 
 
 def _outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
@@ -765,11 +765,11 @@ def _record_sqlite_outcome(
     """SQLite: the outcome of a lease just removed, in its transaction."""
     outcome = {**params, "proxy_key": proxy_id}
     by_domain = report.domain is not None
-    conn.execute(health.record_outcome(report.outcome, by_domain), outcome)
+    conn.execute(outcomes.record_outcome(report.outcome, by_domain), outcome)
     if by_domain and report.outcome is LeaseOutcome.BAN:
-        conn.execute(health.sqlite_domain_ban(), outcome)
+        conn.execute(outcomes.sqlite_domain_ban(), outcome)
     elif by_domain and report.outcome is LeaseOutcome.SUCCESS:
-        conn.execute(health.sqlite_domain_success(), outcome)
+        conn.execute(outcomes.sqlite_domain_success(), outcome)
 
 
 def _unavailable(proxy: Proxy, *, known: bool) -> ProxyUnavailableError:

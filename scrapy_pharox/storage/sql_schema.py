@@ -6,9 +6,8 @@ table every acquire touches holds one row per held slot, however long the histor
 grows. The history is an append-only log without indexes; add the ones you query
 it by.
 
-Version 2 added the health a proxy's outcomes build up (counters, latency,
-``cooldown_until``) and ``pharox_domain_cooldown``; ``create_schema`` brings a
-version 1 database up to it in place.
+A database of another schema version is refused, never changed: version 2 is
+the first one scrapy-pharox released.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ..exceptions import StorageError
@@ -121,7 +119,7 @@ proxy_table = Table(
     Column("asn", BigInteger),
     Column("max_concurrency", Integer),
     Column("current_leases", Integer, nullable=False, server_default="0"),
-    # What reported outcomes built up (version 2).
+    # What reported outcomes built up.
     Column("successes", Integer, nullable=False, server_default="0"),
     Column("bans", Integer, nullable=False, server_default="0"),
     Column("failures", Integer, nullable=False, server_default="0"),
@@ -134,17 +132,6 @@ proxy_table = Table(
     # (no index holds current_leases, the outcome counters or cooldown_until, so
     # they never touch an index).
     postgresql_with={"fillfactor": 70},
-)
-
-# The columns version 2 added to pharox_proxy: a version 1 database gets them.
-_PROXY_COLUMNS_OF_VERSION_2 = (
-    "successes",
-    "bans",
-    "failures",
-    "consecutive_bans",
-    "consecutive_failures",
-    "latency_ms",
-    "cooldown_until",
 )
 
 _ACTIVE_ONLY = text("status = 'active'")
@@ -200,7 +187,7 @@ lease_table = Table(
 # Finds the expired leases from the oldest expiry, without a scan.
 Index("pharox_lease_expiry", lease_table.c.expires_at)
 
-# A proxy resting for one target domain (a ban reported with a domain). Rows
+# A proxy in cooldown for one target domain (a ban reported with a domain). Rows
 # stay after the cooldown: consecutive_bans is where the next ban's strikes
 # start. No foreign key, as for leases: only this adapter writes here.
 domain_cooldown_table = Table(
@@ -239,9 +226,8 @@ def create_schema(connection: Connection, shown_url: str) -> None:
     """Create the tables once and record the version, inside the caller's transaction.
 
     Safe from many processes at once: PostgreSQL takes a transaction-scoped
-    advisory lock per schema first, SQLite runs in an immediate transaction. A
-    version 1 schema is migrated (columns and a table added, nothing rewritten);
-    an existing schema of another version is left untouched and raises
+    advisory lock per schema first, SQLite runs in an immediate transaction. An
+    existing schema of another version is left untouched and raises
     StorageError.
     """
     if connection.dialect.name == "postgresql":
@@ -252,9 +238,6 @@ def create_schema(connection: Connection, shown_url: str) -> None:
             )
         )
     found = _stored_version(connection)
-    if found == 1:
-        _migrate_from_version_1(connection)
-        return
     if found is not None and found != SCHEMA_VERSION:
         advice = (
             "upgrade scrapy-pharox, or point it at another database (or schema)"
@@ -271,20 +254,6 @@ def create_schema(connection: Connection, shown_url: str) -> None:
         connection.execute(
             schema_version_table.insert().values(id=1, version=SCHEMA_VERSION)
         )
-
-
-def _migrate_from_version_1(connection: Connection) -> None:
-    """Add what version 2 added. Processes of version 1 still running keep
-    working: they never name the new columns, which all have defaults."""
-    for name in _PROXY_COLUMNS_OF_VERSION_2:
-        column = CreateColumn(proxy_table.c[name]).compile(dialect=connection.dialect)
-        connection.execute(text(f"ALTER TABLE {proxy_table.name} ADD COLUMN {column}"))
-    domain_cooldown_table.create(connection)
-    connection.execute(
-        schema_version_table.update()
-        .where(schema_version_table.c.id == 1)
-        .values(version=SCHEMA_VERSION)
-    )
 
 
 def _stored_version(connection: Connection) -> int | None:

@@ -100,7 +100,6 @@ class Prepared:
     """
 
     def __init__(self, statement: Select[Any]) -> None:
-        self.statement = statement
         self._compiled = statement.compile(dialect=_PSYCOPG)
         if self._compiled._bind_processors:
             raise TypeError("a prepared statement must bind only native types")
@@ -276,16 +275,18 @@ def pool_id_named() -> Any:
 
 
 def eligible(
-    pool_id: Any, filters: ProxyFilters | None, resting: Any = None
+    pool_id: Any, filters: ProxyFilters | None, cooldowns: Any = None
 ) -> ColumnElement[bool]:
     """ACTIVE proxies of the pool with a free slot, not cooling down, that match
-    the filters, and not among the ``resting`` CTE (``resting_for_domain``)."""
+    the filters, and not among the ``cooldowns`` CTE (``domain_cooldowns_now``)."""
     return and_(
         proxy.pool_id == pool_id,
         proxy.status == ACTIVE,
         has_free_slot(),
         not_cooling(),
-        proxy.id.not_in(select(resting.c.proxy_id)) if resting is not None else true(),
+        proxy.id.not_in(select(cooldowns.c.proxy_id))
+        if cooldowns is not None
+        else true(),
         filter_clause(filters) if filters is not None else true(),
     )
 
@@ -303,7 +304,7 @@ def domain_parameter() -> Any:
     return bindparam("target_domain", type_=String())
 
 
-def resting_for_domain() -> Any:
+def domain_cooldowns_now() -> Any:
     """A CTE of the proxies cooling down for the ``target_domain`` now: one range
     of the (domain, cooldown_until) index, which PostgreSQL hashes once for the
     whole search instead of probing per proxy."""
@@ -313,7 +314,7 @@ def resting_for_domain() -> Any:
             domain_cooldown.domain == domain_parameter(),
             domain_cooldown.cooldown_until > DbNow(),
         )
-        .cte("resting")
+        .cte("cooldowns")
     )
 
 
@@ -333,10 +334,10 @@ def find_proxy(
 ) -> Select[Any]:
     """The proxy the selector picks now, without leasing it."""
     cursor = select(pool.round_robin_cursor).where(pool.name == bindparam("pool_name"))
-    resting = resting_for_domain() if by_domain else None
+    cooldowns = domain_cooldowns_now() if by_domain else None
     return (
         select(proxy_table)
-        .where(eligible(pool_id_named(), filters, resting))
+        .where(eligible(pool_id_named(), filters, cooldowns))
         .order_by(*selector_order(strategy, cursor.scalar_subquery()))
         .limit(1)
     )
@@ -387,7 +388,7 @@ def pg_acquire_statement(
     ``contended`` says a free proxy existed that other transactions held locked,
     so another try may get it.
     """
-    resting = resting_for_domain() if by_domain else None
+    cooldowns = domain_cooldowns_now() if by_domain else None
     if strategy is SelectorStrategy.ROUND_ROBIN:
         # The pool row, locked: round-robin acquires of one pool take turns, and
         # each reads the cursor the one before it left.
@@ -400,7 +401,7 @@ def pg_acquire_statement(
         )
         pool_id: Any = select(locked_pool.c.id).scalar_subquery()
         cursor = select(locked_pool.c.round_robin_cursor).scalar_subquery()
-        free = and_(eligible(pool_id, filters, resting), not_(expired_lease_exists()))
+        free = and_(eligible(pool_id, filters, cooldowns), not_(expired_lease_exists()))
         # The first free proxy after the cursor in id order (an index walk) ...
         after_cursor = (
             _locked(
@@ -435,7 +436,7 @@ def pg_acquire_statement(
             _locked(
                 select(proxy.id)
                 .where(
-                    eligible(pool_id, filters, resting),
+                    eligible(pool_id, filters, cooldowns),
                     not_(expired_lease_exists()),
                 )
                 .order_by(*selector_order(strategy, None)),
@@ -455,7 +456,7 @@ def pg_acquire_statement(
             "reclaim_needed"
         ),
         case(
-            (nothing_claimed, exists().where(eligible(pool_id, filters, resting))),
+            (nothing_claimed, exists().where(eligible(pool_id, filters, cooldowns))),
             else_=false(),
         ).label("contended"),
     )

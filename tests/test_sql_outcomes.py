@@ -29,7 +29,7 @@ from scrapy_pharox import (
     bootstrap_proxy,
     open_storage,
 )
-from scrapy_pharox.storage import sql_health, sql_statements
+from scrapy_pharox.storage import sql_outcomes, sql_statements
 from wire_support import WireTrace
 
 #: One fixed rest, long enough to look at it from another process.
@@ -201,7 +201,7 @@ def test_hot_statements_stay_within_the_psycopg_query_cache() -> None:
         for by_domain in (False, True)
     ]
     releases = [
-        sql_health.pg_release_reported(outcome, by_domain)
+        sql_outcomes.pg_release_reported(outcome, by_domain)
         for outcome in LeaseOutcome
         for by_domain in (False, True)
     ]

@@ -1,4 +1,4 @@
-"""The SQL of proxy health: outcomes recorded at release, cooldowns, status.
+"""The SQL of what leases report: outcomes recorded at release, cooldowns, status.
 
 PostgreSQL records an outcome in the one statement that ends the lease, so a
 release stays one round trip and records nothing when the lease was no longer
