@@ -126,3 +126,16 @@ def test_a_storage_used_before_its_schema_exists_raises_storage_error(
             storage.list_pools()
     finally:
         storage.close()
+
+
+def test_a_sql_storage_is_the_adapter_of_its_url_s_dialect(sql_url: str) -> None:
+    from scrapy_pharox.storage.postgresql import PostgresStorage
+    from scrapy_pharox.storage.sqlite import SqliteStorage
+
+    expected = PostgresStorage if sql_url.startswith("postgresql") else SqliteStorage
+    for storage in (SqlStorage(sql_url), open_storage(sql_url)):
+        try:
+            assert type(storage) is expected and isinstance(storage, SqlStorage)
+            assert repr(storage).startswith(f"{expected.__name__}(")
+        finally:
+            storage.close()

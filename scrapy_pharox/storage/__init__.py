@@ -33,9 +33,9 @@ def open_storage(url: str) -> IStorage:
     if scheme in _SQL_SCHEMES:
         if scheme == "postgres":
             url = "postgresql" + url[len(scheme) :]
-        from .sql import SqlStorage
+        from .sql import adapter_for
 
-        storage = SqlStorage(url)
+        storage = adapter_for(url)(url)
         try:
             storage.create_schema()
         except BaseException:

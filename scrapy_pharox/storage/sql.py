@@ -1,69 +1,52 @@
 """``SqlStorage``: pools shared by a fleet, in PostgreSQL (psycopg 3) or SQLite.
 
-PostgreSQL acquires and releases in one round trip each: one autocommitted
-statement (see ``sql_statements``). SQLite runs the same steps in one
-``BEGIN IMMEDIATE`` transaction, WAL journal and a busy timeout, so several
-processes can share one file. Every step may be retried after a dropped
-connection: an acquire carries its lease id, and a retry first looks for that
-lease, so a lost reply never leaks a slot. Driver errors leave as StorageError.
+``SqlStorage(url)`` is the adapter of the URL's dialect: ``PostgresStorage``
+(``postgresql``) or ``SqliteStorage`` (``sqlite``). This base holds what both
+share: the engine, the schema, the administration and reads, and ``_run``, which
+drives a step on a connection, tries it again after a dropped connection and
+translates driver errors into StorageError. Each dialect module writes the
+leasing operations as its own statements: PostgreSQL one autocommitted statement
+each, SQLite its steps in one ``BEGIN IMMEDIATE`` transaction. An acquire
+carries its lease id, and a retry first looks for that lease, so a lost reply
+never leaks a slot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, create_engine, event, select
-from sqlalchemy.engine import URL, CursorResult, Engine, make_url
-from sqlalchemy.exc import (
-    ArgumentError,
-    DBAPIError,
-    InvalidatePoolError,
-    SQLAlchemyError,
-)
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import Connection, create_engine, select
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from ..exceptions import (
     PoolNotFoundError,
-    ProxyNotFoundError,
     ProxyUnavailableError,
     StorageError,
     UnsupportedStorageURLError,
 )
 from ..models import (
-    CooldownPolicy,
     DomainCooldown,
     Lease,
-    LeaseOutcome,
     OutcomeReport,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
     ProxyPool,
-    ProxyStatus,
     SelectorStrategy,
-    haversine_km,
     mask_url_password,
 )
 from . import sql_errors
 from . import sql_outcomes as outcomes
 from . import sql_statements as sql
 from .base import IStorage, check_lease_seconds
-from .sql_rows import build_lease, lease_from_row, pool_from_row, proxy_from_row
-
-if TYPE_CHECKING:
-    from .sql_lane import LeaseLane
+from .sql_rows import lease_from_row, pool_from_row, proxy_from_row
 from .sql_schema import create_schema, pool_table, proxy_table
-
-#: How long a SQLite connection waits for another process's write lock.
-SQLITE_BUSY_SECONDS = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +60,17 @@ class SqlStorage(IStorage):
     ``sqlite:///path/to/file.db``; ``engine_kwargs`` go to ``create_engine``
     (``hide_parameters=True`` unless given). A step that fails on a dropped
     connection or a restarting server is tried again for up to ``retry_seconds``.
-
-    On PostgreSQL, acquire and release run on connections of their own
-    (``sql_lane``), which notice a connection the server closed without a
-    round trip; awaited from a coroutine (``acquire_async``), they share
-    round trips with other coroutines' (``native_async``). The engine serves
-    the rest: its pooled connection is pinged before use when it sat idle for
-    ``ping_after_idle_seconds`` (None: never), the staleness that SQLAlchemy's
-    ``pool_pre_ping`` guards against without its round trip on every checkout;
-    pass ``pool_pre_ping=True`` to ping on every checkout instead. Call
+    ``ping_after_idle_seconds`` is PostgreSQL's (``PostgresStorage``). Call
     ``create_schema()`` once before use (``open_storage`` does).
     """
+
+    #: The dialect's name, as SQLAlchemy spells it.
+    dialect_name: ClassVar[str]
+
+    def __new__(cls, url: str | URL, **options: Any) -> SqlStorage:
+        if cls is SqlStorage:
+            cls = adapter_for(url)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -99,24 +82,12 @@ class SqlStorage(IStorage):
     ) -> None:
         self._url = _sql_url(url)
         self._shown_url = self._url.render_as_string(hide_password=True)
-        self._postgres = self._url.get_backend_name() == "postgresql"
-        self._dialect_name = "postgresql" if self._postgres else "sqlite"
         self._retry_seconds = retry_seconds
         self._consumer_ids: dict[str, UUID] = {}
+        self._serial: AbstractContextManager[Any] = nullcontext()
         options: dict[str, Any] = {"hide_parameters": True, **engine_kwargs}
         connect_args = dict(options.pop("connect_args", {}))
-        if self._postgres:
-            # Every hot step is one statement, atomic on its own: no BEGIN and
-            # COMMIT round trips, and no isolation switch at each checkout.
-            options["isolation_level"] = "AUTOCOMMIT"
-            connect_args.setdefault("connect_timeout", 10)
-            if "application_name" not in self._url.query:
-                connect_args.setdefault("application_name", "scrapy-pharox")
-        else:
-            connect_args.setdefault("timeout", SQLITE_BUSY_SECONDS)
-            if self._url.database in (None, "", ":memory:"):
-                connect_args.setdefault("check_same_thread", False)
-                options.setdefault("poolclass", StaticPool)
+        self._configure(options, connect_args)
         try:
             self._engine: Engine = create_engine(
                 self._url, connect_args=connect_args, **options
@@ -125,52 +96,27 @@ class SqlStorage(IStorage):
             raise StorageError(
                 f"cannot set up the storage at {self._shown_url}: {exc}"
             ) from exc
-        self._lane: LeaseLane | None = None
-        if self._postgres:
-            self._lane = self._open_lane(connect_args)
-            self._transactions_engine: Engine = self._engine.execution_options(
-                isolation_level="READ COMMITTED"
-            )
-            self._serial: AbstractContextManager[Any] = nullcontext()
-            if ping_after_idle_seconds is not None and not options.get("pool_pre_ping"):
-                _ping_when_idle(self._engine, ping_after_idle_seconds)
-        else:
-            event.listen(self._engine, "connect", _prepare_sqlite_connection)
-            event.listen(self._engine, "begin", _begin_sqlite)
-            # Reads need no write lock: WAL lets them run beside a writer.
-            self._reading_engine = self._engine.execution_options(
-                pharox_begin="BEGIN DEFERRED"
-            )
-            # One writer at a time anyway; in-process threads queue here instead
-            # of spinning in SQLite's busy handler.
-            self._serial = threading.Lock()
+        self._engine_ready(connect_args, options, ping_after_idle_seconds)
 
-    def _open_lane(self, connect_args: dict[str, Any]) -> LeaseLane:
-        from .sql_lane import LeaseLane  # psycopg: PostgreSQL only
+    def _configure(self, options: dict[str, Any], connect_args: dict[str, Any]) -> None:
+        """The dialect's engine options and connect arguments, set in place."""
 
-        _, dialect_kwargs = self._engine.dialect.create_connect_args(self._url)
-        # SQLAlchemy's type adapters are for its own statements; the lane binds
-        # and reads native types only.
-        dialect_kwargs.pop("context", None)
-        return LeaseLane(
-            {**dialect_kwargs, **connect_args},
-            shown_url=self._shown_url,
-            describe=self._storage_error,
-            retry_seconds=self._retry_seconds,
-        )
-
-    def __repr__(self) -> str:
-        return f"SqlStorage({self._shown_url!r})"
-
-    @property
-    def native_async(self) -> bool:
-        return self._lane is not None
+    def _engine_ready(
+        self,
+        connect_args: dict[str, Any],
+        options: dict[str, Any],
+        ping_after_idle_seconds: float | None,
+    ) -> None:
+        """What the dialect sets up once the engine exists."""
 
     @property
     def lease_connection_hooks(self) -> list[Callable[[Any], None]]:
         """Called with each psycopg connection the PostgreSQL acquire and release
         open (they bypass the engine); empty on SQLite, which has none."""
-        return self._lane.connection_hooks if self._lane is not None else []
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._shown_url!r})"
 
     @property
     def engine(self) -> Engine:
@@ -196,8 +142,6 @@ class SqlStorage(IStorage):
         )
 
     def close(self) -> None:
-        if self._lane is not None:
-            self._lane.close()
         self._engine.dispose()
 
     # -- administration -------------------------------------------------------
@@ -205,7 +149,7 @@ class SqlStorage(IStorage):
     def add_pool(self, pool: ProxyPool) -> ProxyPool:
         def work(conn: Connection, _: bool) -> ProxyPool:
             conn.execute(
-                sql.insert_ignoring_conflicts(self._dialect_name, pool_table),
+                sql.insert_ignoring_conflicts(self.dialect_name, pool_table),
                 {"id": pool.id, "name": pool.name, "description": pool.description},
             )
             row = conn.execute(sql.pool_named(), {"pool_name": pool.name}).first()
@@ -232,7 +176,7 @@ class SqlStorage(IStorage):
             if not conn.execute(sql.pool_exists(), key).scalar():
                 raise PoolNotFoundError(f"no pool with id {proxy.pool_id}")
             conn.execute(
-                sql.insert_ignoring_conflicts(self._dialect_name, proxy_table),
+                sql.insert_ignoring_conflicts(self.dialect_name, proxy_table),
                 _proxy_values(proxy),
             )
             return proxy_from_row(conn.execute(sql.same_proxy(), key).one())
@@ -265,7 +209,7 @@ class SqlStorage(IStorage):
         consumer_id: UUID = self._run(
             "registering a consumer",
             lambda conn, _: conn.execute(
-                sql.upsert_consumer(self._dialect_name),
+                sql.upsert_consumer(self.dialect_name),
                 {"id": uuid4(), "name": consumer_name},
             ).scalar_one(),
         )
@@ -284,8 +228,6 @@ class SqlStorage(IStorage):
             return None
         return PoolStatsSnapshot(pool_name=pool_name, **row._asdict())
 
-    # -- leasing --------------------------------------------------------------
-
     def find_available_proxy(
         self,
         pool_name: str,
@@ -302,142 +244,6 @@ class SqlStorage(IStorage):
             read_only=True,
         )
         return proxy_from_row(row) if row is not None else None
-
-    def create_lease(
-        self, proxy: Proxy, consumer_name: str, duration_seconds: float
-    ) -> Lease:
-        seconds = check_lease_seconds(duration_seconds)
-        params = {
-            "proxy_id": proxy.id,
-            "lease_id": uuid4(),
-            "consumer_id": self.ensure_consumer(consumer_name),
-            "seconds": seconds,
-        }
-
-        def work(conn: Connection, retrying: bool) -> Lease:
-            if retrying and (lease := self._lease_by_id(conn, params)) is not None:
-                return lease
-            if self._postgres:
-                row = _run_prepared(conn, sql.pg_lease_proxy(), params).one()
-                if row.id is None:
-                    raise _unavailable(proxy, known=row.proxy_known)
-                return lease_from_row(row, params, row.pool_name)
-            claimed = conn.execute(sql.claim_proxy(), params).first()
-            if claimed is None:
-                known = conn.execute(sql.proxy_exists(), params).scalar()
-                raise _unavailable(proxy, known=bool(known))
-            pool_row = conn.execute(
-                select(pool_table.c.name).where(pool_table.c.id == claimed.pool_id)
-            ).scalar_one()
-            return self._insert_lease(conn, claimed, params, pool_row, None)
-
-        return self._run("leasing a proxy", work)
-
-    def acquire(
-        self,
-        pool_name: str,
-        consumer_name: str,
-        duration_seconds: float,
-        filters: ProxyFilters | None = None,
-        selector: SelectorStrategy | None = None,
-        domain: str | None = None,
-    ) -> Lease | None:
-        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-        check_lease_seconds(duration_seconds)
-        consumer_id = self.ensure_consumer(consumer_name)
-        params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
-        if self._lane is not None:
-            statement = sql.pg_acquire(strategy, filters, domain is not None)
-            return self._lane.acquire(statement, params)
-        return self._run(
-            "acquiring a proxy",
-            lambda conn, retrying: self._sqlite_acquire(
-                conn, retrying, strategy, filters, params
-            ),
-        )
-
-    async def acquire_async(
-        self,
-        pool_name: str,
-        consumer_name: str,
-        duration_seconds: float,
-        filters: ProxyFilters | None = None,
-        selector: SelectorStrategy | None = None,
-        domain: str | None = None,
-    ) -> Lease | None:
-        if self._lane is None:
-            return await super().acquire_async(
-                pool_name, consumer_name, duration_seconds, filters, selector, domain
-            )
-        check_lease_seconds(duration_seconds)
-        consumer_id = self._consumer_ids.get(consumer_name)
-        if consumer_id is None:  # once per consumer name
-            consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
-        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-        params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
-        statement = sql.pg_acquire(strategy, filters, domain is not None)
-        return await self._lane.acquire_async(statement, params)
-
-    async def release_lease_async(
-        self, lease: Lease, report: OutcomeReport | None = None
-    ) -> bool:
-        if self._lane is None:
-            return await super().release_lease_async(lease, report)
-        params = _release_parameters(lease, report)
-        return await self._lane.release_async(
-            _pg_release_statement(report), params, lease.proxy_id
-        )
-
-    def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
-        params = _release_parameters(lease, report)
-        if self._lane is not None:
-            return self._lane.release(
-                _pg_release_statement(report), params, lease.proxy_id
-            )
-
-        def work(conn: Connection, _: bool) -> bool:
-            gone = conn.execute(sql.remove_lease(), params).all()
-            _end_leases(conn, gone, "released")
-            if gone and report is not None:
-                _record_sqlite_outcome(conn, gone[0].proxy_id, report, params)
-            return bool(gone)
-
-        return self._run("releasing a lease", work)
-
-    def cleanup_expired_leases(self) -> int:
-        return self._run("reclaiming expired leases", lambda conn, _: _reclaim(conn))
-
-    # -- health -----------------------------------------------------------------
-
-    def set_proxy_status(
-        self,
-        proxy_id: UUID,
-        status: ProxyStatus,
-        *,
-        latency_ms: float | None = None,
-        checked: bool = False,
-        reset_cooldown: bool = False,
-    ) -> Proxy:
-        shape = {"latency": latency_ms is not None, "checked": checked}
-        params = {
-            "proxy_id": proxy_id,
-            "new_status": ProxyStatus(status).value,
-            "latency": latency_ms,
-        }
-
-        def work(conn: Connection, _: bool) -> Proxy:
-            if self._postgres and reset_cooldown:
-                statement: Any = outcomes.pg_set_status_resetting(**shape)
-            else:
-                statement = outcomes.set_status(**shape, reset=reset_cooldown)
-            row = conn.execute(statement, params).first()
-            if row is None:
-                raise ProxyNotFoundError(f"no proxy with id {proxy_id}")
-            if reset_cooldown and not self._postgres:
-                conn.execute(outcomes.clear_domain_cooldowns(), params)
-            return proxy_from_row(row)
-
-        return self._run("setting a proxy's status", work)
 
     def list_domain_cooldowns(self, pool_name: str) -> list[DomainCooldown]:
         return self._run(
@@ -457,53 +263,6 @@ class SqlStorage(IStorage):
         )
 
     # -- internals ----------------------------------------------------------------
-
-    def _sqlite_acquire(
-        self,
-        conn: Connection,
-        retrying: bool,
-        strategy: SelectorStrategy,
-        filters: ProxyFilters | None,
-        params: dict[str, Any],
-    ) -> Lease | None:
-        if retrying and (lease := self._lease_by_id(conn, params)) is not None:
-            return lease
-        if conn.execute(select(sql.expired_lease_exists())).scalar():
-            _reclaim(conn)
-        by_domain = params["target_domain"] is not None
-        picked = conn.execute(
-            sql.find_proxy(strategy, filters, by_domain), params
-        ).first()
-        if picked is None:
-            return None
-        # The transaction holds the write lock: the pick is still free.
-        claimed = conn.execute(sql.claim_proxy(), {"proxy_id": picked.id}).one()
-        cursor = picked.id if strategy is SelectorStrategy.ROUND_ROBIN else None
-        return self._insert_lease(conn, claimed, params, params["pool_name"], cursor)
-
-    def _insert_lease(
-        self,
-        conn: Connection,
-        claimed: Any,
-        params: dict[str, Any],
-        pool_name: str,
-        cursor: UUID | None,
-    ) -> Lease:
-        times = conn.execute(
-            sql.insert_lease(),
-            {
-                "id": params["lease_id"],
-                "proxy_id": claimed.id,
-                "pool_id": claimed.pool_id,
-                "consumer_id": params["consumer_id"],
-                "seconds": params["seconds"],
-            },
-        ).one()
-        if cursor is not None:
-            conn.execute(
-                sql.move_cursor(), {"pool_key": claimed.pool_id, "cursor": cursor}
-            )
-        return build_lease(claimed, times, params, pool_name)
 
     def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
         """The lease an earlier try of this call took, when its reply was lost."""
@@ -553,32 +312,11 @@ class SqlStorage(IStorage):
                 raise self._storage_error(action, exc) from exc
             time.sleep(tries.next_delay())
 
-    @contextmanager
-    def _connection(self, transaction: bool, read_only: bool) -> Iterator[Connection]:
-        if not self._postgres:
-            engine = self._reading_engine if read_only else self._engine
-            with engine.begin() as conn:
-                yield conn
-        elif transaction:
-            with self._transactions_engine.begin() as conn:
-                yield conn
-        else:
-            with self._engine.connect() as conn:
-                yield conn
-
-    def _transient(self, exc: DBAPIError) -> bool:
-        if exc.connection_invalidated:
-            return True
-        if not self._postgres:
-            text = str(exc.orig).lower()
-            return "locked" in text or "busy" in text
-        return sql_errors.transient(exc.orig)
-
     def _storage_error(self, action: str, exc: BaseException) -> StorageError:
         """``exc`` (SQLAlchemy's or the driver's) as a StorageError naming where."""
         source = exc.orig if isinstance(exc, DBAPIError) else exc
         reason = sql_errors.reason(source)
-        if self._postgres and sql_errors.unreachable(source):
+        if sql_errors.unreachable(source):
             host = self._url.host or "localhost"
             port = self._url.port or 5432
             return StorageError(
@@ -587,8 +325,29 @@ class SqlStorage(IStorage):
             )
         return StorageError(f"{action} failed on {self._shown_url}: {reason}")
 
+    def _connection(
+        self, transaction: bool, read_only: bool
+    ) -> AbstractContextManager[Connection]:
+        """A connection for one step (see each dialect)."""
+        raise NotImplementedError
+
+    def _transient(self, exc: DBAPIError) -> bool:
+        """Whether another try of the step may succeed."""
+        return bool(exc.connection_invalidated)
+
 
 # -- helpers -----------------------------------------------------------------------
+
+
+def adapter_for(url: str | URL) -> type[SqlStorage]:
+    """The SqlStorage class of the URL's dialect."""
+    if _sql_url(url).get_backend_name() == "postgresql":
+        from .postgresql import PostgresStorage
+
+        return PostgresStorage
+    from .sqlite import SqliteStorage
+
+    return SqliteStorage
 
 
 def _sql_url(url: str | URL) -> URL:
@@ -607,116 +366,6 @@ def _sql_url(url: str | URL) -> URL:
         f"unsupported SQL storage URL {parsed.render_as_string(hide_password=True)!r}:"
         " use postgresql+psycopg://user:password@host:port/db or sqlite:///path"
     )
-
-
-def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
-    """Ping a pooled connection at checkout when it was idle ``idle_seconds``.
-
-    A failed ping makes the pool drop it, and every connection older, and
-    connect anew: the database was probably restarted.
-    """
-
-    def checked_in(dbapi_connection: Any, record: Any) -> None:
-        record.info["pharox_idle_since"] = time.monotonic()
-
-    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        idle_since = record.info.pop("pharox_idle_since", None)
-        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except engine.dialect.loaded_dbapi.Error as exc:
-            raise InvalidatePoolError(f"idle connection lost: {exc}") from exc
-
-    event.listen(engine, "checkin", checked_in)
-    event.listen(engine, "checkout", checked_out)
-
-
-def _prepare_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
-    # SQLAlchemy emits BEGIN IMMEDIATE itself (the "begin" listener below).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        _switch_to_wal(cursor)
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
-    dbapi_connection.create_function(
-        "pharox_haversine_km", 4, _haversine_or_null, deterministic=True
-    )
-    dbapi_connection.create_function(
-        "pharox_cooldown_seconds", 5, _cooldown_seconds, deterministic=True
-    )
-
-
-def _switch_to_wal(cursor: Any) -> None:
-    # WAL is kept in the file, so only the first connections ever switch; when
-    # several processes open a new file at once, the switch can answer "database
-    # is locked" without waiting for the busy timeout: wait for it here.
-    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
-    while True:
-        try:
-            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
-            if str(mode).lower() != "wal":
-                cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def _begin_sqlite(conn: Connection) -> None:
-    # Writers take the write lock at BEGIN, so two transactions never both read
-    # and then fail to upgrade; reads ask for a deferred BEGIN.
-    conn.exec_driver_sql(
-        conn.get_execution_options().get("pharox_begin", "BEGIN IMMEDIATE")
-    )
-
-
-def _haversine_or_null(
-    lat1: float | None, lon1: float | None, lat2: float | None, lon2: float | None
-) -> float | None:
-    if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
-        return None
-    return haversine_km(lat1, lon1, lat2, lon2)
-
-
-def _cooldown_seconds(
-    strikes: int, base_seconds: float, max_seconds: float, jitter: float, draw: float
-) -> float:
-    policy = CooldownPolicy.model_construct(
-        base_seconds=base_seconds, max_seconds=max_seconds, jitter=jitter
-    )
-    return policy.seconds(strikes, draw)
-
-
-def _run_prepared(
-    conn: Connection, statement: sql.Prepared, params: dict[str, Any]
-) -> CursorResult[Any]:
-    return conn.exec_driver_sql(statement.sql, statement.parameters(params))
-
-
-def _reclaim(conn: Connection) -> int:
-    if conn.dialect.name == "postgresql":
-        return int(_run_prepared(conn, sql.pg_reclaim(), {}).scalar_one())
-    gone = conn.execute(sql.remove_expired_leases()).all()
-    _end_leases(conn, gone, "expired")
-    return len(gone)
-
-
-def _end_leases(conn: Connection, gone: Sequence[Any], outcome: str) -> None:
-    """SQLite: give back the slots of leases just removed and log them."""
-    if not gone:
-        return
-    slots: dict[UUID, int] = {}
-    for row in gone:
-        slots[row.proxy_id] = slots.get(row.proxy_id, 0) + 1
-    conn.execute(
-        sql.give_back_slots(),
-        [{"proxy_key": key, "slots": count} for key, count in slots.items()],
-    )
-    conn.execute(sql.log_leases(outcome), [row._asdict() for row in gone])
 
 
 def _acquire_parameters(
@@ -739,12 +388,6 @@ def _release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str,
     return params
 
 
-def _pg_release_statement(report: OutcomeReport | None) -> sql.Prepared:
-    if report is None:
-        return sql.pg_release()
-    return outcomes.pg_release_reported(report.outcome, report.domain is not None)
-
-
 def _outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
     """The parameters of the statements that record an outcome (sql_health)."""
     policy = report.policy
@@ -757,19 +400,6 @@ def _outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
         "draw": float(report.draw),
         "failures_before_cooldown": policy.failures_before_cooldown,
     }
-
-
-def _record_sqlite_outcome(
-    conn: Connection, proxy_id: UUID, report: OutcomeReport, params: dict[str, Any]
-) -> None:
-    """SQLite: the outcome of a lease just removed, in its transaction."""
-    outcome = {**params, "proxy_key": proxy_id}
-    by_domain = report.domain is not None
-    conn.execute(outcomes.record_outcome(report.outcome, by_domain), outcome)
-    if by_domain and report.outcome is LeaseOutcome.BAN:
-        conn.execute(outcomes.sqlite_domain_ban(), outcome)
-    elif by_domain and report.outcome is LeaseOutcome.SUCCESS:
-        conn.execute(outcomes.sqlite_domain_success(), outcome)
 
 
 def _unavailable(proxy: Proxy, *, known: bool) -> ProxyUnavailableError:
