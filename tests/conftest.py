@@ -11,8 +11,11 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import os
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timezone
 from functools import cache
 from uuid import uuid4
 
@@ -113,9 +116,45 @@ def process_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+class FakeClock:
+    """Epoch seconds that start at the real time and move only when told."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+#: The fake clock of each storage that takes one (memory).
+CLOCKS: weakref.WeakKeyDictionary[IStorage, FakeClock] = weakref.WeakKeyDictionary()
+
+Wait = Callable[[float], None]
+Now = Callable[[], datetime]
+
+
+@pytest.fixture
+def wait(storage: IStorage) -> Wait:
+    """Let ``seconds`` pass for the storage: its fake clock moves where it has
+    one (memory), else the test sleeps (a database keeps its own time)."""
+    clock = CLOCKS.get(storage)
+    return clock.advance if clock is not None else time.sleep
+
+
+@pytest.fixture
+def now(storage: IStorage) -> Now:
+    """The storage's time now, as an aware UTC datetime (see ``wait``)."""
+    clock = CLOCKS.get(storage, time.time)
+    return lambda: datetime.fromtimestamp(clock(), timezone.utc)
+
+
 @contextmanager
 def memory_storage(request: pytest.FixtureRequest) -> Iterator[IStorage]:
-    store = InMemoryStorage()
+    store = InMemoryStorage(clock=(clock := FakeClock()))
+    CLOCKS[store] = clock
     try:
         yield store
     finally:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
 import pytest
+from conftest import Wait
 
 from scrapy_pharox import (
     InvalidLeaseError,
@@ -331,22 +331,22 @@ def test_a_second_release_never_frees_another_holders_slot(
 
 
 def test_expired_leases_are_reclaimed_before_the_search(
-    manager: ProxyManager, storage: IStorage
+    manager: ProxyManager, storage: IStorage, wait: Wait
 ) -> None:
     add_proxies(storage, 1, max_concurrency=1)
     assert manager.acquire_proxy("pool", duration_seconds=0.2) is not None
     assert manager.acquire_proxy("pool") is None
-    time.sleep(0.4)
+    wait(0.4)
     assert manager.acquire_proxy("pool") is not None
 
 
 def test_releasing_a_reclaimed_lease_leaves_the_new_holder_alone(
-    manager: ProxyManager, storage: IStorage
+    manager: ProxyManager, storage: IStorage, wait: Wait
 ) -> None:
     add_proxies(storage, 1, max_concurrency=1)
     stale = manager.acquire_proxy("pool", duration_seconds=0.2)
     assert stale is not None
-    time.sleep(0.4)
+    wait(0.4)
     fresh = manager.acquire_proxy("pool")
     assert fresh is not None
     assert manager.release_proxy(stale) is False
@@ -354,14 +354,14 @@ def test_releasing_a_reclaimed_lease_leaves_the_new_holder_alone(
 
 
 def test_cleanup_counts_the_leases_it_reclaimed(
-    manager: ProxyManager, storage: IStorage
+    manager: ProxyManager, storage: IStorage, wait: Wait
 ) -> None:
     add_proxies(storage, 3, max_concurrency=1)
     short = [manager.acquire_proxy("pool", duration_seconds=0.2) for _ in range(2)]
     long = manager.acquire_proxy("pool", duration_seconds=60)
     assert all(short) and long is not None
     manager.release_proxy(short[0])  # type: ignore[arg-type]
-    time.sleep(0.4)
+    wait(0.4)
     assert manager.cleanup_expired_leases() == 1
     assert manager.cleanup_expired_leases() == 0
     assert sum(proxy.current_leases for proxy in storage.list_proxies("pool")) == 1

@@ -5,11 +5,11 @@ Run over every adapter by the parametrized ``storage`` fixture.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 from uuid import uuid4
 
 import pytest
+from conftest import Now, Wait
 
 from scrapy_pharox import (
     CooldownPolicy,
@@ -97,11 +97,11 @@ def test_a_lease_carries_the_health_of_its_proxy(
 
 
 def test_a_release_after_the_lease_expired_records_nothing(
-    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy, wait: Wait
 ) -> None:
     lease = manager.acquire_proxy("pool", duration_seconds=0.05)
     assert lease is not None
-    time.sleep(0.1)
+    wait(0.1)
     assert storage.cleanup_expired_leases() == 1
     assert manager.release_proxy(lease, report(LeaseOutcome.BAN)) is False
     proxy = proxy_now(storage)
@@ -112,30 +112,30 @@ def test_a_release_after_the_lease_expired_records_nothing(
 
 
 def test_a_banned_proxy_is_not_leased_until_its_cooldown_ends(
-    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy, wait: Wait, now: Now
 ) -> None:
-    before = datetime.now(timezone.utc)
+    before = now()
     use_once(manager, LeaseOutcome.BAN)
     proxy = proxy_now(storage)
     assert proxy.bans == proxy.consecutive_bans == 1
     assert proxy.cooldown_until is not None
     assert timedelta(seconds=0.1) < proxy.cooldown_until - before < timedelta(seconds=1)
     assert manager.acquire_proxy("pool") is None
-    time.sleep(0.45)
+    wait(0.45)
     assert manager.acquire_proxy("pool") is not None
 
 
 def test_consecutive_bans_double_the_cooldown_up_to_the_cap(
-    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy, wait: Wait, now: Now
 ) -> None:
     rests = []
     for _ in range(4):
-        started = datetime.now(timezone.utc)
+        started = now()
         lease = manager.acquire_proxy("pool")
         while lease is None:
-            time.sleep(0.05)
+            wait(0.05)
             lease = manager.acquire_proxy("pool")
-        started = datetime.now(timezone.utc)
+        started = now()
         manager.release_proxy(lease, report(LeaseOutcome.BAN))
         until = proxy_now(storage).cooldown_until
         assert until is not None
@@ -225,10 +225,10 @@ def test_a_domain_ban_cools_the_proxy_for_that_domain_only(
 
 
 def test_consecutive_domain_bans_double_that_domain_s_cooldown(
-    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy, now: Now
 ) -> None:
     use_once(manager, LeaseOutcome.BAN, domain="shop.example")
-    started = datetime.now(timezone.utc)
+    started = now()
     use_once(manager, LeaseOutcome.BAN, domain="shop.example")
     (rest,) = storage.list_domain_cooldowns("pool")
     assert rest.consecutive_bans == 2 and rest.cooldown_until is not None
@@ -240,7 +240,7 @@ def test_consecutive_domain_bans_double_that_domain_s_cooldown(
 
 
 def test_a_success_for_a_domain_starts_its_strikes_again(
-    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy, wait: Wait, now: Now
 ) -> None:
     # Two leases out at once: the ban comes back while the other is still out.
     banned = manager.acquire_proxy("pool", domain="shop.example")
@@ -252,8 +252,8 @@ def test_a_success_for_a_domain_starts_its_strikes_again(
     # The rest already running stays; the next ban counts from one again.
     assert rest.consecutive_bans == 0
     assert manager.acquire_proxy("pool", domain="shop.example") is None
-    time.sleep(0.45)
-    started = datetime.now(timezone.utc)
+    wait(0.45)
+    started = now()
     use_once(manager, LeaseOutcome.BAN, domain="shop.example")
     (rest,) = storage.list_domain_cooldowns("pool")
     assert rest.consecutive_bans == 1 and rest.cooldown_until is not None
@@ -263,12 +263,12 @@ def test_a_success_for_a_domain_starts_its_strikes_again(
 
 
 def test_a_domain_cooldown_ends_by_itself(
-    manager: ProxyManager, storage: IStorage, one_proxy: Proxy
+    manager: ProxyManager, storage: IStorage, one_proxy: Proxy, wait: Wait
 ) -> None:
     lease = manager.acquire_proxy("pool", domain="shop.example")
     assert lease is not None
     manager.release_proxy(lease, report(LeaseOutcome.BAN, domain="shop.example"))
-    time.sleep(0.45)
+    wait(0.45)
     assert manager.acquire_proxy("pool", domain="shop.example") is not None
     assert storage.list_domain_cooldowns("pool") == []
 
@@ -294,9 +294,9 @@ def test_set_proxy_status_takes_a_proxy_out_and_back(
 
 
 def test_a_health_check_stamps_checked_at_and_latency(
-    storage: IStorage, one_proxy: Proxy
+    storage: IStorage, one_proxy: Proxy, now: Now
 ) -> None:
-    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    before = now() - timedelta(seconds=1)
     checked = storage.set_proxy_status(
         one_proxy.id, ProxyStatus.SLOW, latency_ms=2500, checked=True
     )
