@@ -24,8 +24,8 @@ from scrapy_pharox import (
     bootstrap_pool,
     bootstrap_proxy,
 )
+from scrapy_pharox.storage.sql_clauses import Prepared
 from scrapy_pharox.storage.sql_lane import Query, Steps
-from scrapy_pharox.storage.sql_statements import Prepared
 from wire_support import WireTrace
 
 pytestmark = pytest.mark.postgres

@@ -29,7 +29,7 @@ from scrapy_pharox import (
     bootstrap_proxy,
     open_storage,
 )
-from scrapy_pharox.storage import sql_outcomes, sql_statements
+from scrapy_pharox.storage import sql_clauses, sql_leasing, sql_outcomes
 from wire_support import WireTrace
 
 #: One fixed rest, long enough to look at it from another process.
@@ -194,9 +194,9 @@ def test_acquire_and_a_reported_release_are_two_round_trips(
 
 
 def test_hot_statements_stay_within_the_psycopg_query_cache() -> None:
-    limit = sql_statements.PSYCOPG_CACHED_QUERY_BYTES
+    limit = sql_clauses.PSYCOPG_CACHED_QUERY_BYTES
     acquires = [
-        sql_statements.pg_acquire(strategy, None, by_domain)
+        sql_leasing.pg_acquire(strategy, None, by_domain)
         for strategy in SelectorStrategy
         for by_domain in (False, True)
     ]
@@ -206,9 +206,9 @@ def test_hot_statements_stay_within_the_psycopg_query_cache() -> None:
         for by_domain in (False, True)
     ]
     others = [
-        sql_statements.pg_release(),
-        sql_statements.pg_lease_proxy(),
-        sql_statements.pg_reclaim(),
+        sql_leasing.pg_release(),
+        sql_leasing.pg_lease_proxy(),
+        sql_leasing.pg_reclaim(),
     ]
     for prepared in acquires + releases + others:
         assert len(prepared.sql.encode()) <= limit, prepared.sql[:200]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from scrapy_pharox.models import LeaseOutcome, SelectorStrategy
-from scrapy_pharox.storage import sql_outcomes, sql_statements
-from scrapy_pharox.storage.sql_statements import Prepared
+from scrapy_pharox.storage import sql_leasing, sql_outcomes
+from scrapy_pharox.storage.sql_clauses import Prepared
 
 STATEMENTS_DIR = (
     Path(__file__).resolve().parent.parent / "scrapy_pharox" / "storage" / "statements"
@@ -29,12 +29,12 @@ STATEMENTS_DIR = (
 HOT_STATEMENTS: dict[str, Callable[[], Prepared]] = {
     **{
         f"acquire_{strategy.value}{'_by_domain' if by_domain else ''}.sql": (
-            lambda s=strategy, d=by_domain: sql_statements.pg_acquire(s, None, d)
+            lambda s=strategy, d=by_domain: sql_leasing.pg_acquire(s, None, d)
         )
         for strategy in SelectorStrategy
         for by_domain in (False, True)
     },
-    "release.sql": sql_statements.pg_release,
+    "release.sql": sql_leasing.pg_release,
     **{
         f"release_{outcome.value}{'_by_domain' if by_domain else ''}.sql": (
             lambda o=outcome, d=by_domain: sql_outcomes.pg_release_reported(o, d)
@@ -42,7 +42,7 @@ HOT_STATEMENTS: dict[str, Callable[[], Prepared]] = {
         for outcome in LeaseOutcome
         for by_domain in (False, True)
     },
-    "reclaim.sql": sql_statements.pg_reclaim,
+    "reclaim.sql": sql_leasing.pg_reclaim,
 }
 
 #: Why-comments, each put above every line of a file that holds its text (with

@@ -1,7 +1,7 @@
 """``PostgresStorage``: SqlStorage on PostgreSQL, one statement per operation.
 
 Acquire, release and reclaim are one autocommitted statement each
-(``sql_statements``, ``sql_outcomes``; their text is in ``statements/``): no
+(``sql_leasing``, ``sql_outcomes``; their text is in ``statements/``): no
 BEGIN and COMMIT round trips. They run on the lease lane's own psycopg
 connections (``sql_lane``), which notice a connection the server closed without
 a round trip; awaited from a coroutine (``acquire_async``), they share round
@@ -34,9 +34,10 @@ from ..models import (
     ProxyStatus,
     SelectorStrategy,
 )
+from . import sql_clauses as clauses
 from . import sql_errors
+from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
-from . import sql_statements as sql
 from .base import check_lease_seconds
 from .sql import (
     SqlStorage,
@@ -113,7 +114,7 @@ class PostgresStorage(SqlStorage):
         check_lease_seconds(duration_seconds)
         consumer_id = self.ensure_consumer(consumer_name)
         params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
-        statement = sql.pg_acquire(strategy, filters, domain is not None)
+        statement = leasing.pg_acquire(strategy, filters, domain is not None)
         return self._lane.acquire(statement, params)
 
     async def acquire_async(
@@ -131,7 +132,7 @@ class PostgresStorage(SqlStorage):
             consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
-        statement = sql.pg_acquire(strategy, filters, domain is not None)
+        statement = leasing.pg_acquire(strategy, filters, domain is not None)
         return await self._lane.acquire_async(statement, params)
 
     def create_lease(
@@ -148,7 +149,7 @@ class PostgresStorage(SqlStorage):
         def work(conn: Connection, retrying: bool) -> Lease:
             if retrying and (lease := self._lease_by_id(conn, params)) is not None:
                 return lease
-            row = _run_prepared(conn, sql.pg_lease_proxy(), params).one()
+            row = _run_prepared(conn, leasing.pg_lease_proxy(), params).one()
             if row.id is None:
                 raise _unavailable(proxy, known=row.proxy_known)
             return lease_from_row(row, params, row.pool_name)
@@ -170,7 +171,9 @@ class PostgresStorage(SqlStorage):
     def cleanup_expired_leases(self) -> int:
         return self._run(
             "reclaiming expired leases",
-            lambda conn, _: int(_run_prepared(conn, sql.pg_reclaim(), {}).scalar_one()),
+            lambda conn, _: int(
+                _run_prepared(conn, leasing.pg_reclaim(), {}).scalar_one()
+            ),
         )
 
     def set_proxy_status(
@@ -237,12 +240,12 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
 
 def _run_prepared(
-    conn: Connection, statement: sql.Prepared, params: dict[str, Any]
+    conn: Connection, statement: clauses.Prepared, params: dict[str, Any]
 ) -> CursorResult[Any]:
     return conn.exec_driver_sql(statement.sql, statement.parameters(params))
 
 
-def _release_statement(report: OutcomeReport | None) -> sql.Prepared:
+def _release_statement(report: OutcomeReport | None) -> clauses.Prepared:
     if report is None:
-        return sql.pg_release()
+        return leasing.pg_release()
     return outcomes.pg_release_reported(report.outcome, report.domain is not None)

@@ -41,9 +41,10 @@ from ..models import (
     SelectorStrategy,
     mask_url_password,
 )
+from . import sql_admin as admin
 from . import sql_errors
+from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
-from . import sql_statements as sql
 from .base import IStorage, check_lease_seconds
 from .sql_rows import lease_from_row, pool_from_row, proxy_from_row
 from .sql_schema import create_schema, pool_table, proxy_table
@@ -149,10 +150,10 @@ class SqlStorage(IStorage):
     def add_pool(self, pool: ProxyPool) -> ProxyPool:
         def work(conn: Connection, _: bool) -> ProxyPool:
             conn.execute(
-                sql.insert_ignoring_conflicts(self.dialect_name, pool_table),
+                admin.insert_ignoring_conflicts(self.dialect_name, pool_table),
                 {"id": pool.id, "name": pool.name, "description": pool.description},
             )
-            row = conn.execute(sql.pool_named(), {"pool_name": pool.name}).first()
+            row = conn.execute(admin.pool_named(), {"pool_name": pool.name}).first()
             if row is None:
                 raise StorageError(f"pool id {pool.id} belongs to another pool")
             return pool_from_row(row)
@@ -170,16 +171,16 @@ class SqlStorage(IStorage):
         }
 
         def work(conn: Connection, _: bool) -> Proxy:
-            same = conn.execute(sql.same_proxy(), key).first()
+            same = conn.execute(admin.same_proxy(), key).first()
             if same is not None:
                 return proxy_from_row(same)
-            if not conn.execute(sql.pool_exists(), key).scalar():
+            if not conn.execute(admin.pool_exists(), key).scalar():
                 raise PoolNotFoundError(f"no pool with id {proxy.pool_id}")
             conn.execute(
-                sql.insert_ignoring_conflicts(self.dialect_name, proxy_table),
+                admin.insert_ignoring_conflicts(self.dialect_name, proxy_table),
                 _proxy_values(proxy),
             )
-            return proxy_from_row(conn.execute(sql.same_proxy(), key).one())
+            return proxy_from_row(conn.execute(admin.same_proxy(), key).one())
 
         return self._run("adding a proxy", work, transaction=True)
 
@@ -187,7 +188,7 @@ class SqlStorage(IStorage):
         return self._run(
             "listing pools",
             lambda conn, _: [
-                pool_from_row(row) for row in conn.execute(sql.all_pools())
+                pool_from_row(row) for row in conn.execute(admin.all_pools())
             ],
             read_only=True,
         )
@@ -197,7 +198,9 @@ class SqlStorage(IStorage):
             "listing proxies",
             lambda conn, _: [
                 proxy_from_row(row)
-                for row in conn.execute(sql.proxies_of_pool(), {"pool_name": pool_name})
+                for row in conn.execute(
+                    admin.proxies_of_pool(), {"pool_name": pool_name}
+                )
             ],
             read_only=True,
         )
@@ -209,7 +212,7 @@ class SqlStorage(IStorage):
         consumer_id: UUID = self._run(
             "registering a consumer",
             lambda conn, _: conn.execute(
-                sql.upsert_consumer(self.dialect_name),
+                admin.upsert_consumer(self.dialect_name),
                 {"id": uuid4(), "name": consumer_name},
             ).scalar_one(),
         )
@@ -220,7 +223,7 @@ class SqlStorage(IStorage):
         row = self._run(
             "reading pool stats",
             lambda conn, _: conn.execute(
-                sql.pool_stats(), {"pool_name": pool_name}
+                admin.pool_stats(), {"pool_name": pool_name}
             ).first(),
             read_only=True,
         )
@@ -236,7 +239,7 @@ class SqlStorage(IStorage):
         domain: str | None = None,
     ) -> Proxy | None:
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-        statement = sql.find_proxy(strategy, filters, domain is not None)
+        statement = leasing.find_proxy(strategy, filters, domain is not None)
         params = {"pool_name": pool_name, "target_domain": domain}
         row = self._run(
             "finding a proxy",
@@ -266,7 +269,7 @@ class SqlStorage(IStorage):
 
     def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
         """The lease an earlier try of this call took, when its reply was lost."""
-        row = conn.execute(sql.lease_with_proxy(), params).first()
+        row = conn.execute(leasing.lease_with_proxy(), params).first()
         if row is None:
             return None
         logger.warning(

@@ -31,10 +31,10 @@ import psycopg
 
 from ..exceptions import StorageError
 from ..models import Lease
-from . import sql_statements as sql
+from . import sql_leasing as leasing
+from .sql_clauses import Prepared
 from .sql_errors import Retry, reason, transient
 from .sql_rows import lease_from_row
-from .sql_statements import Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -404,7 +404,9 @@ class _Pipeliner:
     def _give_back(self, lease: Lease) -> None:
         """Release a lease whose coroutine stopped waiting for it (cancelled
         while its acquire was out): nobody else would, before it expires."""
-        steps = release_steps(sql.pg_release(), {"lease_id": lease.id}, lease.proxy_id)
+        steps = release_steps(
+            leasing.pg_release(), {"lease_id": lease.id}, lease.proxy_id
+        )
         loop = self._loop or asyncio.get_running_loop()
         self._queue.append(_Pending(steps, next(steps), loop.create_future()))
 
@@ -475,7 +477,7 @@ def acquire_steps(
         if row.id is not None:
             return lease_from_row(row, params, params["pool_name"])
         if row.reclaim_needed:
-            yield Query(sql.pg_reclaim(), {})
+            yield Query(leasing.pg_reclaim(), {})
         elif not row.contended:
             return None
     return None
@@ -494,7 +496,7 @@ def _taken_before(params: dict[str, Any]) -> Steps[Lease | None]:
 
 @cache
 def _lease_with_proxy() -> Prepared:
-    return Prepared(sql.lease_with_proxy())
+    return Prepared(leasing.lease_with_proxy())
 
 
 def release_steps(

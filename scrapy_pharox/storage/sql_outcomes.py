@@ -8,7 +8,7 @@ database itself just counted, and starts at the database's now.
 
 The outcome parameters: ``latency`` (may be NULL), ``target_domain``, and the
 policy: ``base_seconds``, ``max_seconds``, ``jitter``, ``draw``,
-``failures_before_cooldown``. Kept apart from ``sql_statements`` for size only:
+``failures_before_cooldown``. Kept apart from ``sql_leasing`` for size only:
 the same conventions hold.
 """
 
@@ -42,16 +42,16 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.functions import FunctionElement
 
 from ..models import LATENCY_SMOOTHING, LeaseOutcome, SelectorStrategy
-from .sql_schema import domain_cooldown_table, lease_table, proxy_table
-from .sql_statements import (
+from .sql_clauses import (
     DbNow,
     DbNowPlus,
     Prepared,
     domain_parameter,
-    logged_leases,
     pool_id_named,
     selector_order,
 )
+from .sql_leasing import logged_leases
+from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
 proxy, lease = proxy_table.c, lease_table.c
 domain_cooldown = domain_cooldown_table.c

@@ -1,7 +1,7 @@
 """``SqliteStorage``: SqlStorage on SQLite, one immediate transaction per operation.
 
 SQLite has no data-modifying CTEs, so each operation runs its steps one after
-another inside one ``BEGIN IMMEDIATE`` transaction (``sql_statements``,
+another inside one ``BEGIN IMMEDIATE`` transaction (``sql_leasing``,
 ``sql_outcomes``), WAL journal and a busy timeout, so several processes can
 share one file. Reads take a deferred transaction: WAL lets them run beside a
 writer.
@@ -34,8 +34,10 @@ from ..models import (
     SelectorStrategy,
     haversine_km,
 )
+from . import sql_admin as admin
+from . import sql_clauses as clauses
+from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
-from . import sql_statements as sql
 from .base import check_lease_seconds
 from .sql import (
     SqlStorage,
@@ -115,9 +117,9 @@ class SqliteStorage(SqlStorage):
         def work(conn: Connection, retrying: bool) -> Lease:
             if retrying and (lease := self._lease_by_id(conn, params)) is not None:
                 return lease
-            claimed = conn.execute(sql.claim_proxy(), params).first()
+            claimed = conn.execute(leasing.claim_proxy(), params).first()
             if claimed is None:
-                known = conn.execute(sql.proxy_exists(), params).scalar()
+                known = conn.execute(admin.proxy_exists(), params).scalar()
                 raise _unavailable(proxy, known=bool(known))
             pool_name = conn.execute(
                 select(pool_table.c.name).where(pool_table.c.id == claimed.pool_id)
@@ -130,7 +132,7 @@ class SqliteStorage(SqlStorage):
         params = _release_parameters(lease, report)
 
         def work(conn: Connection, _: bool) -> bool:
-            gone = conn.execute(sql.remove_lease(), params).all()
+            gone = conn.execute(leasing.remove_lease(), params).all()
             _end_leases(conn, gone, "released")
             if gone and report is not None:
                 _record_outcome(conn, gone[0].proxy_id, report, params)
@@ -181,16 +183,16 @@ class SqliteStorage(SqlStorage):
     ) -> Lease | None:
         if retrying and (lease := self._lease_by_id(conn, params)) is not None:
             return lease
-        if conn.execute(select(sql.expired_lease_exists())).scalar():
+        if conn.execute(select(clauses.expired_lease_exists())).scalar():
             _reclaim(conn)
         by_domain = params["target_domain"] is not None
         picked = conn.execute(
-            sql.find_proxy(strategy, filters, by_domain), params
+            leasing.find_proxy(strategy, filters, by_domain), params
         ).first()
         if picked is None:
             return None
         # The transaction holds the write lock: the pick is still free.
-        claimed = conn.execute(sql.claim_proxy(), {"proxy_id": picked.id}).one()
+        claimed = conn.execute(leasing.claim_proxy(), {"proxy_id": picked.id}).one()
         cursor = picked.id if strategy is SelectorStrategy.ROUND_ROBIN else None
         return self._insert_lease(conn, claimed, params, params["pool_name"], cursor)
 
@@ -203,7 +205,7 @@ class SqliteStorage(SqlStorage):
         cursor: UUID | None,
     ) -> Lease:
         times = conn.execute(
-            sql.insert_lease(),
+            leasing.insert_lease(),
             {
                 "id": params["lease_id"],
                 "proxy_id": claimed.id,
@@ -214,7 +216,7 @@ class SqliteStorage(SqlStorage):
         ).one()
         if cursor is not None:
             conn.execute(
-                sql.move_cursor(), {"pool_key": claimed.pool_id, "cursor": cursor}
+                leasing.move_cursor(), {"pool_key": claimed.pool_id, "cursor": cursor}
             )
         return build_lease(claimed, times, params, pool_name)
 
@@ -291,7 +293,7 @@ def _cooldown_seconds(
 
 
 def _reclaim(conn: Connection) -> int:
-    gone = conn.execute(sql.remove_expired_leases()).all()
+    gone = conn.execute(leasing.remove_expired_leases()).all()
     _end_leases(conn, gone, "expired")
     return len(gone)
 
@@ -304,10 +306,10 @@ def _end_leases(conn: Connection, gone: Sequence[Any], outcome: str) -> None:
     for row in gone:
         slots[row.proxy_id] = slots.get(row.proxy_id, 0) + 1
     conn.execute(
-        sql.give_back_slots(),
+        leasing.give_back_slots(),
         [{"proxy_key": key, "slots": count} for key, count in slots.items()],
     )
-    conn.execute(sql.log_leases(outcome), [row._asdict() for row in gone])
+    conn.execute(leasing.log_leases(outcome), [row._asdict() for row in gone])
 
 
 def _record_outcome(

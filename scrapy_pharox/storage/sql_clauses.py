@@ -1,0 +1,325 @@
+"""The clauses every SQL statement shares: time, distance, eligibility, order.
+
+PostgreSQL and SQLite compile the same clauses, so both pick the same proxies.
+Time is the database's: ``DbNow()``. Statements are built once and cached
+(``Prepared`` compiles a PostgreSQL one for the lease lane).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from enum import Enum
+from functools import cache, lru_cache
+from typing import Any, TypeVar
+
+from pydantic_core import PydanticSerializationError
+from sqlalchemy import (
+    ColumnElement,
+    Double,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    exists,
+    false,
+    func,
+    literal,
+    literal_column,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.functions import FunctionElement
+
+from ..exceptions import InvalidArgumentError
+from ..models import EARTH_RADIUS_KM, ProxyFilters, SelectorStrategy
+from .sql_schema import (
+    UtcDateTime,
+    domain_cooldown_table,
+    lease_table,
+    pool_table,
+    proxy_table,
+)
+
+proxy, pool, lease = proxy_table.c, pool_table.c, lease_table.c
+domain_cooldown = domain_cooldown_table.c
+
+# A literal, not a parameter, so the planner can use the partial indexes on it.
+ACTIVE: ColumnClause[Any] = literal_column("'active'")
+BANNED: ColumnClause[Any] = literal_column("'banned'")
+
+# The ProxyFilters fields that are not one column compared for equality.
+_STRUCTURED_FILTER_FIELDS = frozenset(
+    {"latitude", "longitude", "radius_km", "all_of", "any_of", "none_of"}
+)
+_SAME_POINT_DEGREES = 1e-6  # ProxyFilters.matches: math.isclose(abs_tol=1e-6)
+
+# The SQLite expression of 'now' as whole microseconds (SQLite keeps milliseconds).
+_SQLITE_NOW_US = (
+    "(CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER) * 1000)"
+)
+
+
+S = TypeVar("S")
+
+# psycopg caches the parsing of queries up to this length only
+# (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH).
+PSYCOPG_CACHED_QUERY_BYTES = 4096
+
+# The dialect PostgreSQL statements are compiled for, once.
+_PSYCOPG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+
+
+class Prepared:
+    """A PostgreSQL statement compiled once, run as driver SQL.
+
+    SQLAlchemy computes a cache key on every execution of a statement object,
+    and for the acquire CTE that costs more than the round trip; compiled SQL
+    skips it. The statements bind only types psycopg adapts itself (str, int,
+    float, UUID), and rows come back as psycopg builds them. Keep each under
+    ``PSYCOPG_CACHED_QUERY_BYTES``: psycopg parses a longer query again on every
+    run, which costs about as much as the round trip.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self._compiled = statement.compile(dialect=_PSYCOPG)
+        if self._compiled._bind_processors:
+            raise TypeError("a prepared statement must bind only native types")
+        self.sql = self._compiled.string
+        # The values bound in when it was built (literals); the rest come per run.
+        self._literals = {
+            name: value
+            for name, value in self._compiled.construct_params(_check=False).items()
+            if value is not None
+        }
+
+    def parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The statement's parameters: ``values`` and its bound literals."""
+        return {**values, **self._literals}
+
+
+def _prepared(build: Callable[[], Select[Any]]) -> Callable[[], Prepared]:
+    """A PostgreSQL statement builder, built and compiled once."""
+    return cache(lambda: Prepared(build()))
+
+
+def _cached_per_filters(
+    build: Callable[[SelectorStrategy, ProxyFilters | None, bool], S],
+) -> Callable[[SelectorStrategy, ProxyFilters | None, bool], S]:
+    """Build a statement once per selector, filters (their values are bound in)
+    and whether it checks a target domain (the ``target_domain`` parameter).
+
+    Building a CTE costs milliseconds; reusing it does not.
+    """
+
+    @lru_cache(maxsize=256)
+    def cached(
+        strategy: SelectorStrategy, filters_json: str | None, by_domain: bool
+    ) -> S:
+        filters = None
+        if filters_json is not None:
+            filters = ProxyFilters.model_validate_json(filters_json)
+        return build(strategy, filters, by_domain)
+
+    def statement(
+        strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+    ) -> S:
+        filters_json = None if filters is None else _filters_key(filters)
+        return cached(strategy, filters_json, by_domain)
+
+    return statement
+
+
+def _filters_key(filters: ProxyFilters) -> str:
+    try:
+        return filters.model_dump_json()
+    except PydanticSerializationError as exc:  # a str no encoding can hold
+        raise InvalidArgumentError(f"filters cannot be sent to SQL: {exc}") from None
+
+
+class DbNow(FunctionElement[datetime]):
+    """The database's clock: the time every expiry is computed and compared with."""
+
+    type = UtcDateTime()
+    inherit_cache = True
+
+
+class DbNowPlus(FunctionElement[datetime]):
+    """The database's clock plus a number of seconds (a float)."""
+
+    type = UtcDateTime()
+    inherit_cache = True
+
+
+class HaversineKm(FunctionElement[float]):
+    """Great-circle distance in km, the same arithmetic as ``models.haversine_km``."""
+
+    type = Double()
+    inherit_cache = True
+
+
+@compiles(DbNow, "postgresql")
+def _now_postgresql(element: DbNow, compiler: SQLCompiler, **kw: Any) -> str:
+    # The start of the statement's transaction: one instant for the whole CTE.
+    return "now()"
+
+
+@compiles(DbNow, "sqlite")
+def _now_sqlite(element: DbNow, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite fixes 'now' for the duration of one statement.
+    return _SQLITE_NOW_US
+
+
+@compiles(DbNowPlus, "postgresql")
+def _now_plus_postgresql(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(now() + make_interval(secs => {seconds}))"
+
+
+@compiles(DbNowPlus, "sqlite")
+def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"({_SQLITE_NOW_US} + CAST(ROUND({seconds} * 1000000.0) AS INTEGER))"
+
+
+@compiles(HaversineKm, "postgresql")
+def _haversine_postgresql(
+    element: HaversineKm, compiler: SQLCompiler, **kw: Any
+) -> str:
+    # The operations of models.haversine_km in its order, so the libm both call
+    # gives the same doubles; the diameter is 2 * EARTH_RADIUS_KM as one float.
+    lat1, lon1, lat2, lon2 = (compiler.process(arg, **kw) for arg in element.clauses)
+    half_dphi = f"sin((radians({lat2}) - radians({lat1})) / 2)"
+    half_dlambda = f"sin(radians({lon2} - {lon1}) / 2)"
+    a = (
+        f"power({half_dphi}, 2)"
+        f" + cos(radians({lat1})) * cos(radians({lat2})) * power({half_dlambda}, 2)"
+    )
+    diameter = f"CAST('{2 * EARTH_RADIUS_KM!r}' AS float8)"
+    return f"({diameter} * asin(least(1.0, sqrt({a}))))"
+
+
+@compiles(HaversineKm, "sqlite")
+def _haversine_sqlite(element: HaversineKm, compiler: SQLCompiler, **kw: Any) -> str:
+    # The adapter registers models.haversine_km under this name on each connection.
+    return f"pharox_haversine_km({compiler.process(element.clauses, **kw)})"
+
+
+def filter_clause(filters: ProxyFilters) -> ColumnElement[bool]:
+    """``filters`` as a condition that is never NULL, true exactly where
+    ``filters.matches(proxy)`` is, so NOT (for none_of) keeps unknown values."""
+    conditions: list[ColumnElement[bool]] = []
+    for name in type(filters).model_fields:
+        wanted = getattr(filters, name)
+        if name in _STRUCTURED_FILTER_FIELDS or wanted is None:
+            continue
+        value = wanted.value if isinstance(wanted, Enum) else wanted
+        # IS NOT DISTINCT FROM (SQLite: IS): false, not NULL, for a NULL column.
+        conditions.append(proxy[name].is_not_distinct_from(value))
+    if filters.latitude is not None and filters.longitude is not None:
+        if filters.radius_km is None:
+            near = and_(
+                func.abs(proxy.latitude - filters.latitude) <= _SAME_POINT_DEGREES,
+                func.abs(proxy.longitude - filters.longitude) <= _SAME_POINT_DEGREES,
+            )
+        else:
+            near = (
+                HaversineKm(
+                    literal(filters.latitude, Double()),
+                    literal(filters.longitude, Double()),
+                    proxy.latitude,
+                    proxy.longitude,
+                )
+                <= filters.radius_km
+            )
+        # A proxy without coordinates makes the comparison NULL: not near.
+        conditions.append(func.coalesce(near, false()))
+    for child in filters.all_of or ():
+        conditions.append(filter_clause(child))
+    if filters.any_of:
+        conditions.append(or_(*(filter_clause(child) for child in filters.any_of)))
+    if filters.none_of:
+        conditions.append(
+            not_(or_(*(filter_clause(child) for child in filters.none_of)))
+        )
+    return and_(true(), *conditions)
+
+
+def pool_id_named() -> Any:
+    """The id of the pool named by the ``pool_name`` parameter, as a scalar."""
+    return select(pool.id).where(pool.name == bindparam("pool_name")).scalar_subquery()
+
+
+def eligible(
+    pool_id: Any, filters: ProxyFilters | None, cooldowns: Any = None
+) -> ColumnElement[bool]:
+    """ACTIVE proxies of the pool with a free slot, not cooling down, that match
+    the filters, and not among the ``cooldowns`` CTE (``domain_cooldowns_now``)."""
+    return and_(
+        proxy.pool_id == pool_id,
+        proxy.status == ACTIVE,
+        has_free_slot(),
+        not_cooling(),
+        proxy.id.not_in(select(cooldowns.c.proxy_id))
+        if cooldowns is not None
+        else true(),
+        filter_clause(filters) if filters is not None else true(),
+    )
+
+
+def not_cooling() -> ColumnElement[bool]:
+    """Never cooled down, or the cooldown is over (a filter on the row, not an
+    index column: setting a cooldown stays a HOT update)."""
+    # IS NOT TRUE: also true for NULL, never cooled.
+    return (proxy.cooldown_until > DbNow()).is_not(true())
+
+
+def domain_parameter() -> Any:
+    """The ``target_domain`` parameter, NULL for none (a name no column has:
+    SQLAlchemy would take a column's name for a SET of an UPDATE)."""
+    return bindparam("target_domain", type_=String())
+
+
+def domain_cooldowns_now() -> Any:
+    """A CTE of the proxies cooling down for the ``target_domain`` now: one range
+    of the (domain, cooldown_until) index, which PostgreSQL hashes once for the
+    whole search instead of probing per proxy."""
+    return (
+        select(domain_cooldown.proxy_id)
+        .where(
+            domain_cooldown.domain == domain_parameter(),
+            domain_cooldown.cooldown_until > DbNow(),
+        )
+        .cte("cooldowns")
+    )
+
+
+def selector_order(strategy: SelectorStrategy, cursor: Any) -> list[Any]:
+    """The ORDER BY of a selector (IStorage documents the orders)."""
+    if strategy is SelectorStrategy.LEAST_USED:
+        return [proxy.current_leases, proxy.checked_at, proxy.id]
+    if strategy is SelectorStrategy.ROUND_ROBIN:
+        # Ids after the cursor first, then wrap around to the smallest id.
+        return [case((proxy.id > cursor, 0), else_=1), proxy.id]
+    return [proxy.checked_at.desc(), proxy.id]
+
+
+def has_free_slot() -> ColumnElement[bool]:
+    """Another lease fits under max_concurrency (none means unlimited)."""
+    return or_(
+        proxy.max_concurrency.is_(None),
+        proxy.current_leases < proxy.max_concurrency,
+    )
+
+
+@cache
+def expired_lease_exists() -> ColumnElement[bool]:
+    """Whether any active lease is past its expiry (one probe of the expiry index)."""
+    return exists().where(lease.expires_at <= DbNow())

@@ -1,0 +1,439 @@
+"""The statements of leasing, operation by operation: PostgreSQL's one
+statement beside the steps SQLite runs in one ``BEGIN IMMEDIATE`` transaction.
+
+PostgreSQL leases and releases in one statement each (data-modifying CTEs, rows
+claimed with ``FOR NO KEY UPDATE SKIP LOCKED``); their text, with why-comments,
+is in ``statements/``. SQLite has neither, so its steps run one after another.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    Double,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    literal_column,
+    not_,
+    select,
+    true,
+    union_all,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningDelete
+
+from ..models import ProxyFilters, SelectorStrategy
+from .sql_clauses import (
+    ACTIVE,
+    DbNow,
+    DbNowPlus,
+    Prepared,
+    _cached_per_filters,
+    _prepared,
+    domain_cooldowns_now,
+    eligible,
+    expired_lease_exists,
+    has_free_slot,
+    lease,
+    not_cooling,
+    pool,
+    pool_id_named,
+    proxy,
+    selector_order,
+)
+from .sql_schema import (
+    lease_history_table,
+    lease_table,
+    pool_table,
+    proxy_table,
+)
+
+# -- acquire: PostgreSQL ------------------------------------------------------------
+
+
+def _locked(query: Select[Any], *, skip_locked: bool) -> Select[Any]:
+    # FOR NO KEY UPDATE: the row lock an UPDATE of non-key columns takes; it lets
+    # foreign-key checks through.
+    return query.with_for_update(
+        key_share=True, skip_locked=skip_locked, of=proxy_table
+    )
+
+
+@_cached_per_filters
+def pg_acquire(
+    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+) -> Prepared:
+    """``pg_acquire_statement``, compiled."""
+    return Prepared(pg_acquire_statement(strategy, filters, by_domain))
+
+
+def pg_acquire_statement(
+    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool = False
+) -> Select[Any]:
+    """Claim a slot, insert the lease, return the proxy row and the lease times.
+
+    Parameters: pool_name, lease_id, consumer_id, seconds, and target_domain
+    when ``by_domain``. Always one row. When
+    it claimed nothing, ``reclaim_needed`` says an expired lease exists (the
+    claim never runs past one, so reclaiming always comes before the search) and
+    ``contended`` says a free proxy existed that other transactions held locked,
+    so another try may get it.
+    """
+    cooldowns = domain_cooldowns_now() if by_domain else None
+    if strategy is SelectorStrategy.ROUND_ROBIN:
+        # The pool row, locked: round-robin acquires of one pool take turns, and
+        # each reads the cursor the one before it left.
+        locked_pool = (
+            select(pool.id, pool.round_robin_cursor)
+            .where(pool.name == bindparam("pool_name"))
+            .with_for_update(key_share=True)
+            .cte("locked_pool")
+            .prefix_with("MATERIALIZED")
+        )
+        pool_id: Any = select(locked_pool.c.id).scalar_subquery()
+        cursor = select(locked_pool.c.round_robin_cursor).scalar_subquery()
+        free = and_(eligible(pool_id, filters, cooldowns), not_(expired_lease_exists()))
+        # The first free proxy after the cursor in id order (an index walk) ...
+        after_cursor = (
+            _locked(
+                select(proxy.id).where(free, proxy.id > cursor).order_by(proxy.id),
+                skip_locked=True,
+            )
+            .limit(1)
+            .cte("after_cursor")
+            .prefix_with("MATERIALIZED")
+        )
+        # ... or, only when there is none, the first from the start: wrap around.
+        from_start = (
+            _locked(
+                select(proxy.id)
+                .where(free, not_(exists(select(after_cursor.c.id))))
+                .order_by(proxy.id),
+                skip_locked=True,
+            )
+            .limit(1)
+            .cte("from_start")
+            .prefix_with("MATERIALIZED")
+        )
+        picked: Any = union_all(select(after_cursor.c.id), select(from_start.c.id)).cte(
+            "picked"
+        )
+    else:
+        pool_id = pool_id_named()
+        # The first free proxy in selector order; rows that other transactions
+        # hold locked are skipped, not waited for. Nothing is picked while an
+        # expired lease waits to be reclaimed.
+        picked = (
+            _locked(
+                select(proxy.id)
+                .where(
+                    eligible(pool_id, filters, cooldowns),
+                    not_(expired_lease_exists()),
+                )
+                .order_by(*selector_order(strategy, None)),
+                skip_locked=True,
+            )
+            .limit(1)
+            .cte("picked")
+            .prefix_with("MATERIALIZED")
+        )
+    claimed, statement = _claim(
+        picked, advance_cursor=strategy is SelectorStrategy.ROUND_ROBIN
+    )
+    nothing_claimed = claimed.c.id.is_(None)
+    # Both flags are evaluated only when nothing was claimed.
+    return statement.add_columns(
+        case((nothing_claimed, expired_lease_exists()), else_=false()).label(
+            "reclaim_needed"
+        ),
+        case(
+            (nothing_claimed, exists().where(eligible(pool_id, filters, cooldowns))),
+            else_=false(),
+        ).label("contended"),
+    )
+
+
+def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
+    """Lease the proxy ``picked`` names; the claim CTE and the one-row result."""
+    # One more slot of the picked proxy is taken; its new row comes back.
+    claimed = (
+        update(proxy_table)
+        .where(proxy.id == picked.c.id)
+        .values(current_leases=proxy.current_leases + 1)
+        .returning(*proxy_table.c)
+        .cte("claimed")
+    )
+    # The lease row, timed by the database clock.
+    leased = (
+        insert(lease_table)
+        .from_select(
+            ["id", "proxy_id", "pool_id", "consumer_id", "acquired_at", "expires_at"],
+            select(
+                bindparam("lease_id", type_=lease.id.type),
+                claimed.c.id,
+                claimed.c.pool_id,
+                bindparam("consumer_id", type_=lease.consumer_id.type),
+                DbNow(),
+                DbNowPlus(bindparam("seconds", type_=Double())),
+            ).select_from(claimed),
+        )
+        .returning(lease.acquired_at, lease.expires_at)
+        .cte("leased")
+    )
+    # One row even when nothing was claimed, to carry the caller's flags. The
+    # proxy row as claimed.*: spelled out, it would take the round-robin acquire
+    # by domain past PSYCOPG_CACHED_QUERY_BYTES.
+    one = select(literal_column("1").label("one")).subquery("one")
+    statement = select(
+        literal_column(f"{claimed.name}.*"), leased.c.acquired_at, leased.c.expires_at
+    ).select_from(one.outerjoin(claimed, true()).outerjoin(leased, true()))
+    if advance_cursor:
+        # The pool's round-robin cursor moves to the proxy handed out.
+        cursor_moved = (
+            update(pool_table)
+            .where(pool.id == claimed.c.pool_id)
+            .values(round_robin_cursor=claimed.c.id)
+            .returning(pool.id)
+            .cte("cursor_moved")
+        )
+        statement = statement.add_cte(cursor_moved)
+    return claimed, statement
+
+
+# -- acquire: SQLite -----------------------------------------------------------------
+
+
+@_cached_per_filters
+def find_proxy(
+    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+) -> Select[Any]:
+    """The proxy the selector picks now, without leasing it."""
+    cursor = select(pool.round_robin_cursor).where(pool.name == bindparam("pool_name"))
+    cooldowns = domain_cooldowns_now() if by_domain else None
+    return (
+        select(proxy_table)
+        .where(eligible(pool_id_named(), filters, cooldowns))
+        .order_by(*selector_order(strategy, cursor.scalar_subquery()))
+        .limit(1)
+    )
+
+
+@cache
+def claim_proxy() -> Update:
+    """One more slot of the proxy ``proxy_id`` if it is ACTIVE, not cooling down
+    and has one free."""
+    return (
+        update(proxy_table)
+        .where(proxy.id == bindparam("proxy_id"), proxy.status == ACTIVE)
+        .where(has_free_slot(), not_cooling())
+        .values(current_leases=proxy.current_leases + 1)
+        .returning(*proxy_table.c)
+    )
+
+
+@cache
+def insert_lease() -> Insert:
+    """The lease row (parameters: the columns but the times, and ``seconds``)."""
+    return (
+        insert(lease_table)
+        .values(
+            acquired_at=DbNow(),
+            expires_at=DbNowPlus(bindparam("seconds", type_=Double())),
+        )
+        .returning(lease.acquired_at, lease.expires_at)
+    )
+
+
+@cache
+def move_cursor() -> Update:
+    """The round-robin cursor of pool ``pool_key`` moves to ``cursor``."""
+    return (
+        update(pool_table)
+        .where(pool.id == bindparam("pool_key", type_=pool.id.type))
+        .values(round_robin_cursor=bindparam("cursor", type_=pool.id.type))
+    )
+
+
+# -- create_lease (PostgreSQL; SQLite: claim_proxy, insert_lease) --------------------
+
+
+@_prepared
+def pg_lease_proxy() -> Select[Any]:
+    """create_lease: claim a slot of the proxy ``proxy_id``, waiting for its lock.
+
+    Parameters: proxy_id, lease_id, consumer_id, seconds. Adds ``pool_name`` and
+    ``proxy_known`` (false when no such proxy is stored).
+    """
+    picked = (
+        _locked(
+            select(proxy.id).where(
+                proxy.id == bindparam("proxy_id"),
+                proxy.status == ACTIVE,
+                has_free_slot(),
+                not_cooling(),
+            ),
+            skip_locked=False,
+        )
+        .cte("picked")
+        .prefix_with("MATERIALIZED")
+    )
+    claimed, statement = _claim(picked, advance_cursor=False)
+    return statement.add_columns(
+        select(pool.name)
+        .where(pool.id == claimed.c.pool_id)
+        .scalar_subquery()
+        .label("pool_name"),
+        exists().where(proxy.id == bindparam("proxy_id")).label("proxy_known"),
+    )
+
+
+# -- release ------------------------------------------------------------------------
+
+
+@_prepared
+def pg_release() -> Select[Any]:
+    """Release the lease ``lease_id`` if it is still active; whether it was.
+
+    A lease leaves the active table when it is released or reclaimed, so a
+    second or late release matches no row and changes nothing.
+    """
+    gone = (
+        delete(lease_table)
+        .where(lease.id == bindparam("lease_id"))
+        .returning(*lease_table.c)
+        .cte("gone")
+    )
+    # Its slot is given back ...
+    freed = (
+        update(proxy_table)
+        .where(proxy.id == gone.c.proxy_id)
+        .values(current_leases=proxy.current_leases - 1)
+        .returning(proxy.id)
+        .cte("freed")
+    )
+    # ... and it is kept in the history.
+    logged = logged_leases(gone, "released")
+    return select(exists(select(gone.c.id)).label("released")).add_cte(freed, logged)
+
+
+def logged_leases(gone: Any, outcome: str) -> Any:
+    """The history rows of the leases ``gone`` returned (a CTE)."""
+    return (
+        insert(lease_history_table)
+        .from_select(
+            [*_LEASE_COLUMNS, "released_at", "outcome"],
+            select(
+                *(gone.c[name] for name in _LEASE_COLUMNS),
+                DbNow(),
+                literal(outcome),
+            ),
+        )
+        .returning(lease_history_table.c.id)
+        .cte(f"logged_{outcome}")
+    )
+
+
+_LEASE_COLUMNS = [column.name for column in lease_table.c]
+
+
+@cache
+def remove_lease() -> ReturningDelete[Any]:
+    """The active lease ``lease_id`` leaves the active table, returned."""
+    return (
+        delete(lease_table)
+        .where(lease.id == bindparam("lease_id"))
+        .returning(*lease_table.c)
+    )
+
+
+@cache
+def give_back_slots() -> Update:
+    """Proxy ``proxy_key`` gets ``slots`` slots back."""
+    return (
+        update(proxy_table)
+        .where(proxy.id == bindparam("proxy_key", type_=proxy.id.type))
+        .values(current_leases=proxy.current_leases - bindparam("slots"))
+    )
+
+
+@cache
+def log_leases(outcome: str) -> Insert:
+    """History rows (parameters: the lease columns), ended now with ``outcome``."""
+    return insert(lease_history_table).values(released_at=DbNow(), outcome=outcome)
+
+
+# -- reclaim ------------------------------------------------------------------------
+
+
+@_prepared
+def pg_reclaim() -> Select[Any]:
+    """Move every expired lease to the history, give back its slot; how many."""
+    # Expired leases that no other release or reclaim holds right now.
+    doomed = (
+        select(lease.id)
+        .where(lease.expires_at <= DbNow())
+        .with_for_update(skip_locked=True)
+        .cte("doomed")
+        .prefix_with("MATERIALIZED")
+    )
+    gone = (
+        delete(lease_table)
+        .where(lease.id == doomed.c.id)
+        .returning(*lease_table.c)
+        .cte("gone")
+    )
+    per_proxy = (
+        select(gone.c.proxy_id, func.count().label("expired"))
+        .group_by(gone.c.proxy_id)
+        .cte("per_proxy")
+    )
+    # Their proxies, locked in id order, so two reclaims never deadlock.
+    locked = (
+        _locked(
+            select(proxy.id)
+            .where(proxy.id.in_(select(per_proxy.c.proxy_id)))
+            .order_by(proxy.id),
+            skip_locked=False,
+        )
+        .cte("locked_proxies")
+        .prefix_with("MATERIALIZED")
+    )
+    freed = (
+        update(proxy_table)
+        .where(proxy.id == per_proxy.c.proxy_id, proxy.id.in_(select(locked.c.id)))
+        .values(current_leases=proxy.current_leases - per_proxy.c.expired)
+        .returning(proxy.id)
+        .cte("freed")
+    )
+    logged = logged_leases(gone, "expired")
+    return select(func.count()).select_from(gone).add_cte(freed, logged)
+
+
+@cache
+def remove_expired_leases() -> ReturningDelete[Any]:
+    """Every expired lease leaves the active table, returned."""
+    return (
+        delete(lease_table).where(lease.expires_at <= DbNow()).returning(*lease_table.c)
+    )
+
+
+@cache
+def lease_with_proxy() -> Select[Any]:
+    """The active lease ``lease_id`` with its proxy row, shaped like an acquire."""
+    return (
+        select(*proxy_table.c, lease.acquired_at, lease.expires_at)
+        .join_from(lease_table, proxy_table, lease.proxy_id == proxy.id)
+        .where(lease.id == bindparam("lease_id"))
+    )
