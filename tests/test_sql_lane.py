@@ -25,7 +25,7 @@ from scrapy_pharox import (
     bootstrap_proxy,
 )
 from scrapy_pharox.storage.sql_clauses import Prepared
-from scrapy_pharox.storage.sql_lane import Query, Steps
+from scrapy_pharox.storage.sql_steps import Query, Steps
 from wire_support import WireTrace
 
 pytestmark = pytest.mark.postgres

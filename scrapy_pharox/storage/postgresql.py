@@ -41,12 +41,15 @@ from . import sql_outcomes as outcomes
 from .base import check_lease_seconds
 from .sql import (
     SqlStorage,
-    _acquire_parameters,
-    _release_parameters,
     _unavailable,
 )
 from .sql_lane import LeaseLane
-from .sql_rows import lease_from_row, proxy_from_row
+from .sql_rows import (
+    acquire_parameters,
+    lease_from_row,
+    proxy_from_row,
+    release_parameters,
+)
 
 
 class PostgresStorage(SqlStorage):
@@ -113,7 +116,7 @@ class PostgresStorage(SqlStorage):
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         check_lease_seconds(duration_seconds)
         consumer_id = self.ensure_consumer(consumer_name)
-        params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
+        params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
         statement = leasing.pg_acquire(strategy, filters, domain is not None)
         return self._lane.acquire(statement, params)
 
@@ -131,7 +134,7 @@ class PostgresStorage(SqlStorage):
         if consumer_id is None:  # once per consumer name
             consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-        params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
+        params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
         statement = leasing.pg_acquire(strategy, filters, domain is not None)
         return await self._lane.acquire_async(statement, params)
 
@@ -157,13 +160,13 @@ class PostgresStorage(SqlStorage):
         return self._run("leasing a proxy", work)
 
     def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
-        params = _release_parameters(lease, report)
+        params = release_parameters(lease, report)
         return self._lane.release(_release_statement(report), params, lease.proxy_id)
 
     async def release_lease_async(
         self, lease: Lease, report: OutcomeReport | None = None
     ) -> bool:
-        params = _release_parameters(lease, report)
+        params = release_parameters(lease, report)
         return await self._lane.release_async(
             _release_statement(report), params, lease.proxy_id
         )

@@ -33,7 +33,6 @@ from ..exceptions import (
 from ..models import (
     DomainCooldown,
     Lease,
-    OutcomeReport,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
@@ -45,8 +44,8 @@ from . import sql_admin as admin
 from . import sql_errors
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
-from .base import IStorage, check_lease_seconds
-from .sql_rows import lease_from_row, pool_from_row, proxy_from_row
+from .base import IStorage
+from .sql_rows import lease_from_row, pool_from_row, proxy_from_row, proxy_values
 from .sql_schema import create_schema, pool_table, proxy_table
 
 logger = logging.getLogger(__name__)
@@ -178,7 +177,7 @@ class SqlStorage(IStorage):
                 raise PoolNotFoundError(f"no pool with id {proxy.pool_id}")
             conn.execute(
                 admin.insert_ignoring_conflicts(self.dialect_name, proxy_table),
-                _proxy_values(proxy),
+                proxy_values(proxy),
             )
             return proxy_from_row(conn.execute(admin.same_proxy(), key).one())
 
@@ -371,73 +370,7 @@ def _sql_url(url: str | URL) -> URL:
     )
 
 
-def _acquire_parameters(
-    pool_name: str, consumer_id: UUID, duration_seconds: float, domain: str | None
-) -> dict[str, Any]:
-    """An acquire's parameters, with the new lease's id (a retry finds it by it)."""
-    return {
-        "pool_name": pool_name,
-        "lease_id": uuid4(),
-        "consumer_id": consumer_id,
-        "seconds": check_lease_seconds(duration_seconds),
-        "target_domain": domain,
-    }
-
-
-def _release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"lease_id": lease.id}
-    if report is not None:
-        params.update(_outcome_parameters(report))
-    return params
-
-
-def _outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
-    """The parameters of the statements that record an outcome (sql_health)."""
-    policy = report.policy
-    return {
-        "latency": None if report.latency_ms is None else float(report.latency_ms),
-        "target_domain": report.domain,
-        "base_seconds": float(policy.base_seconds),
-        "max_seconds": float(policy.max_seconds),
-        "jitter": float(policy.jitter),
-        "draw": float(report.draw),
-        "failures_before_cooldown": policy.failures_before_cooldown,
-    }
-
-
 def _unavailable(proxy: Proxy, *, known: bool) -> ProxyUnavailableError:
     if not known:
         return ProxyUnavailableError(f"proxy {proxy.id} is not in storage")
     return ProxyUnavailableError(f"proxy {proxy.id} has no free slot")
-
-
-def _proxy_values(proxy: Proxy) -> dict[str, Any]:
-    credentials = proxy.credentials
-    return {
-        "id": proxy.id,
-        "pool_id": proxy.pool_id,
-        "protocol": proxy.protocol.value,
-        "host": proxy.host,
-        "host_key": proxy.host.lower(),
-        "port": proxy.port,
-        "username": credentials.user if credentials else None,
-        "password": credentials.password if credentials else None,
-        "status": proxy.status.value,
-        "checked_at": proxy.checked_at,
-        "source": proxy.source,
-        "country": proxy.country,
-        "city": proxy.city,
-        "latitude": proxy.latitude,
-        "longitude": proxy.longitude,
-        "isp": proxy.isp,
-        "asn": proxy.asn,
-        "max_concurrency": proxy.max_concurrency,
-        "current_leases": 0,
-        "successes": proxy.successes,
-        "bans": proxy.bans,
-        "failures": proxy.failures,
-        "consecutive_bans": proxy.consecutive_bans,
-        "consecutive_failures": proxy.consecutive_failures,
-        "latency_ms": proxy.latency_ms,
-        "cooldown_until": proxy.cooldown_until,
-    }

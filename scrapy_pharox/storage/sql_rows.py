@@ -1,14 +1,16 @@
-"""Rows of the SQL adapter's statements, made models (no validation: the
-database holds only what the models let in)."""
+"""Rows of the SQL adapter's statements made models (no validation: the
+database holds only what the models let in), and models made parameters."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
+from uuid import UUID, uuid4
 
 from ..models import (
     Lease,
     LeaseStatus,
+    OutcomeReport,
     Proxy,
     ProxyCredentials,
     ProxyPool,
@@ -16,6 +18,7 @@ from ..models import (
     ProxyStatus,
     build_trusted,
 )
+from .base import check_lease_seconds
 
 
 def proxy_from_row(row: Any) -> Proxy:
@@ -92,3 +95,69 @@ def build_lease(
             "proxy": proxy,
         },
     )
+
+
+def acquire_parameters(
+    pool_name: str, consumer_id: UUID, duration_seconds: float, domain: str | None
+) -> dict[str, Any]:
+    """An acquire's parameters, with the new lease's id (a retry finds it by it)."""
+    return {
+        "pool_name": pool_name,
+        "lease_id": uuid4(),
+        "consumer_id": consumer_id,
+        "seconds": check_lease_seconds(duration_seconds),
+        "target_domain": domain,
+    }
+
+
+def release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"lease_id": lease.id}
+    if report is not None:
+        params.update(outcome_parameters(report))
+    return params
+
+
+def outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
+    """The parameters of the statements that record an outcome (sql_health)."""
+    policy = report.policy
+    return {
+        "latency": None if report.latency_ms is None else float(report.latency_ms),
+        "target_domain": report.domain,
+        "base_seconds": float(policy.base_seconds),
+        "max_seconds": float(policy.max_seconds),
+        "jitter": float(policy.jitter),
+        "draw": float(report.draw),
+        "failures_before_cooldown": policy.failures_before_cooldown,
+    }
+
+
+def proxy_values(proxy: Proxy) -> dict[str, Any]:
+    credentials = proxy.credentials
+    return {
+        "id": proxy.id,
+        "pool_id": proxy.pool_id,
+        "protocol": proxy.protocol.value,
+        "host": proxy.host,
+        "host_key": proxy.host.lower(),
+        "port": proxy.port,
+        "username": credentials.user if credentials else None,
+        "password": credentials.password if credentials else None,
+        "status": proxy.status.value,
+        "checked_at": proxy.checked_at,
+        "source": proxy.source,
+        "country": proxy.country,
+        "city": proxy.city,
+        "latitude": proxy.latitude,
+        "longitude": proxy.longitude,
+        "isp": proxy.isp,
+        "asn": proxy.asn,
+        "max_concurrency": proxy.max_concurrency,
+        "current_leases": 0,
+        "successes": proxy.successes,
+        "bans": proxy.bans,
+        "failures": proxy.failures,
+        "consecutive_bans": proxy.consecutive_bans,
+        "consecutive_failures": proxy.consecutive_failures,
+        "latency_ms": proxy.latency_ms,
+        "cooldown_until": proxy.cooldown_until,
+    }

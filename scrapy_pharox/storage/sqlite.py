@@ -41,11 +41,14 @@ from . import sql_outcomes as outcomes
 from .base import check_lease_seconds
 from .sql import (
     SqlStorage,
-    _acquire_parameters,
-    _release_parameters,
     _unavailable,
 )
-from .sql_rows import build_lease, proxy_from_row
+from .sql_rows import (
+    acquire_parameters,
+    build_lease,
+    proxy_from_row,
+    release_parameters,
+)
 from .sql_schema import pool_table
 
 #: How long a SQLite connection waits for another process's write lock.
@@ -95,7 +98,7 @@ class SqliteStorage(SqlStorage):
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         check_lease_seconds(duration_seconds)
         consumer_id = self.ensure_consumer(consumer_name)
-        params = _acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
+        params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
         return self._run(
             "acquiring a proxy",
             lambda conn, retrying: self._acquire_steps(
@@ -129,7 +132,7 @@ class SqliteStorage(SqlStorage):
         return self._run("leasing a proxy", work)
 
     def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
-        params = _release_parameters(lease, report)
+        params = release_parameters(lease, report)
 
         def work(conn: Connection, _: bool) -> bool:
             gone = conn.execute(leasing.remove_lease(), params).all()
