@@ -29,7 +29,12 @@ from scrapy_pharox import (
     bootstrap_proxy,
     open_storage,
 )
-from scrapy_pharox.storage import sql_clauses, sql_leasing, sql_outcomes
+from scrapy_pharox.storage import (
+    sql_clauses,
+    sql_expiry,
+    sql_leasing,
+    sql_outcomes,
+)
 from wire_support import WireTrace
 
 #: One fixed rest, long enough to look at it from another process.
@@ -208,7 +213,7 @@ def test_hot_statements_stay_within_the_psycopg_query_cache() -> None:
     others = [
         sql_leasing.pg_release(),
         sql_leasing.pg_lease_proxy(),
-        sql_leasing.pg_reclaim(),
+        sql_expiry.pg_reclaim(),
     ]
     for prepared in acquires + releases + others:
         assert len(prepared.sql.encode()) <= limit, prepared.sql[:200]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from scrapy_pharox.models import LeaseOutcome, SelectorStrategy
-from scrapy_pharox.storage import sql_leasing, sql_outcomes
+from scrapy_pharox.storage import sql_expiry, sql_leasing, sql_outcomes
 from scrapy_pharox.storage.sql_clauses import Prepared
 
 STATEMENTS_DIR = (
@@ -42,7 +42,7 @@ HOT_STATEMENTS: dict[str, Callable[[], Prepared]] = {
         for outcome in LeaseOutcome
         for by_domain in (False, True)
     },
-    "reclaim.sql": sql_leasing.pg_reclaim,
+    "reclaim.sql": sql_expiry.pg_reclaim,
 }
 
 #: Why-comments, each put above every line of a file that holds its text (with

@@ -11,11 +11,9 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from bisect import bisect_right, insort
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from bisect import insort
+from collections.abc import Callable
 from datetime import datetime, timezone
-from operator import itemgetter
 from uuid import UUID, uuid4
 
 from ..exceptions import PoolNotFoundError, ProxyNotFoundError, ProxyUnavailableError
@@ -36,88 +34,7 @@ from ..models import (
     snapshot,
 )
 from .base import IStorage, check_lease_seconds
-
-FirstAvailableKey = tuple[float, int]
-
-
-@dataclass(slots=True)
-class _Slot:
-    """A stored proxy, its place in the FIRST_AVAILABLE order, and its cooldowns."""
-
-    proxy: Proxy
-    order_key: FirstAvailableKey
-    in_heap: bool = False
-    cooldown_until: float = 0.0
-    domain_cooldowns: dict[str, tuple[int, float]] = field(default_factory=dict)
-
-    def eligible(self, now: float) -> bool:
-        return (
-            self.proxy.status is ProxyStatus.ACTIVE
-            and self.proxy.has_capacity
-            and self.cooldown_until <= now
-        )
-
-    def in_cooldown_for(self, domain: str | None, now: float) -> bool:
-        if domain is None or domain not in self.domain_cooldowns:
-            return False
-        return self.domain_cooldowns[domain][1] > now
-
-
-@dataclass(slots=True)
-class _Pool:
-    model: ProxyPool
-    slots: dict[UUID, _Slot] = field(default_factory=dict)
-    endpoints: dict[tuple[str, str, int, str | None], UUID] = field(
-        default_factory=dict
-    )
-    free_heap: list[tuple[FirstAvailableKey, UUID]] = field(default_factory=list)
-    # (id.int, id) in id order; the cursor is the last leased id.int. Ints, not
-    # UUIDs, so that the search and the lookups stay in C.
-    ids_in_order: list[tuple[int, UUID]] = field(default_factory=list)
-    round_robin_cursor: int | None = None
-
-    def push_if_free(self, slot: _Slot, now: float) -> None:
-        if slot.eligible(now) and not slot.in_heap:
-            slot.in_heap = True
-            heapq.heappush(self.free_heap, (slot.order_key, slot.proxy.id))
-
-    def first_free(self, now: float) -> _Slot | None:
-        while self.free_heap:
-            slot = self.slots[self.free_heap[0][1]]
-            if slot.eligible(now):
-                return slot
-            heapq.heappop(self.free_heap)
-            slot.in_heap = False
-        return None
-
-    def rebuild_heap(self, now: float) -> None:
-        for slot in self.slots.values():
-            slot.in_heap = False
-        self.free_heap = []
-        for slot in self.slots.values():
-            self.push_if_free(slot, now)
-
-    def in_first_available_order(self) -> list[_Slot]:
-        return sorted(self.slots.values(), key=lambda slot: slot.order_key)
-
-    def from_round_robin_cursor(self) -> Iterator[_Slot]:
-        ids = self.ids_in_order
-        start = 0
-        if self.round_robin_cursor is not None:
-            start = bisect_right(ids, self.round_robin_cursor, key=itemgetter(0))
-        for offset in range(len(ids)):
-            yield self.slots[ids[(start + offset) % len(ids)][1]]
-
-
-@dataclass(slots=True)
-class _ActiveLease:
-    pool: _Pool
-    slot: _Slot
-    expires_at: float
-
-
-def _order_key(proxy: Proxy) -> FirstAvailableKey:
-    return (-proxy.checked_at.timestamp(), proxy.id.int)
+from .memory_pool import ActiveLease, PoolIndex, Slot, order_key
 
 
 class InMemoryStorage(IStorage):
@@ -128,11 +45,11 @@ class InMemoryStorage(IStorage):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._pools: dict[str, _Pool] = {}
-        self._pools_by_id: dict[UUID, _Pool] = {}
+        self._pools: dict[str, PoolIndex] = {}
+        self._pools_by_id: dict[UUID, PoolIndex] = {}
         self._consumers: dict[str, UUID] = {}
         # Keyed by lease.id.int: a UUID hashes in Python, an int in C.
-        self._active: dict[int, _ActiveLease] = {}
+        self._active: dict[int, ActiveLease] = {}
         self._expiry_heap: list[tuple[float, int]] = []
         self._cooldown_heap: list[tuple[float, UUID]] = []
 
@@ -143,7 +60,7 @@ class InMemoryStorage(IStorage):
             existing = self._pools.get(pool.name)
             if existing is not None:
                 return existing.model.model_copy()
-            stored = _Pool(model=pool.model_copy())
+            stored = PoolIndex(model=pool.model_copy())
             self._pools[pool.name] = stored
             self._pools_by_id[pool.id] = stored
             return pool.model_copy()
@@ -157,14 +74,14 @@ class InMemoryStorage(IStorage):
             if known is not None:
                 return known.proxy.model_copy()
             stored = proxy.model_copy(update={"current_leases": 0})
-            slot = _Slot(proxy=stored, order_key=_order_key(stored))
+            slot = Slot(proxy=stored, order_key=order_key(stored))
             pool.slots[stored.id] = slot
             pool.endpoints[stored.endpoint_key] = stored.id
             insort(pool.ids_in_order, (stored.id.int, stored.id))
             pool.push_if_free(slot, self._clock())
             return stored.model_copy()
 
-    def _find_same(self, pool: _Pool, proxy: Proxy) -> _Slot | None:
+    def _find_same(self, pool: PoolIndex, proxy: Proxy) -> Slot | None:
         for other in self._pools.values():
             if proxy.id in other.slots:
                 return other.slots[proxy.id]
@@ -308,7 +225,7 @@ class InMemoryStorage(IStorage):
                 proxy.consecutive_bans = proxy.consecutive_failures = 0
             if checked:
                 proxy.checked_at = datetime.fromtimestamp(now, timezone.utc)
-                slot.order_key = _order_key(proxy)
+                slot.order_key = order_key(proxy)
                 pool.rebuild_heap(now)
             else:
                 pool.push_if_free(slot, now)
@@ -343,7 +260,7 @@ class InMemoryStorage(IStorage):
         now: float,
         *,
         advance: bool,
-    ) -> _Slot | None:
+    ) -> Slot | None:
         pool = self._pools.get(pool_name)
         if pool is None:
             return None
@@ -353,7 +270,7 @@ class InMemoryStorage(IStorage):
             if first is None or not first.in_cooldown_for(domain, now):
                 return first
 
-        def usable(slot: _Slot) -> bool:
+        def usable(slot: Slot) -> bool:
             return (
                 slot.eligible(now)
                 and not slot.in_cooldown_for(domain, now)
@@ -382,7 +299,7 @@ class InMemoryStorage(IStorage):
         return min(candidates, key=lambda slot: slot.order_key)
 
     def _lease(
-        self, pool: _Pool, slot: _Slot, consumer_name: str, duration_seconds: float
+        self, pool: PoolIndex, slot: Slot, consumer_name: str, duration_seconds: float
     ) -> Lease:
         now = self._clock()
         expires_at = now + duration_seconds
@@ -404,15 +321,15 @@ class InMemoryStorage(IStorage):
                 "proxy": snapshot(slot.proxy),
             },
         )
-        self._active[lease.id.int] = _ActiveLease(pool, slot, expires_at)
+        self._active[lease.id.int] = ActiveLease(pool, slot, expires_at)
         heapq.heappush(self._expiry_heap, (expires_at, lease.id.int))
         return lease
 
-    def _free(self, active: _ActiveLease, now: float) -> None:
+    def _free(self, active: ActiveLease, now: float) -> None:
         active.slot.proxy.current_leases -= 1
         active.pool.push_if_free(active.slot, now)
 
-    def _record(self, slot: _Slot, report: OutcomeReport, now: float) -> None:
+    def _record(self, slot: Slot, report: OutcomeReport, now: float) -> None:
         proxy, policy = slot.proxy, report.policy
         if report.latency_ms is not None:
             proxy.latency_ms = (
@@ -475,7 +392,7 @@ class InMemoryStorage(IStorage):
                 pool.push_if_free(pool.slots[proxy_id], now)
         return now
 
-    def _pool_of(self, proxy_id: UUID) -> _Pool | None:
+    def _pool_of(self, proxy_id: UUID) -> PoolIndex | None:
         return next(
             (pool for pool in self._pools.values() if proxy_id in pool.slots), None
         )

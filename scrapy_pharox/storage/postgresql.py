@@ -36,6 +36,7 @@ from ..models import (
 )
 from . import sql_clauses as clauses
 from . import sql_errors
+from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import check_lease_seconds
@@ -175,7 +176,7 @@ class PostgresStorage(SqlStorage):
         return self._run(
             "reclaiming expired leases",
             lambda conn, _: int(
-                _run_prepared(conn, leasing.pg_reclaim(), {}).scalar_one()
+                _run_prepared(conn, expiry.pg_reclaim(), {}).scalar_one()
             ),
         )
 

@@ -42,6 +42,7 @@ from ..models import (
 )
 from . import sql_admin as admin
 from . import sql_errors
+from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import IStorage
@@ -268,7 +269,7 @@ class SqlStorage(IStorage):
 
     def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
         """The lease an earlier try of this call took, when its reply was lost."""
-        row = conn.execute(leasing.lease_with_proxy(), params).first()
+        row = conn.execute(expiry.lease_with_proxy(), params).first()
         if row is None:
             return None
         logger.warning(

@@ -22,7 +22,6 @@ from sqlalchemy import (
     delete,
     exists,
     false,
-    func,
     insert,
     literal,
     literal_column,
@@ -63,7 +62,7 @@ from .sql_schema import (
 # -- acquire: PostgreSQL ------------------------------------------------------------
 
 
-def _locked(query: Select[Any], *, skip_locked: bool) -> Select[Any]:
+def locked(query: Select[Any], *, skip_locked: bool) -> Select[Any]:
     # FOR NO KEY UPDATE: the row lock an UPDATE of non-key columns takes; it lets
     # foreign-key checks through.
     return query.with_for_update(
@@ -107,7 +106,7 @@ def pg_acquire_statement(
         free = and_(eligible(pool_id, filters, cooldowns), not_(expired_lease_exists()))
         # The first free proxy after the cursor in id order (an index walk) ...
         after_cursor = (
-            _locked(
+            locked(
                 select(proxy.id).where(free, proxy.id > cursor).order_by(proxy.id),
                 skip_locked=True,
             )
@@ -117,7 +116,7 @@ def pg_acquire_statement(
         )
         # ... or, only when there is none, the first from the start: wrap around.
         from_start = (
-            _locked(
+            locked(
                 select(proxy.id)
                 .where(free, not_(exists(select(after_cursor.c.id))))
                 .order_by(proxy.id),
@@ -136,7 +135,7 @@ def pg_acquire_statement(
         # hold locked are skipped, not waited for. Nothing is picked while an
         # expired lease waits to be reclaimed.
         picked = (
-            _locked(
+            locked(
                 select(proxy.id)
                 .where(
                     eligible(pool_id, filters, cooldowns),
@@ -277,7 +276,7 @@ def pg_lease_proxy() -> Select[Any]:
     ``proxy_known`` (false when no such proxy is stored).
     """
     picked = (
-        _locked(
+        locked(
             select(proxy.id).where(
                 proxy.id == bindparam("proxy_id"),
                 proxy.status == ACTIVE,
@@ -372,68 +371,3 @@ def give_back_slots() -> Update:
 def log_leases(outcome: str) -> Insert:
     """History rows (parameters: the lease columns), ended now with ``outcome``."""
     return insert(lease_history_table).values(released_at=DbNow(), outcome=outcome)
-
-
-# -- reclaim ------------------------------------------------------------------------
-
-
-@_prepared
-def pg_reclaim() -> Select[Any]:
-    """Move every expired lease to the history, give back its slot; how many."""
-    # Expired leases that no other release or reclaim holds right now.
-    doomed = (
-        select(lease.id)
-        .where(lease.expires_at <= DbNow())
-        .with_for_update(skip_locked=True)
-        .cte("doomed")
-        .prefix_with("MATERIALIZED")
-    )
-    gone = (
-        delete(lease_table)
-        .where(lease.id == doomed.c.id)
-        .returning(*lease_table.c)
-        .cte("gone")
-    )
-    per_proxy = (
-        select(gone.c.proxy_id, func.count().label("expired"))
-        .group_by(gone.c.proxy_id)
-        .cte("per_proxy")
-    )
-    # Their proxies, locked in id order, so two reclaims never deadlock.
-    locked = (
-        _locked(
-            select(proxy.id)
-            .where(proxy.id.in_(select(per_proxy.c.proxy_id)))
-            .order_by(proxy.id),
-            skip_locked=False,
-        )
-        .cte("locked_proxies")
-        .prefix_with("MATERIALIZED")
-    )
-    freed = (
-        update(proxy_table)
-        .where(proxy.id == per_proxy.c.proxy_id, proxy.id.in_(select(locked.c.id)))
-        .values(current_leases=proxy.current_leases - per_proxy.c.expired)
-        .returning(proxy.id)
-        .cte("freed")
-    )
-    logged = logged_leases(gone, "expired")
-    return select(func.count()).select_from(gone).add_cte(freed, logged)
-
-
-@cache
-def remove_expired_leases() -> ReturningDelete[Any]:
-    """Every expired lease leaves the active table, returned."""
-    return (
-        delete(lease_table).where(lease.expires_at <= DbNow()).returning(*lease_table.c)
-    )
-
-
-@cache
-def lease_with_proxy() -> Select[Any]:
-    """The active lease ``lease_id`` with its proxy row, shaped like an acquire."""
-    return (
-        select(*proxy_table.c, lease.acquired_at, lease.expires_at)
-        .join_from(lease_table, proxy_table, lease.proxy_id == proxy.id)
-        .where(lease.id == bindparam("lease_id"))
-    )

@@ -18,7 +18,7 @@ from uuid import UUID
 import psycopg
 
 from ..models import Lease
-from . import sql_leasing as leasing
+from . import sql_expiry as expiry
 from .sql_clauses import Prepared
 from .sql_rows import lease_from_row
 
@@ -94,7 +94,7 @@ def acquire_steps(
         if row.id is not None:
             return lease_from_row(row, params, params["pool_name"])
         if row.reclaim_needed:
-            yield Query(leasing.pg_reclaim(), {})
+            yield Query(expiry.pg_reclaim(), {})
         elif not row.contended:
             return None
     return None
@@ -113,7 +113,7 @@ def _taken_before(params: dict[str, Any]) -> Steps[Lease | None]:
 
 @cache
 def _lease_with_proxy() -> Prepared:
-    return Prepared(leasing.lease_with_proxy())
+    return Prepared(expiry.lease_with_proxy())
 
 
 def release_steps(

@@ -36,6 +36,7 @@ from ..models import (
 )
 from . import sql_admin as admin
 from . import sql_clauses as clauses
+from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import check_lease_seconds
@@ -296,7 +297,7 @@ def _cooldown_seconds(
 
 
 def _reclaim(conn: Connection) -> int:
-    gone = conn.execute(leasing.remove_expired_leases()).all()
+    gone = conn.execute(expiry.remove_expired_leases()).all()
     _end_leases(conn, gone, "expired")
     return len(gone)
 

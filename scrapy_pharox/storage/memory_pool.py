@@ -1,0 +1,99 @@
+"""The in-memory adapter's index of one pool: its proxies' slots, the heap of
+free proxies in FIRST_AVAILABLE order and the round-robin order by id."""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
+from uuid import UUID
+
+from ..models import (
+    Proxy,
+    ProxyPool,
+    ProxyStatus,
+)
+
+FirstAvailableKey = tuple[float, int]
+
+
+@dataclass(slots=True)
+class Slot:
+    """A stored proxy, its place in the FIRST_AVAILABLE order, and its cooldowns."""
+
+    proxy: Proxy
+    order_key: FirstAvailableKey
+    in_heap: bool = False
+    cooldown_until: float = 0.0
+    domain_cooldowns: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def eligible(self, now: float) -> bool:
+        return (
+            self.proxy.status is ProxyStatus.ACTIVE
+            and self.proxy.has_capacity
+            and self.cooldown_until <= now
+        )
+
+    def in_cooldown_for(self, domain: str | None, now: float) -> bool:
+        if domain is None or domain not in self.domain_cooldowns:
+            return False
+        return self.domain_cooldowns[domain][1] > now
+
+
+@dataclass(slots=True)
+class PoolIndex:
+    model: ProxyPool
+    slots: dict[UUID, Slot] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str, int, str | None], UUID] = field(
+        default_factory=dict
+    )
+    free_heap: list[tuple[FirstAvailableKey, UUID]] = field(default_factory=list)
+    # (id.int, id) in id order; the cursor is the last leased id.int. Ints, not
+    # UUIDs, so that the search and the lookups stay in C.
+    ids_in_order: list[tuple[int, UUID]] = field(default_factory=list)
+    round_robin_cursor: int | None = None
+
+    def push_if_free(self, slot: Slot, now: float) -> None:
+        if slot.eligible(now) and not slot.in_heap:
+            slot.in_heap = True
+            heapq.heappush(self.free_heap, (slot.order_key, slot.proxy.id))
+
+    def first_free(self, now: float) -> Slot | None:
+        while self.free_heap:
+            slot = self.slots[self.free_heap[0][1]]
+            if slot.eligible(now):
+                return slot
+            heapq.heappop(self.free_heap)
+            slot.in_heap = False
+        return None
+
+    def rebuild_heap(self, now: float) -> None:
+        for slot in self.slots.values():
+            slot.in_heap = False
+        self.free_heap = []
+        for slot in self.slots.values():
+            self.push_if_free(slot, now)
+
+    def in_first_available_order(self) -> list[Slot]:
+        return sorted(self.slots.values(), key=lambda slot: slot.order_key)
+
+    def from_round_robin_cursor(self) -> Iterator[Slot]:
+        ids = self.ids_in_order
+        start = 0
+        if self.round_robin_cursor is not None:
+            start = bisect_right(ids, self.round_robin_cursor, key=itemgetter(0))
+        for offset in range(len(ids)):
+            yield self.slots[ids[(start + offset) % len(ids)][1]]
+
+
+@dataclass(slots=True)
+class ActiveLease:
+    pool: PoolIndex
+    slot: Slot
+    expires_at: float
+
+
+def order_key(proxy: Proxy) -> FirstAvailableKey:
+    return (-proxy.checked_at.timestamp(), proxy.id.int)

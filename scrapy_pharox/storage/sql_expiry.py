@@ -1,0 +1,93 @@
+"""The statements of expiry: reclaiming expired leases (PostgreSQL's one
+statement beside SQLite's step), and the lease a lost reply hid."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    Select,
+    bindparam,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningDelete
+
+from .sql_clauses import (
+    DbNow,
+    _prepared,
+    lease,
+    proxy,
+)
+from .sql_leasing import locked, logged_leases
+from .sql_schema import (
+    lease_table,
+    proxy_table,
+)
+
+
+@_prepared
+def pg_reclaim() -> Select[Any]:
+    """Move every expired lease to the history, give back its slot; how many."""
+    # Expired leases that no other release or reclaim holds right now.
+    doomed = (
+        select(lease.id)
+        .where(lease.expires_at <= DbNow())
+        .with_for_update(skip_locked=True)
+        .cte("doomed")
+        .prefix_with("MATERIALIZED")
+    )
+    gone = (
+        delete(lease_table)
+        .where(lease.id == doomed.c.id)
+        .returning(*lease_table.c)
+        .cte("gone")
+    )
+    per_proxy = (
+        select(gone.c.proxy_id, func.count().label("expired"))
+        .group_by(gone.c.proxy_id)
+        .cte("per_proxy")
+    )
+    # Their proxies, locked in id order, so two reclaims never deadlock.
+    locked_proxies = (
+        locked(
+            select(proxy.id)
+            .where(proxy.id.in_(select(per_proxy.c.proxy_id)))
+            .order_by(proxy.id),
+            skip_locked=False,
+        )
+        .cte("locked_proxies")
+        .prefix_with("MATERIALIZED")
+    )
+    freed = (
+        update(proxy_table)
+        .where(
+            proxy.id == per_proxy.c.proxy_id, proxy.id.in_(select(locked_proxies.c.id))
+        )
+        .values(current_leases=proxy.current_leases - per_proxy.c.expired)
+        .returning(proxy.id)
+        .cte("freed")
+    )
+    logged = logged_leases(gone, "expired")
+    return select(func.count()).select_from(gone).add_cte(freed, logged)
+
+
+@cache
+def remove_expired_leases() -> ReturningDelete[Any]:
+    """Every expired lease leaves the active table, returned."""
+    return (
+        delete(lease_table).where(lease.expires_at <= DbNow()).returning(*lease_table.c)
+    )
+
+
+@cache
+def lease_with_proxy() -> Select[Any]:
+    """The active lease ``lease_id`` with its proxy row, shaped like an acquire."""
+    return (
+        select(*proxy_table.c, lease.acquired_at, lease.expires_at)
+        .join_from(lease_table, proxy_table, lease.proxy_id == proxy.id)
+        .where(lease.id == bindparam("lease_id"))
+    )
