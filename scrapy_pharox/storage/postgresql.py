@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import CursorResult, Engine
@@ -142,13 +142,7 @@ class PostgresStorage(SqlStorage):
     def create_lease(
         self, proxy: Proxy, consumer_name: str, duration_seconds: float
     ) -> Lease:
-        seconds = check_lease_seconds(duration_seconds)
-        params = {
-            "proxy_id": proxy.id,
-            "lease_id": uuid4(),
-            "consumer_id": self.ensure_consumer(consumer_name),
-            "seconds": seconds,
-        }
+        params = self._lease_parameters(proxy, consumer_name, duration_seconds)
 
         def work(conn: Connection, retrying: bool) -> Lease:
             if retrying and (lease := self._lease_by_id(conn, params)) is not None:

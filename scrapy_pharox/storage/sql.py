@@ -45,7 +45,7 @@ from . import sql_errors
 from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
-from .base import IStorage
+from .base import IStorage, check_lease_seconds
 from .sql_rows import lease_from_row, pool_from_row, proxy_from_row, proxy_values
 from .sql_schema import create_schema, pool_table, proxy_table
 
@@ -266,6 +266,19 @@ class SqlStorage(IStorage):
         )
 
     # -- internals ----------------------------------------------------------------
+
+    def _lease_parameters(
+        self, proxy: Proxy, consumer_name: str, duration_seconds: float
+    ) -> dict[str, Any]:
+        """create_lease's parameters, with the new lease's id (a retry finds it
+        by it); a bad duration raises before any I/O."""
+        seconds = check_lease_seconds(duration_seconds)
+        return {
+            "proxy_id": proxy.id,
+            "lease_id": uuid4(),
+            "consumer_id": self.ensure_consumer(consumer_name),
+            "seconds": seconds,
+        }
 
     def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
         """The lease an earlier try of this call took, when its reply was lost."""

@@ -308,12 +308,7 @@ def pg_release() -> Select[Any]:
     A lease leaves the active table when it is released or reclaimed, so a
     second or late release matches no row and changes nothing.
     """
-    gone = (
-        delete(lease_table)
-        .where(lease.id == bindparam("lease_id"))
-        .returning(*lease_table.c)
-        .cte("gone")
-    )
+    gone = removed_lease()
     # Its slot is given back ...
     freed = (
         update(proxy_table)
@@ -325,6 +320,18 @@ def pg_release() -> Select[Any]:
     # ... and it is kept in the history.
     logged = logged_leases(gone, "released")
     return select(exists(select(gone.c.id)).label("released")).add_cte(freed, logged)
+
+
+def removed_lease() -> Any:
+    """The lease ``lease_id`` leaving the active table, returned (a CTE). A
+    lease leaves it when released or reclaimed: a second or late release
+    matches no row, and every change that hangs off it changes nothing."""
+    return (
+        delete(lease_table)
+        .where(lease.id == bindparam("lease_id"))
+        .returning(*lease_table.c)
+        .cte("gone")
+    )
 
 
 def logged_leases(gone: Any, outcome: str) -> Any:

@@ -50,7 +50,7 @@ from .sql_clauses import (
     pool_id_named,
     selector_order,
 )
-from .sql_leasing import logged_leases
+from .sql_leasing import logged_leases, removed_lease
 from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
 proxy, lease = proxy_table.c, lease_table.c
@@ -197,12 +197,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
     Parameters: lease_id and the outcome parameters. Every change hangs off
     ``gone``: a lease no longer active records nothing.
     """
-    gone = (
-        delete(lease_table)
-        .where(lease.id == bindparam("lease_id"))
-        .returning(*lease_table.c)
-        .cte("gone")
-    )
+    gone = removed_lease()
     # Its slot is given back and the outcome counted: one update of the row.
     freed = (
         update(proxy_table)
