@@ -5,7 +5,7 @@
 The site is static HTML served by nginx and the five forward proxies are tinyproxy
 instances, all child processes of this script on 127.0.0.1, configured in a
 temporary directory and stopped on exit. Without ``nginx`` and ``tinyproxy`` on
-PATH, the pure-Python servers of ``example_spider/playground.py`` stand in (slow
+PATH, the pure-Python servers of ``scrapy_pharox/playground/`` stand in (slow
 and noisy: the output says so). Each crawl runs in a fresh child process (one
 Twisted reactor per crawl); the variants take turns round by round:
 
@@ -57,7 +57,6 @@ from scrapy.crawler import CrawlerProcess
 from scrapy.http import Response
 from scrapy.utils.misc import load_object
 
-EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "example_spider"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PROXIES = 5
 CONCURRENCY = 16
@@ -311,7 +310,7 @@ def free_port() -> int:
 
 
 def page_html(title: str, links: list[str]) -> str:
-    """The markup of the playground's pages (example_spider/playground.py)."""
+    """The markup of the playground's pages (scrapy_pharox/playground/site.py)."""
     items = "".join(f'<li><a href="{href}">{href}</a></li>' for href in links)
     return (
         f"<!DOCTYPE html><html><head><title>{title}</title></head>"
@@ -500,8 +499,7 @@ class Servers:
                 process.stderr.close()
 
     def _start_playground(self) -> None:
-        sys.path.insert(0, str(EXAMPLE_DIR))
-        from playground import ForwardProxy, TargetSite
+        from scrapy_pharox.playground import ForwardProxy, TargetSite
 
         if self.cpus:  # the servers are threads of this process
             os.sched_setaffinity(0, self.cpus)
@@ -511,7 +509,7 @@ class Servers:
             proxy = self._stack.enter_context(ForwardProxy())
             self.proxy_urls.append(proxy.url)
         self.description = (
-            "FALLBACK: example_spider/playground.py threads in this process "
+            "FALLBACK: scrapy_pharox/playground/ threads in this process "
             "(nginx and/or tinyproxy not on PATH: slow and noisy, ratios unreliable)"
         )
 
