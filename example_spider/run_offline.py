@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 HERE = Path(__file__).resolve().parent
 COUNTRIES = ("DE", "DE", "NL", "US")

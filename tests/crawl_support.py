@@ -5,9 +5,7 @@ Test modules import the fixtures from here explicitly.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +14,7 @@ from scrapy.crawler import Crawler, CrawlerRunner
 from scrapy.http import Response
 from twisted.internet.defer import Deferred
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "example_spider"))
-
-from playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 BASE_SETTINGS: dict[str, Any] = {
     "ADDONS": {"scrapy_pharox.Addon": 300},

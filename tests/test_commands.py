@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from playground import ForwardProxy, TargetSite, free_port
 from scrapy_pharox import (
     IStorage,
     Lease,
@@ -31,6 +30,7 @@ from scrapy_pharox import (
     bootstrap_proxy,
     open_storage,
 )
+from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("pharox-check", "pharox-import", "pharox-pools", "pharox-proxies",

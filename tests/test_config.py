@@ -158,7 +158,7 @@ def test_an_unknown_storage_url_stops_the_crawl_at_start() -> Any:
 def test_a_disabled_plugin_leaves_requests_alone(
     caplog: pytest.LogCaptureFixture,
 ) -> Any:
-    from playground import TargetSite
+    from scrapy_pharox.playground import TargetSite
 
     with TargetSite(pages=2) as target:
         crawler = yield crawl(

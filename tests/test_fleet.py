@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from crawl_support import assert_every_lease_released
-from playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 WORKER = Path(__file__).resolve().parent / "fleet_worker.py"
 

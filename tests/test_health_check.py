@@ -18,7 +18,6 @@ import pytest_twisted
 from scrapy.crawler import CrawlerRunner
 
 from crawl_support import BASE_SETTINGS
-from playground import ForwardProxy, TargetSite, free_port
 from scrapy_pharox import (
     CheckResult,
     CheckSummary,
@@ -30,6 +29,7 @@ from scrapy_pharox import (
     bootstrap_pool,
     start_health_check,
 )
+from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
 POOL = "checked"
 
@@ -225,9 +225,7 @@ def test_check_settings_have_defaults() -> None:
 
 
 RUN_IN_A_PROCESS = """
-import sys
-sys.path.insert(0, sys.argv[1])
-from playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 from scrapy_pharox import InMemoryStorage, Proxy, bootstrap_pool, run_health_check
 
 storage = InMemoryStorage()
@@ -248,7 +246,7 @@ def test_run_health_check_runs_a_crawler_process_of_its_own(tmp_path: Path) -> N
         "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
     }
     result = subprocess.run(
-        [sys.executable, "-c", RUN_IN_A_PROCESS, str(repo / "example_spider")],
+        [sys.executable, "-c", RUN_IN_A_PROCESS],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -14,8 +14,8 @@ from scrapy.crawler import Crawler
 from scrapy.http import Response
 
 from crawl_support import LinkSpider, assert_every_lease_released, crawl, stats_of
-from playground import ForwardProxy, TargetSite
 from scrapy_pharox.keeper import LeaseKeeper
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 
 def storage_after(crawler: Crawler) -> Any:
@@ -90,7 +90,7 @@ def test_a_spider_ban_check_overrides_the_status_codes_and_retries_stop(
 def test_download_errors_count_as_failures(
     site: TargetSite, start_proxy: Callable[..., ForwardProxy]
 ) -> Any:
-    from playground import free_port
+    from scrapy_pharox.playground import free_port
 
     good = start_proxy()
     crawler: Crawler = yield crawl(

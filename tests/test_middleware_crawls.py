@@ -15,7 +15,7 @@ from crawl_support import (
     crawl,
     stats_of,
 )
-from playground import ForwardProxy, TargetSite, free_port
+from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
 pytestmark = pytest.mark.usefixtures("site")
 

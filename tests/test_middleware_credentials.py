@@ -18,7 +18,7 @@ from crawl_support import (
     crawl,
     stats_of,
 )
-from playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 PASSWORD = "pa:ss/w@rd-7431"
 

@@ -19,7 +19,6 @@ from crawl_support import (
     crawl,
     stats_of,
 )
-from playground import ForwardProxy, TargetSite
 from scrapy_pharox import (
     InMemoryStorage,
     Lease,
@@ -27,6 +26,7 @@ from scrapy_pharox import (
     ProxyFilters,
     SelectorStrategy,
 )
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 STORAGE_DELAY = 0.2
 

@@ -20,7 +20,7 @@ from crawl_support import (
     crawl,
     stats_of,
 )
-from playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 
 @pytest.fixture

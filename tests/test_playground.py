@@ -7,17 +7,15 @@ import http.client
 import re
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "example_spider"))
-
-from playground import ForwardProxy, TargetSite, free_port
+from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -270,3 +268,24 @@ def test_explicit_port_and_slow_path() -> None:
         assert time.monotonic() - started >= 0.2
     with pytest.raises(ValueError):
         ForwardProxy(host="0.0.0.0")
+
+
+def test_served_on_its_own_by_python_m() -> None:
+    command = [sys.executable, "-m", "scrapy_pharox.playground", "--proxies", "1"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as served:
+        assert served.stdout is not None
+        try:
+            site_line, proxy_line = served.stdout.readline(), served.stdout.readline()
+            site_url = site_line.split()[1]
+            proxy_port = int(proxy_line.rsplit(":", 1)[1])
+            assert fetch(proxy_port, site_url)[0] == 200
+        finally:
+            served.terminate()
+
+
+def test_the_package_does_not_import_the_playground() -> None:
+    code = "import sys, scrapy_pharox; print('scrapy_pharox.playground' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
