@@ -81,6 +81,10 @@ class PharoxConfig:
     ban_status_codes: frozenset[int] = frozenset({403, 407, 429, 503})
     ban_scope: str = "proxy"
     cooldown: CooldownPolicy = field(default_factory=CooldownPolicy)
+    #: Scrapy's DOWNLOAD_TIMEOUT, which a lease should outlast.
+    download_timeout: float = 180.0
+    #: Scrapy's BOT_NAME, the first half of the default consumer name.
+    bot_name: str = "scrapybot"
     unknown_settings: tuple[str, ...] = ()
 
     @classmethod
@@ -123,6 +127,8 @@ class PharoxConfig:
             ban_status_codes=_status_codes(settings),
             ban_scope=_choice(settings, "PHAROX_BAN_SCOPE", BAN_SCOPES),
             cooldown=_cooldown(settings),
+            download_timeout=settings.getfloat("DOWNLOAD_TIMEOUT"),
+            bot_name=str(settings.get("BOT_NAME")),
             unknown_settings=tuple(
                 sorted(
                     name

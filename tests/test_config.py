@@ -166,3 +166,9 @@ def test_a_disabled_plugin_leaves_requests_alone(
         )
         assert len(target.requests) == 3
     assert crawler.stats.get_value("pharox/acquire/leased") is None
+
+
+def test_scrapy_settings_the_keeper_needs_are_read_into_the_config() -> None:
+    read = config(DOWNLOAD_TIMEOUT="30", BOT_NAME="harvester")
+    assert read.download_timeout == 30.0
+    assert read.bot_name == "harvester"
