@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
-from .exceptions import InvalidArgumentError, PharoxError
+from .exceptions import InvalidArgumentError
 from .models import (
     CooldownPolicy,
     Proxy,
@@ -20,6 +18,7 @@ from .models import (
     ProxyProtocol,
     SelectorStrategy,
 )
+from .proxy_file import parse_proxies, proxies_from_file
 
 DEFAULTS: dict[str, Any] = {
     "PHAROX_ENABLED": True,
@@ -50,9 +49,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 BAN_SCOPES = ("proxy", "domain")
-
-# A placeholder pool id: proxies are parsed before the pool exists in storage.
-_UNBOUND_POOL = UUID(int=0)
 
 
 class PharoxSettingError(InvalidArgumentError):
@@ -96,12 +92,12 @@ class PharoxConfig:
             settings, "PHAROX_PROXY_MAX_CONCURRENCY"
         )
         proxies = [
-            *_parse_proxies(
+            *parse_proxies(
                 "PHAROX_PROXIES",
                 _read(settings, "PHAROX_PROXIES", settings.getlist),
                 max_concurrency,
             ),
-            *_proxies_from_file(settings.get("PHAROX_PROXIES_FILE"), max_concurrency),
+            *proxies_from_file(settings.get("PHAROX_PROXIES_FILE"), max_concurrency),
         ]
         pool = _non_empty_text(settings, "PHAROX_POOL")
         consumer = settings.get("PHAROX_CONSUMER")
@@ -272,58 +268,6 @@ def _protocols(settings: BaseSettings) -> frozenset[ProxyProtocol]:
     return protocols
 
 
-#: Fields a line of PHAROX_PROXIES_FILE may give after the URL, as name=value.
-FILE_FIELDS = frozenset(
-    {"country", "city", "source", "isp", "asn", "latitude", "longitude",
-     "max_concurrency"}
-)  # fmt: skip
-
-
-def _parse_proxies(
-    source: str,
-    urls: list[Any],
-    max_concurrency: int | None,
-    fields: dict[str, str] | None = None,
-) -> list[Proxy]:
-    proxies = []
-    for url in urls:
-        extra: dict[str, Any] = {"max_concurrency": max_concurrency, **(fields or {})}
-        try:
-            proxies.append(Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra))
-        except PharoxError as exc:
-            raise PharoxSettingError(f"{source}: {exc}") from None
-    return proxies
-
-
-def _proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
-    """One proxy URL a line, optionally followed by fields: ``country=DE city=Kiel``."""
-    if not path:
-        return []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PharoxSettingError(
-            f"PHAROX_PROXIES_FILE: cannot read {str(path)!r} ({exc.strerror})"
-        ) from None
-    proxies = []
-    for number, line in enumerate(lines, start=1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
-        source = f"PHAROX_PROXIES_FILE {path}:{number}"
-        fields = {}
-        for word in words[1:]:
-            name, equals, value = word.partition("=")
-            if not equals or name not in FILE_FIELDS:
-                raise PharoxSettingError(
-                    f"{source}: {word!r} is not one of "
-                    f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
-                )
-            fields[name] = value
-        proxies.extend(_parse_proxies(source, [words[0]], max_concurrency, fields))
-    return proxies
-
-
 # -- health checks and the command line ------------------------------------------
 
 
@@ -394,27 +338,3 @@ class CommandConfig:
                 settings, "PHAROX_PROXY_MAX_CONCURRENCY"
             ),
         )
-
-
-def parse_proxy_line(
-    line: str, source: str, max_concurrency: int | None, **defaults: str
-) -> Proxy | None:
-    """One line of a proxies file (PHAROX_PROXIES_FILE's format), or None when it
-    holds no proxy; ``defaults`` fill fields the line does not give.
-
-    A bad line raises PharoxSettingError prefixed with ``source``, password masked.
-    """
-    words = line.split("#", 1)[0].split()
-    if not words:
-        return None
-    fields = dict(defaults)
-    for word in words[1:]:
-        name, equals, value = word.partition("=")
-        if not equals or name not in FILE_FIELDS:
-            raise PharoxSettingError(
-                f"{source}: {word!r} is not one of "
-                f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
-            )
-        fields[name] = value
-    (proxy,) = _parse_proxies(source, [words[0]], max_concurrency, fields)
-    return proxy
