@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .bridge import Offloader, running_loop
+from .models import ProxyFilters, ProxyProtocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .manager import ProxyManager
-    from .models import Lease, OutcomeReport, ProxyFilters, SelectorStrategy
+    from .models import Lease, OutcomeReport, SelectorStrategy
 
 T = TypeVar("T")
 
@@ -40,6 +41,21 @@ class AcquireRequest:
     filters: ProxyFilters | None
     selector: SelectorStrategy
     domain: str | None
+
+
+def with_protocols(
+    filters: ProxyFilters | None, protocols: frozenset[ProxyProtocol]
+) -> ProxyFilters | None:
+    """``filters`` narrowed to proxies speaking one of ``protocols``."""
+    if len(protocols) == len(ProxyProtocol):
+        return filters
+    return ProxyFilters(
+        any_of=[
+            ProxyFilters(protocol=protocol)
+            for protocol in sorted(protocols, key=lambda protocol: protocol.value)
+        ],
+        all_of=[filters] if filters is not None else None,
+    )
 
 
 class StorageCaller:

@@ -18,7 +18,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
 
 from .bridge import Baton, Wakeup
-from .callers import AcquireRequest, StorageCaller, Target
+from .callers import AcquireRequest, StorageCaller, Target, with_protocols
 from .config import PharoxConfig, parse_filters, parse_selector
 from .exceptions import PharoxError
 from .models import (
@@ -26,7 +26,6 @@ from .models import (
     LeaseOutcome,
     OutcomeReport,
     ProxyFilters,
-    ProxyProtocol,
     build_trusted,
 )
 from .tally import StatsTally
@@ -80,7 +79,7 @@ class LeaseKeeper:
         self.consumer = consumer
         self.default_target = default_target
         self.pools_used: set[str] = {default_target.pool}
-        self._default_filters = self._with_protocols(default_target.filters)
+        self._default_filters = with_protocols(default_target.filters, config.protocols)
         self._held: dict[int, Lease] = {}  # by lease.id.int: hashed in C
         self._wakeup = Wakeup()
         self.caller = caller or StorageCaller.for_manager(manager)
@@ -158,7 +157,7 @@ class LeaseKeeper:
             filters = (
                 self._default_filters
                 if target is self.default_target
-                else self._with_protocols(target.filters)
+                else with_protocols(target.filters, self.config.protocols)
             )
             acquire_request = self._request(target, filters, self.domain_of(request))
         caller = self.caller
@@ -252,15 +251,6 @@ class LeaseKeeper:
         if waited_ms > self._longest_wait_ms:
             self._longest_wait_ms = waited_ms
             self.stats.max_value("pharox/acquire/wait_ms/max", waited_ms)
-
-    def _with_protocols(self, filters: ProxyFilters | None) -> ProxyFilters | None:
-        protocols = sorted(self.config.protocols, key=lambda protocol: protocol.value)
-        if len(protocols) == len(ProxyProtocol):
-            return filters
-        return ProxyFilters(
-            any_of=[ProxyFilters(protocol=protocol) for protocol in protocols],
-            all_of=[filters] if filters is not None else None,
-        )
 
     def holds(self, lease: Lease) -> bool:
         """True while this keeper still holds the lease."""
