@@ -14,7 +14,7 @@ from .bridge import Offloader, running_loop
 from .models import ProxyFilters, ProxyProtocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from .manager import ProxyManager
     from .models import Lease, OutcomeReport, SelectorStrategy
@@ -92,13 +92,17 @@ class StorageCaller:
         """Release right here, blocking until the storage answers."""
         return self.manager.release_proxy(lease, report)
 
-    async def acquire(self, request: AcquireRequest) -> Lease | None:
+    # acquire and release hand back the coroutine that does the work rather than
+    # wrap it in one more: a frame less on every request.
+    def acquire(self, request: AcquireRequest) -> Coroutine[Any, Any, Lease | None]:
         """Acquire without blocking the reactor."""
-        return await self.call(self.acquire_now, request)
+        return self.call(self.acquire_now, request)
 
-    async def release(self, lease: Lease, report: OutcomeReport | None) -> bool:
+    def release(
+        self, lease: Lease, report: OutcomeReport | None
+    ) -> Coroutine[Any, Any, bool]:
         """Release without blocking the reactor."""
-        return await self.call(self.release_now, lease, report)
+        return self.call(self.release_now, lease, report)
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
         """Await ``func(*args)``, a blocking storage call, without blocking."""
@@ -137,10 +141,10 @@ class LoopCaller(ThreadCaller):
     """Storage that waits on the running asyncio loop; under another Twisted
     reactor, where no asyncio loop runs, it falls back to worker threads."""
 
-    async def acquire(self, request: AcquireRequest) -> Lease | None:
+    def acquire(self, request: AcquireRequest) -> Coroutine[Any, Any, Lease | None]:
         if running_loop() is None:
-            return await super().acquire(request)
-        return await self.manager.acquire_proxy_async(
+            return super().acquire(request)
+        return self.manager.acquire_proxy_async(
             request.pool,
             request.consumer,
             request.duration_seconds,
@@ -149,10 +153,12 @@ class LoopCaller(ThreadCaller):
             request.domain,
         )
 
-    async def release(self, lease: Lease, report: OutcomeReport | None) -> bool:
+    def release(
+        self, lease: Lease, report: OutcomeReport | None
+    ) -> Coroutine[Any, Any, bool]:
         if running_loop() is None:
-            return await super().release(lease, report)
-        return await self.manager.release_proxy_async(lease, report)
+            return super().release(lease, report)
+        return self.manager.release_proxy_async(lease, report)
 
     def in_background(self) -> bool:
         return running_loop() is not None
