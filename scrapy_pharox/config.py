@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
-from .exceptions import InvalidArgumentError, PharoxError
+from .exceptions import InvalidArgumentError
 from .models import (
     CooldownPolicy,
     Proxy,
@@ -20,7 +18,10 @@ from .models import (
     ProxyProtocol,
     SelectorStrategy,
 )
+from .proxy_file import parse_proxies, proxies_from_file
 
+#: Every setting's default, written here only: the config classes below and
+#: their ``from_settings`` take theirs from it.
 DEFAULTS: dict[str, Any] = {
     "PHAROX_ENABLED": True,
     "PHAROX_STORAGE_URL": "memory://",
@@ -39,9 +40,12 @@ DEFAULTS: dict[str, Any] = {
     # Bans and cooldowns
     "PHAROX_BAN_STATUS_CODES": [403, 407, 429, 503],
     "PHAROX_BAN_SCOPE": "proxy",
-    "PHAROX_COOLDOWN_BASE": 60,
-    "PHAROX_COOLDOWN_MAX": 3600,
-    "PHAROX_FAILURES_BEFORE_COOLDOWN": 3,
+    # The cooldown policy's own defaults.
+    "PHAROX_COOLDOWN_BASE": CooldownPolicy.model_fields["base_seconds"].default,
+    "PHAROX_COOLDOWN_MAX": CooldownPolicy.model_fields["max_seconds"].default,
+    "PHAROX_FAILURES_BEFORE_COOLDOWN": (
+        CooldownPolicy.model_fields["failures_before_cooldown"].default
+    ),
     # Health checks
     "PHAROX_CHECK_URL": None,
     "PHAROX_CHECK_SLOW_MS": 2000,
@@ -51,8 +55,9 @@ DEFAULTS: dict[str, Any] = {
 
 BAN_SCOPES = ("proxy", "domain")
 
-# A placeholder pool id: proxies are parsed before the pool exists in storage.
-_UNBOUND_POOL = UUID(int=0)
+
+def _default_protocols() -> frozenset[ProxyProtocol]:
+    return frozenset(ProxyProtocol(name) for name in DEFAULTS["PHAROX_PROTOCOLS"])
 
 
 class PharoxSettingError(InvalidArgumentError):
@@ -63,24 +68,26 @@ class PharoxSettingError(InvalidArgumentError):
 class PharoxConfig:
     """Every PHAROX_* setting, parsed and checked."""
 
-    enabled: bool = True
-    storage_url: str = "memory://"
-    storage: Any = None
-    pool: str = "default"
+    enabled: bool = DEFAULTS["PHAROX_ENABLED"]
+    storage_url: str = DEFAULTS["PHAROX_STORAGE_URL"]
+    storage: Any = DEFAULTS["PHAROX_STORAGE"]
+    pool: str = DEFAULTS["PHAROX_POOL"]
     proxies: tuple[Proxy, ...] = ()
-    proxy_max_concurrency: int | None = 1
-    consumer: str | None = None
-    lease_seconds: float = 300.0
-    selector: SelectorStrategy = SelectorStrategy.ROUND_ROBIN
-    filters: ProxyFilters | None = None
-    acquire_timeout: float = 60.0
-    stats_interval: float = 60.0
-    protocols: frozenset[ProxyProtocol] = field(
-        default_factory=lambda: frozenset({ProxyProtocol.HTTP, ProxyProtocol.HTTPS})
-    )
-    ban_status_codes: frozenset[int] = frozenset({403, 407, 429, 503})
-    ban_scope: str = "proxy"
+    proxy_max_concurrency: int | None = DEFAULTS["PHAROX_PROXY_MAX_CONCURRENCY"]
+    consumer: str | None = DEFAULTS["PHAROX_CONSUMER"]
+    lease_seconds: float = float(DEFAULTS["PHAROX_LEASE_SECONDS"])
+    selector: SelectorStrategy = SelectorStrategy(DEFAULTS["PHAROX_SELECTOR"])  # noqa: RUF009 - an enum member: immutable
+    filters: ProxyFilters | None = DEFAULTS["PHAROX_FILTERS"]
+    acquire_timeout: float = float(DEFAULTS["PHAROX_ACQUIRE_TIMEOUT"])
+    stats_interval: float = float(DEFAULTS["PHAROX_STATS_INTERVAL"])
+    protocols: frozenset[ProxyProtocol] = field(default_factory=_default_protocols)
+    ban_status_codes: frozenset[int] = frozenset(DEFAULTS["PHAROX_BAN_STATUS_CODES"])
+    ban_scope: str = DEFAULTS["PHAROX_BAN_SCOPE"]
     cooldown: CooldownPolicy = field(default_factory=CooldownPolicy)
+    #: Scrapy's DOWNLOAD_TIMEOUT, which a lease should outlast.
+    download_timeout: float = 180.0
+    #: Scrapy's BOT_NAME, the first half of the default consumer name.
+    bot_name: str = "scrapybot"
     unknown_settings: tuple[str, ...] = ()
 
     @classmethod
@@ -92,37 +99,39 @@ class PharoxConfig:
             settings, "PHAROX_PROXY_MAX_CONCURRENCY"
         )
         proxies = [
-            *_parse_proxies(
+            *parse_proxies(
                 "PHAROX_PROXIES",
                 _read(settings, "PHAROX_PROXIES", settings.getlist),
                 max_concurrency,
             ),
-            *_proxies_from_file(settings.get("PHAROX_PROXIES_FILE"), max_concurrency),
+            *proxies_from_file(_raw(settings, "PHAROX_PROXIES_FILE"), max_concurrency),
         ]
         pool = _non_empty_text(settings, "PHAROX_POOL")
-        consumer = settings.get("PHAROX_CONSUMER")
+        consumer = _raw(settings, "PHAROX_CONSUMER")
         if consumer is not None and (not isinstance(consumer, str) or not consumer):
             raise PharoxSettingError(
                 f"PHAROX_CONSUMER must be a non-empty string, got {consumer!r}"
             )
         return cls(
             storage_url=_non_empty_text(settings, "PHAROX_STORAGE_URL"),
-            storage=settings.get("PHAROX_STORAGE"),
+            storage=_raw(settings, "PHAROX_STORAGE"),
             pool=pool,
             proxies=tuple(proxies),
             proxy_max_concurrency=max_concurrency,
             consumer=consumer,
             lease_seconds=_number(settings, "PHAROX_LEASE_SECONDS", positive=True),
             selector=parse_selector(
-                "PHAROX_SELECTOR", settings.get("PHAROX_SELECTOR", "round_robin")
+                "PHAROX_SELECTOR", _raw(settings, "PHAROX_SELECTOR")
             ),
-            filters=parse_filters("PHAROX_FILTERS", settings.get("PHAROX_FILTERS")),
+            filters=parse_filters("PHAROX_FILTERS", _raw(settings, "PHAROX_FILTERS")),
             acquire_timeout=_number(settings, "PHAROX_ACQUIRE_TIMEOUT"),
             stats_interval=_number(settings, "PHAROX_STATS_INTERVAL"),
             protocols=_protocols(settings),
             ban_status_codes=_status_codes(settings),
             ban_scope=_choice(settings, "PHAROX_BAN_SCOPE", BAN_SCOPES),
             cooldown=_cooldown(settings),
+            download_timeout=settings.getfloat("DOWNLOAD_TIMEOUT"),
+            bot_name=str(settings.get("BOT_NAME")),
             unknown_settings=tuple(
                 sorted(
                     name
@@ -173,6 +182,11 @@ def parse_filters(source: str, value: Any) -> ProxyFilters | None:
         raise PharoxSettingError(f"{source}: invalid filters {problems}") from None
 
 
+def _raw(settings: BaseSettings, name: str) -> Any:
+    """The setting as given, or its default."""
+    return settings.get(name, DEFAULTS[name])
+
+
 def _read(settings: BaseSettings, name: str, getter: Any) -> Any:
     try:
         return getter(name, DEFAULTS[name])
@@ -192,7 +206,7 @@ def _number(settings: BaseSettings, name: str, *, positive: bool = False) -> flo
 
 def _optional_positive_int(settings: BaseSettings, name: str) -> int | None:
     """A whole number >= 1, or None for no limit (given as 0 or "none")."""
-    raw = settings.get(name, DEFAULTS[name])
+    raw = _raw(settings, name)
     if isinstance(raw, str) and raw.strip().lower() == "none":
         return None
     try:
@@ -220,7 +234,7 @@ def _status_codes(settings: BaseSettings) -> frozenset[int]:
 
 
 def _choice(settings: BaseSettings, name: str, choices: tuple[str, ...]) -> str:
-    value = str(settings.get(name, DEFAULTS[name])).strip().lower()
+    value = str(_raw(settings, name)).strip().lower()
     if value not in choices:
         raise PharoxSettingError(
             f"{name}: unknown value {settings.get(name)!r}, use one of "
@@ -246,7 +260,7 @@ def _cooldown(settings: BaseSettings) -> CooldownPolicy:
 
 
 def _non_empty_text(settings: BaseSettings, name: str) -> str:
-    value = settings.get(name, DEFAULTS[name])
+    value = _raw(settings, name)
     if not isinstance(value, str) or not value.strip():
         raise PharoxSettingError(f"{name} must be a non-empty string, got {value!r}")
     return value.strip()
@@ -266,58 +280,6 @@ def _protocols(settings: BaseSettings) -> frozenset[ProxyProtocol]:
     return protocols
 
 
-#: Fields a line of PHAROX_PROXIES_FILE may give after the URL, as name=value.
-FILE_FIELDS = frozenset(
-    {"country", "city", "source", "isp", "asn", "latitude", "longitude",
-     "max_concurrency"}
-)  # fmt: skip
-
-
-def _parse_proxies(
-    source: str,
-    urls: list[Any],
-    max_concurrency: int | None,
-    fields: dict[str, str] | None = None,
-) -> list[Proxy]:
-    proxies = []
-    for url in urls:
-        extra: dict[str, Any] = {"max_concurrency": max_concurrency, **(fields or {})}
-        try:
-            proxies.append(Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra))
-        except PharoxError as exc:
-            raise PharoxSettingError(f"{source}: {exc}") from None
-    return proxies
-
-
-def _proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
-    """One proxy URL a line, optionally followed by fields: ``country=DE city=Kiel``."""
-    if not path:
-        return []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PharoxSettingError(
-            f"PHAROX_PROXIES_FILE: cannot read {str(path)!r} ({exc.strerror})"
-        ) from None
-    proxies = []
-    for number, line in enumerate(lines, start=1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
-        source = f"PHAROX_PROXIES_FILE {path}:{number}"
-        fields = {}
-        for word in words[1:]:
-            name, equals, value = word.partition("=")
-            if not equals or name not in FILE_FIELDS:
-                raise PharoxSettingError(
-                    f"{source}: {word!r} is not one of "
-                    f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
-                )
-            fields[name] = value
-        proxies.extend(_parse_proxies(source, [words[0]], max_concurrency, fields))
-    return proxies
-
-
 # -- health checks and the command line ------------------------------------------
 
 
@@ -325,18 +287,16 @@ def _proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
 class HealthCheckConfig:
     """The PHAROX_CHECK_* settings, parsed and checked."""
 
-    url: str | None = None
-    slow_ms: float = 2000.0
-    timeout: float = 10.0
-    concurrency: int = 8
-    protocols: frozenset[ProxyProtocol] = field(
-        default_factory=lambda: frozenset({ProxyProtocol.HTTP, ProxyProtocol.HTTPS})
-    )
+    url: str | None = DEFAULTS["PHAROX_CHECK_URL"]
+    slow_ms: float = float(DEFAULTS["PHAROX_CHECK_SLOW_MS"])
+    timeout: float = float(DEFAULTS["PHAROX_CHECK_TIMEOUT"])
+    concurrency: int = DEFAULTS["PHAROX_CHECK_CONCURRENCY"]
+    protocols: frozenset[ProxyProtocol] = field(default_factory=_default_protocols)
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> HealthCheckConfig:
         """Read and check the settings; PharoxSettingError names a bad one."""
-        url = settings.get("PHAROX_CHECK_URL")
+        url = _raw(settings, "PHAROX_CHECK_URL")
         if url is not None and not isinstance(url, str):
             raise PharoxSettingError(f"PHAROX_CHECK_URL must be a URL, got {url!r}")
         url = (url or "").strip() or None
@@ -345,7 +305,7 @@ class HealthCheckConfig:
             raise PharoxSettingError(
                 f"PHAROX_CHECK_URL must be an http:// or https:// URL, got {url!r}"
             )
-        raw = settings.get("PHAROX_CHECK_CONCURRENCY", 8)
+        raw = _raw(settings, "PHAROX_CHECK_CONCURRENCY")
         try:
             concurrency = int(raw)
         except (TypeError, ValueError):
@@ -376,8 +336,8 @@ class HealthCheckConfig:
 class CommandConfig:
     """What the ``scrapy pharox-*`` commands read from the settings."""
 
-    storage_url: str = "memory://"
-    proxy_max_concurrency: int | None = 1
+    storage_url: str = DEFAULTS["PHAROX_STORAGE_URL"]
+    proxy_max_concurrency: int | None = DEFAULTS["PHAROX_PROXY_MAX_CONCURRENCY"]
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> CommandConfig:
@@ -388,27 +348,3 @@ class CommandConfig:
                 settings, "PHAROX_PROXY_MAX_CONCURRENCY"
             ),
         )
-
-
-def parse_proxy_line(
-    line: str, source: str, max_concurrency: int | None, **defaults: str
-) -> Proxy | None:
-    """One line of a proxies file (PHAROX_PROXIES_FILE's format), or None when it
-    holds no proxy; ``defaults`` fill fields the line does not give.
-
-    A bad line raises PharoxSettingError prefixed with ``source``, password masked.
-    """
-    words = line.split("#", 1)[0].split()
-    if not words:
-        return None
-    fields = dict(defaults)
-    for word in words[1:]:
-        name, equals, value = word.partition("=")
-        if not equals or name not in FILE_FIELDS:
-            raise PharoxSettingError(
-                f"{source}: {word!r} is not one of "
-                f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
-            )
-        fields[name] = value
-    (proxy,) = _parse_proxies(source, [words[0]], max_concurrency, fields)
-    return proxy

@@ -11,30 +11,23 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 from weakref import WeakKeyDictionary
 
-from scrapy import signals
-from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
-from scrapy.utils.misc import load_object
 
-from .bridge import Baton, Offloader, Wakeup, running_loop
-from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
+from .bridge import Baton, Wakeup
+from .callers import AcquireRequest, StorageCaller, Target, with_protocols
+from .config import PharoxConfig, parse_filters, parse_selector
 from .exceptions import PharoxError
-from .manager import ProxyManager
 from .models import (
     Lease,
     LeaseOutcome,
     OutcomeReport,
     ProxyFilters,
-    ProxyPool,
-    ProxyProtocol,
-    SelectorStrategy,
     build_trusted,
 )
-from .storage import IStorage, open_storage
 from .tally import StatsTally
 
 if TYPE_CHECKING:
@@ -44,11 +37,10 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.statscollectors import StatsCollector
 
+    from .manager import ProxyManager
     from .models import PoolStatsSnapshot
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Requests waiting for a proxy look again at least this often, so leases freed by
 #: other processes or by expiry are seen; a release in this process wakes them.
@@ -69,15 +61,6 @@ TARGET_META_KEYS = frozenset({"pharox_pool", "pharox_filters", "pharox_selector"
 _keepers: WeakKeyDictionary[Crawler, LeaseKeeper] = WeakKeyDictionary()
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where a request's proxy comes from."""
-
-    pool: str
-    filters: ProxyFilters | None
-    selector: SelectorStrategy
-
-
 class LeaseKeeper:
     """Leases proxies for one crawler's requests and always gives them back."""
 
@@ -88,6 +71,7 @@ class LeaseKeeper:
         stats: StatsCollector,
         consumer: str,
         default_target: Target,
+        caller: StorageCaller | None = None,
     ) -> None:
         self.manager = manager
         self.config = config
@@ -95,14 +79,12 @@ class LeaseKeeper:
         self.consumer = consumer
         self.default_target = default_target
         self.pools_used: set[str] = {default_target.pool}
-        self._default_filters = self._with_protocols(default_target.filters)
+        self._default_filters = with_protocols(default_target.filters, config.protocols)
         self._held: dict[int, Lease] = {}  # by lease.id.int: hashed in C
         self._wakeup = Wakeup()
-        self._offloader = Offloader(threads=8) if manager.storage.blocking_io else None
-        self._native_async = manager.storage.native_async
-        # Storage that neither does I/O nor waits on a loop (memory) is called
-        # right here, without a coroutine around each call: the per-request path.
-        self._inline = self._offloader is None and not self._native_async
+        self.caller = caller or StorageCaller.for_manager(manager)
+        # With no domain scope, every request of the default target asks the same.
+        self._default_request = self._request(default_target, self._default_filters)
         self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
         self._longest_wait_ms = 0
         self._closing = False
@@ -125,90 +107,10 @@ class LeaseKeeper:
         """
         keeper = _keepers.get(crawler)
         if keeper is None:
-            keeper = _keepers[crawler] = cls._build(crawler)
-        return keeper
+            from .crawl_setup import build_keeper  # it imports this module
 
-    @classmethod
-    def _build(cls, crawler: Crawler) -> LeaseKeeper:
-        config = PharoxConfig.from_settings(crawler.settings)
-        if not config.enabled:
-            raise NotConfigured("PHAROX_ENABLED is false")
-        assert crawler.stats is not None
-        for name in config.unknown_settings:
-            logger.warning("Unknown setting %s: scrapy-pharox ignores it", name)
-        download_timeout = crawler.settings.getfloat("DOWNLOAD_TIMEOUT")
-        if config.lease_seconds <= download_timeout:
-            logger.warning(
-                "PHAROX_LEASE_SECONDS (%s) is not above DOWNLOAD_TIMEOUT (%s): a "
-                "lease may expire while its request is still downloading",
-                config.lease_seconds,
-                download_timeout,
-            )
-        spider = crawler.spider
-        spider_name = spider.name if spider is not None else "spider"
-        default_target = Target(
-            pool=_spider_setting(spider, "pharox_pool", config.pool),
-            filters=parse_filters(
-                "spider attribute pharox_filters",
-                _spider_setting(spider, "pharox_filters", config.filters),
-            ),
-            selector=parse_selector(
-                "spider attribute pharox_selector",
-                _spider_setting(spider, "pharox_selector", config.selector),
-            ),
-        )
-        consumer = (
-            config.consumer or f"{crawler.settings.get('BOT_NAME')}:{spider_name}"
-        )
-        # Opened last, once every setting and spider attribute is known good.
-        storage = _open_configured_storage(config)
-        keeper = cls(
-            ProxyManager(storage), config, crawler.stats, consumer, default_target
-        )
-        try:
-            keeper._load_proxies()
-        except BaseException:
-            keeper.shutdown()  # the crawl stops here: free the storage it opened
-            raise
-        crawler.signals.connect(keeper.spider_closed, signal=signals.spider_closed)
-        crawler.signals.connect(keeper.shutdown, signal=signals.engine_stopped)
+            keeper = _keepers[crawler] = build_keeper(cls, crawler)
         return keeper
-
-    def _load_proxies(self) -> None:
-        # Runs once in from_crawler, before the crawl starts: blocking is fine here.
-        storage = self.manager.storage
-        if self.config.proxies:
-            pool = storage.add_pool(ProxyPool(name=self.config.pool))
-            for proxy in self.config.proxies:
-                storage.add_proxy(proxy.model_copy(update={"pool_id": pool.id}))
-        for pool_name in sorted({self.config.pool, self.default_target.pool}):
-            proxies = storage.list_proxies(pool_name)
-            usable = [p for p in proxies if p.protocol in self.config.protocols]
-            if not proxies:
-                logger.warning(
-                    "Pool %r has no proxies yet: requests wait up to "
-                    "PHAROX_ACQUIRE_TIMEOUT (%ss) for one",
-                    pool_name,
-                    self.config.acquire_timeout,
-                )
-            elif len(usable) < len(proxies):
-                skipped = sorted(
-                    {p.protocol.value for p in proxies}
-                    - {protocol.value for protocol in self.config.protocols}
-                )
-                logger.warning(
-                    "Pool %r holds %d proxies speaking %s, which the download "
-                    "handler cannot use (PHAROX_PROTOCOLS): they are never leased",
-                    pool_name,
-                    len(proxies) - len(usable),
-                    ", ".join(skipped),
-                )
-            logger.info(
-                "scrapy-pharox: pool %r has %d usable proxies (storage %s)",
-                pool_name,
-                len(usable),
-                storage.__class__.__name__,
-            )
 
     # -- leasing -------------------------------------------------------------------
 
@@ -249,11 +151,16 @@ class LeaseKeeper:
     async def lease_for(self, request: Request) -> Lease:
         """A lease for the request; IgnoreRequest when none frees up in time."""
         target = self.target_of(request)
-        filters = (
-            self._default_filters
-            if target is self.default_target
-            else self._with_protocols(target.filters)
-        )
+        if target is self.default_target and self.config.ban_scope != "domain":
+            acquire_request = self._default_request
+        else:
+            filters = (
+                self._default_filters
+                if target is self.default_target
+                else with_protocols(target.filters, self.config.protocols)
+            )
+            acquire_request = self._request(target, filters, self.domain_of(request))
+        caller = self.caller
         started = time.monotonic()
         deadline = started + self.config.acquire_timeout
         recheck = FIRST_RECHECK_SECONDS
@@ -262,18 +169,10 @@ class LeaseKeeper:
         while True:
             if self._closing:
                 raise IgnoreRequest("scrapy-pharox: the spider is closing")
-            acquire_args = (
-                target.pool,
-                self.consumer,
-                self.config.lease_seconds,
-                filters,
-                target.selector,
-                self.domain_of(request),
-            )
-            if self._inline:
-                lease = self._acquire_now(acquire_args)
+            if caller.inline:
+                lease = self._acquire_now(acquire_request)
             else:
-                lease = await self._acquire(acquire_args)
+                lease = await self._acquire(acquire_request)
             if lease is not None:
                 self._record_wait(started)
                 if target.pool in self._resting_pools:
@@ -306,19 +205,28 @@ class LeaseKeeper:
             if baton is None:
                 recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
 
-    def _acquire_now(self, acquire_args: tuple[Any, ...]) -> Lease | None:
+    def _request(
+        self, target: Target, filters: ProxyFilters | None, domain: str | None = None
+    ) -> AcquireRequest:
+        return AcquireRequest(
+            target.pool,
+            self.consumer,
+            self.config.lease_seconds,
+            filters,
+            target.selector,
+            domain,
+        )
+
+    def _acquire_now(self, request: AcquireRequest) -> Lease | None:
         try:
-            return self.manager.acquire_proxy(*acquire_args)
+            return self.caller.acquire_now(request)
         except PharoxError as exc:
             self._acquire_failed(exc)
             return None
 
-    async def _acquire(self, acquire_args: tuple[Any, ...]) -> Lease | None:
+    async def _acquire(self, request: AcquireRequest) -> Lease | None:
         try:
-            if self._on_loop():
-                lease = await self.manager.acquire_proxy_async(*acquire_args)
-            else:
-                lease = await self._call(self.manager.acquire_proxy, *acquire_args)
+            lease = await self.caller.acquire(request)
         except PharoxError as exc:
             self._acquire_failed(exc)
             return None
@@ -343,15 +251,6 @@ class LeaseKeeper:
         if waited_ms > self._longest_wait_ms:
             self._longest_wait_ms = waited_ms
             self.stats.max_value("pharox/acquire/wait_ms/max", waited_ms)
-
-    def _with_protocols(self, filters: ProxyFilters | None) -> ProxyFilters | None:
-        protocols = sorted(self.config.protocols, key=lambda protocol: protocol.value)
-        if len(protocols) == len(ProxyProtocol):
-            return filters
-        return ProxyFilters(
-            any_of=[ProxyFilters(protocol=protocol) for protocol in protocols],
-            all_of=[filters] if filters is not None else None,
-        )
 
     def holds(self, lease: Lease) -> bool:
         """True while this keeper still holds the lease."""
@@ -413,9 +312,9 @@ class LeaseKeeper:
         self._tally.inc(RELEASE_KEYS[reason])
         if report is not None:
             self._tally.inc(_OUTCOME_KEYS[report.outcome])
-        if self._inline:
+        if self.caller.inline:
             self._give_back_now(lease, report)
-        elif self._on_loop():
+        elif self.caller.in_background():
             # The response need not wait for the database: its release goes on
             # in a task of its own (awaited at spider close), and the request
             # does not leave Scrapy's fast path for a suspended middleware.
@@ -441,17 +340,14 @@ class LeaseKeeper:
 
     def _give_back_now(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
-            self.manager.release_proxy(lease, report)
+            self.caller.release_now(lease, report)
         except PharoxError as exc:
             self._release_failed(exc)
         self._wake_a_waiter()
 
     async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
-            if self._on_loop():
-                await self.manager.release_proxy_async(lease, report)
-            else:
-                await self._call(self.manager.release_proxy, lease, report)
+            await self.caller.release(lease, report)
         except PharoxError as exc:
             self._release_failed(exc)
         self._wake_a_waiter()
@@ -488,47 +384,9 @@ class LeaseKeeper:
 
     async def pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
         """A pool's counts, read off the reactor thread when storage does I/O."""
-        return await self._call(self.manager.storage.get_pool_stats, pool_name)
+        return await self.caller.call(self.manager.storage.get_pool_stats, pool_name)
 
     def shutdown(self) -> None:
         """Free the storage and worker threads once the crawl is over."""
-        if self._offloader is not None:
-            self._offloader.shutdown()
+        self.caller.shutdown()
         self.manager.storage.close()
-
-    def _on_loop(self) -> bool:
-        """Whether storage calls can wait on the running asyncio loop itself."""
-        return self._native_async and running_loop() is not None
-
-    async def _call(self, func: Callable[..., T], *args: Any) -> T:
-        if self._offloader is None:
-            return func(*args)
-        return await self._offloader.run(func, *args)
-
-
-def _open_configured_storage(config: PharoxConfig) -> IStorage:
-    """PHAROX_STORAGE (an adapter, a factory or its import path), else the URL."""
-    if config.storage is None:
-        try:
-            return open_storage(config.storage_url)
-        except PharoxError as exc:
-            raise PharoxSettingError(f"PHAROX_STORAGE_URL: {exc}") from None
-    candidate = config.storage
-    if isinstance(candidate, str):
-        try:
-            candidate = load_object(candidate)
-        except (ImportError, NameError, ValueError) as exc:
-            raise PharoxSettingError(f"PHAROX_STORAGE: {exc}") from None
-    if not isinstance(candidate, IStorage) and callable(candidate):
-        candidate = candidate()
-    if not isinstance(candidate, IStorage):
-        raise PharoxSettingError(
-            f"PHAROX_STORAGE must be an IStorage, a factory of one or its import "
-            f"path, got {config.storage!r}"
-        )
-    return candidate
-
-
-def _spider_setting(spider: Spider | None, name: str, default: Any) -> Any:
-    value = getattr(spider, name, None) if spider is not None else None
-    return default if value is None else value

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .exceptions import InvalidArgumentError, InvalidLeaseError
+from .backoff import Backoff, same_parameters
+from .exceptions import InvalidLeaseError
 from .models import (
     AcquireEventPayload,
     Lease,
@@ -22,7 +22,7 @@ from .models import (
     SelectorStrategy,
     utc_now,
 )
-from .storage.base import IStorage, call_acquire, call_release
+from .storage.base import IStorage
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +60,8 @@ class ProxyManager:
         """
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now() if self._acquire_callbacks else None
-        lease = call_acquire(
-            self.storage,
-            pool_name,
-            consumer,
-            duration_seconds,
-            filters,
-            strategy,
-            domain,
+        lease = self.storage.acquire(
+            pool_name, consumer, duration_seconds, filters, strategy, domain=domain
         )
         if started_at is not None:
             self._notify(
@@ -163,7 +157,7 @@ class ProxyManager:
         lease that expired and was reclaimed, changes nothing, returns False and
         runs no callback.
         """
-        released = call_release(self.storage, lease, report)
+        released = self.storage.release_lease(lease, report)
         if self._mark(lease, released) and self._release_callbacks:
             self._notify(self._release_callbacks, self._release_payload(lease))
         return released
@@ -243,50 +237,37 @@ class ProxyManager:
         backoff_multiplier: float = 2.0,
         max_backoff_seconds: float | None = None,
         sleep_fn: Callable[[float], Any] | None = None,
+        *,
+        backoff: Backoff | None = None,
     ) -> Lease | None:
-        """Try ``acquire_proxy`` up to ``max_attempts`` times, backing off between."""
-        waits = backoff_schedule(
-            max_attempts, backoff_seconds, backoff_multiplier, max_backoff_seconds
-        )
+        """Try ``acquire_proxy`` up to ``max_attempts`` times, backing off between.
+
+        ``backoff``, when given, replaces the five retry parameters before it.
+        """
+        if backoff is None:
+            backoff = Backoff(
+                max_attempts,
+                backoff_seconds,
+                backoff_multiplier,
+                max_backoff_seconds,
+                sleep_fn,
+            )
         check_duration(duration_seconds)
-        sleep = sleep_fn or time.sleep
-        for wait in [*waits, None]:
+        for wait in [*backoff.waits(), None]:
             lease = self.acquire_proxy(
                 pool_name, consumer_name, duration_seconds, filters, selector
             )
             if lease is not None or wait is None:
                 return lease
             if wait > 0:
-                sleep(wait)
+                backoff.sleep(wait)
         return None  # pragma: no cover - the loop always returns
 
+    @same_parameters(acquire_proxy_with_retry)
     @contextmanager
-    def with_retrying_lease(
-        self,
-        pool_name: str,
-        consumer_name: str | None = None,
-        duration_seconds: float = 300,
-        filters: ProxyFilters | None = None,
-        selector: SelectorStrategy | None = None,
-        max_attempts: int = 3,
-        backoff_seconds: float = 0.5,
-        backoff_multiplier: float = 2.0,
-        max_backoff_seconds: float | None = None,
-        sleep_fn: Callable[[float], Any] | None = None,
-    ) -> Iterator[Lease | None]:
+    def with_retrying_lease(self, *args: Any, **kwargs: Any) -> Iterator[Lease | None]:
         """``with_lease`` over ``acquire_proxy_with_retry``; always releases."""
-        lease = self.acquire_proxy_with_retry(
-            pool_name,
-            consumer_name,
-            duration_seconds,
-            filters,
-            selector,
-            max_attempts,
-            backoff_seconds,
-            backoff_multiplier,
-            max_backoff_seconds,
-            sleep_fn,
-        )
+        lease = self.acquire_proxy_with_retry(*args, **kwargs)
         try:
             yield lease
         finally:
@@ -332,38 +313,6 @@ def check_duration(duration_seconds: float) -> None:
         raise InvalidLeaseError(
             f"duration_seconds must be a positive number, got {duration_seconds!r}"
         )
-
-
-def backoff_schedule(
-    max_attempts: int,
-    backoff_seconds: float,
-    backoff_multiplier: float,
-    max_backoff_seconds: float | None,
-) -> list[float]:
-    """The waits between ``max_attempts`` attempts; InvalidArgumentError if bad."""
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
-        raise InvalidArgumentError(f"max_attempts must be an int, got {max_attempts!r}")
-    if max_attempts < 1:
-        raise InvalidArgumentError(f"max_attempts must be >= 1, got {max_attempts}")
-    if not backoff_seconds >= 0:
-        raise InvalidArgumentError(
-            f"backoff_seconds must be >= 0, got {backoff_seconds!r}"
-        )
-    if not backoff_multiplier >= 1:
-        raise InvalidArgumentError(
-            f"backoff_multiplier must be >= 1, got {backoff_multiplier!r}"
-        )
-    if max_backoff_seconds is not None and not max_backoff_seconds > 0:
-        raise InvalidArgumentError(
-            f"max_backoff_seconds must be > 0, got {max_backoff_seconds!r}"
-        )
-    waits = []
-    wait = float(backoff_seconds)
-    for _ in range(max_attempts - 1):
-        capped = wait if max_backoff_seconds is None else min(wait, max_backoff_seconds)
-        waits.append(capped)
-        wait = capped * backoff_multiplier
-    return waits
 
 
 def _elapsed_ms(start: datetime, end: datetime) -> int:

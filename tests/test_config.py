@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from scrapy.settings import Settings
+from scrapy.settings import BaseSettings, Settings
 
 from crawl_support import LinkSpider, crawl
 from scrapy_pharox import (
@@ -17,6 +17,7 @@ from scrapy_pharox import (
     ProxyProtocol,
     SelectorStrategy,
 )
+from scrapy_pharox.config import CommandConfig, HealthCheckConfig
 
 
 def config(**settings: Any) -> PharoxConfig:
@@ -166,3 +167,17 @@ def test_a_disabled_plugin_leaves_requests_alone(
         )
         assert len(target.requests) == 3
     assert crawler.stats.get_value("pharox/acquire/leased") is None
+
+
+def test_scrapy_settings_the_keeper_needs_are_read_into_the_config() -> None:
+    read = config(DOWNLOAD_TIMEOUT="30", BOT_NAME="harvester")
+    assert read.download_timeout == 30.0
+    assert read.bot_name == "harvester"
+
+
+def test_the_config_classes_default_to_what_empty_settings_give() -> None:
+    empty = BaseSettings()
+    read = PharoxConfig.from_settings(empty)
+    assert read == PharoxConfig(download_timeout=0.0, bot_name="None")
+    assert HealthCheckConfig.from_settings(empty) == HealthCheckConfig()
+    assert CommandConfig.from_settings(empty) == CommandConfig()

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from scrapy.exceptions import UsageError
 
-from ..config import parse_proxy_line
 from ..exceptions import PharoxError
 from ..models import Proxy, ProxyPool
+from ..proxy_file import parse_proxy_line
 from ._common import CommandError, PharoxCommand, proxies, table
 
 if TYPE_CHECKING:

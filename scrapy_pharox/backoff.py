@@ -1,0 +1,74 @@
+"""``Backoff``: how often, and how patiently, a retrying acquire tries again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast
+
+from .exceptions import InvalidArgumentError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Up to ``max_attempts`` tries, waiting ``backoff_seconds`` after the first
+    miss and ``backoff_multiplier`` times longer after each next one, capped at
+    ``max_backoff_seconds``; ``sleep_fn`` waits (``time.sleep`` by default).
+
+    Checked when built: InvalidArgumentError names the bad value.
+    """
+
+    max_attempts: int = 3
+    backoff_seconds: float = 0.5
+    backoff_multiplier: float = 2.0
+    max_backoff_seconds: float | None = None
+    sleep_fn: Callable[[float], Any] | None = None
+
+    def __post_init__(self) -> None:
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise InvalidArgumentError(f"max_attempts must be an int, got {attempts!r}")
+        if attempts < 1:
+            raise InvalidArgumentError(f"max_attempts must be >= 1, got {attempts}")
+        if not self.backoff_seconds >= 0:
+            raise InvalidArgumentError(
+                f"backoff_seconds must be >= 0, got {self.backoff_seconds!r}"
+            )
+        if not self.backoff_multiplier >= 1:
+            raise InvalidArgumentError(
+                f"backoff_multiplier must be >= 1, got {self.backoff_multiplier!r}"
+            )
+        if self.max_backoff_seconds is not None and not self.max_backoff_seconds > 0:
+            raise InvalidArgumentError(
+                f"max_backoff_seconds must be > 0, got {self.max_backoff_seconds!r}"
+            )
+
+    def waits(self) -> list[float]:
+        """The waits between the attempts: one fewer than ``max_attempts``."""
+        waits = []
+        wait = float(self.backoff_seconds)
+        cap = self.max_backoff_seconds
+        for _ in range(self.max_attempts - 1):
+            capped = wait if cap is None else min(wait, cap)
+            waits.append(capped)
+            wait = capped * self.backoff_multiplier
+        return waits
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` with ``sleep_fn``."""
+        (self.sleep_fn or time.sleep)(seconds)
+
+
+def same_parameters(
+    model: Callable[P, Any],
+) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """Type a ``(*args, **kwargs)`` forwarder with the parameters of ``model``."""
+
+    def typed(forwarder: Callable[..., R]) -> Callable[P, R]:
+        return cast("Callable[P, R]", forwarder)
+
+    return typed

@@ -1,0 +1,143 @@
+"""Building a crawler's ``LeaseKeeper``: settings checked, storage opened,
+proxies loaded, signals connected."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.misc import load_object
+
+from .callers import Target
+from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
+from .exceptions import PharoxError
+from .manager import ProxyManager
+from .models import ProxyPool
+from .storage import IStorage, open_storage
+
+if TYPE_CHECKING:
+    from scrapy import Spider
+    from scrapy.crawler import Crawler
+
+    from .keeper import LeaseKeeper
+
+# The keeper's messages, under the name they had before building moved here.
+logger = logging.getLogger("scrapy_pharox.keeper")
+
+
+def build_keeper(keeper_class: type[LeaseKeeper], crawler: Crawler) -> LeaseKeeper:
+    """A keeper for the crawler; NotConfigured when PHAROX_ENABLED is false."""
+    config = PharoxConfig.from_settings(crawler.settings)
+    if not config.enabled:
+        raise NotConfigured("PHAROX_ENABLED is false")
+    assert crawler.stats is not None
+    for name in config.unknown_settings:
+        logger.warning("Unknown setting %s: scrapy-pharox ignores it", name)
+    if config.lease_seconds <= config.download_timeout:
+        logger.warning(
+            "PHAROX_LEASE_SECONDS (%s) is not above DOWNLOAD_TIMEOUT (%s): a "
+            "lease may expire while its request is still downloading",
+            config.lease_seconds,
+            config.download_timeout,
+        )
+    spider = crawler.spider
+    spider_name = spider.name if spider is not None else "spider"
+    default_target = _default_target(config, spider)
+    consumer = config.consumer or f"{config.bot_name}:{spider_name}"
+    # Opened last, once every setting and spider attribute is known good.
+    storage = open_configured_storage(config)
+    keeper = keeper_class(
+        ProxyManager(storage), config, crawler.stats, consumer, default_target
+    )
+    try:
+        load_proxies(keeper)
+    except BaseException:
+        keeper.shutdown()  # the crawl stops here: free the storage it opened
+        raise
+    crawler.signals.connect(keeper.spider_closed, signal=signals.spider_closed)
+    crawler.signals.connect(keeper.shutdown, signal=signals.engine_stopped)
+    return keeper
+
+
+def _default_target(config: PharoxConfig, spider: Spider | None) -> Target:
+    """The spider's pool, filters and selector: its attributes, else the settings."""
+    return Target(
+        pool=_spider_setting(spider, "pharox_pool", config.pool),
+        filters=parse_filters(
+            "spider attribute pharox_filters",
+            _spider_setting(spider, "pharox_filters", config.filters),
+        ),
+        selector=parse_selector(
+            "spider attribute pharox_selector",
+            _spider_setting(spider, "pharox_selector", config.selector),
+        ),
+    )
+
+
+def load_proxies(keeper: LeaseKeeper) -> None:
+    """Add PHAROX_PROXIES to storage; warn about pools that cannot serve."""
+    # Runs once in from_crawler, before the crawl starts: blocking is fine here.
+    config = keeper.config
+    storage = keeper.manager.storage
+    if config.proxies:
+        pool = storage.add_pool(ProxyPool(name=config.pool))
+        for proxy in config.proxies:
+            storage.add_proxy(proxy.model_copy(update={"pool_id": pool.id}))
+    for pool_name in sorted({config.pool, keeper.default_target.pool}):
+        proxies = storage.list_proxies(pool_name)
+        usable = [p for p in proxies if p.protocol in config.protocols]
+        if not proxies:
+            logger.warning(
+                "Pool %r has no proxies yet: requests wait up to "
+                "PHAROX_ACQUIRE_TIMEOUT (%ss) for one",
+                pool_name,
+                config.acquire_timeout,
+            )
+        elif len(usable) < len(proxies):
+            skipped = sorted(
+                {p.protocol.value for p in proxies}
+                - {protocol.value for protocol in config.protocols}
+            )
+            logger.warning(
+                "Pool %r holds %d proxies speaking %s, which the download "
+                "handler cannot use (PHAROX_PROTOCOLS): they are never leased",
+                pool_name,
+                len(proxies) - len(usable),
+                ", ".join(skipped),
+            )
+        logger.info(
+            "scrapy-pharox: pool %r has %d usable proxies (storage %s)",
+            pool_name,
+            len(usable),
+            storage.__class__.__name__,
+        )
+
+
+def open_configured_storage(config: PharoxConfig) -> IStorage:
+    """PHAROX_STORAGE (an adapter, a factory or its import path), else the URL."""
+    if config.storage is None:
+        try:
+            return open_storage(config.storage_url)
+        except PharoxError as exc:
+            raise PharoxSettingError(f"PHAROX_STORAGE_URL: {exc}") from None
+    candidate = config.storage
+    if isinstance(candidate, str):
+        try:
+            candidate = load_object(candidate)
+        except (ImportError, NameError, ValueError) as exc:
+            raise PharoxSettingError(f"PHAROX_STORAGE: {exc}") from None
+    if not isinstance(candidate, IStorage) and callable(candidate):
+        candidate = candidate()
+    if not isinstance(candidate, IStorage):
+        raise PharoxSettingError(
+            f"PHAROX_STORAGE must be an IStorage, a factory of one or its import "
+            f"path, got {config.storage!r}"
+        )
+    return candidate
+
+
+def _spider_setting(spider: Spider | None, name: str, default: Any) -> Any:
+    value = getattr(spider, name, None) if spider is not None else None
+    return default if value is None else value

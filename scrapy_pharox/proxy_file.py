@@ -1,0 +1,90 @@
+"""Proxies from settings and files: PHAROX_PROXIES, PHAROX_PROXIES_FILE and
+``scrapy pharox-import`` read one format.
+
+One proxy URL a line, optionally followed by fields (``country=DE city=Kiel``);
+``#`` starts a comment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from .exceptions import PharoxError
+from .models import Proxy
+
+#: Fields a line may give after the URL, as name=value.
+FILE_FIELDS = frozenset(
+    {"country", "city", "source", "isp", "asn", "latitude", "longitude",
+     "max_concurrency"}
+)  # fmt: skip
+
+# A placeholder pool id: proxies are parsed before the pool exists in storage.
+_UNBOUND_POOL = UUID(int=0)
+
+
+def _setting_error(message: str) -> PharoxError:
+    from .config import PharoxSettingError  # config imports this module
+
+    return PharoxSettingError(message)
+
+
+def parse_proxies(
+    source: str,
+    urls: list[Any],
+    max_concurrency: int | None,
+    fields: dict[str, str] | None = None,
+) -> list[Proxy]:
+    """A proxy per URL, not yet in a pool; PharoxSettingError names ``source``."""
+    proxies = []
+    for url in urls:
+        extra: dict[str, Any] = {"max_concurrency": max_concurrency, **(fields or {})}
+        try:
+            proxies.append(Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra))
+        except PharoxError as exc:
+            raise _setting_error(f"{source}: {exc}") from None
+    return proxies
+
+
+def parse_proxy_line(
+    line: str, source: str, max_concurrency: int | None, **defaults: str
+) -> Proxy | None:
+    """One line of a proxies file, or None when it holds no proxy; ``defaults``
+    fill fields the line does not give.
+
+    A bad line raises PharoxSettingError prefixed with ``source``, password masked.
+    """
+    words = line.split("#", 1)[0].split()
+    if not words:
+        return None
+    fields = dict(defaults)
+    for word in words[1:]:
+        name, equals, value = word.partition("=")
+        if not equals or name not in FILE_FIELDS:
+            raise _setting_error(
+                f"{source}: {word!r} is not one of "
+                f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+            )
+        fields[name] = value
+    (proxy,) = parse_proxies(source, [words[0]], max_concurrency, fields)
+    return proxy
+
+
+def proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
+    """The proxies PHAROX_PROXIES_FILE lists (none when it is unset)."""
+    if not path:
+        return []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise _setting_error(
+            f"PHAROX_PROXIES_FILE: cannot read {str(path)!r} ({exc.strerror})"
+        ) from None
+    proxies = []
+    for number, line in enumerate(lines, start=1):
+        source = f"PHAROX_PROXIES_FILE {path}:{number}"
+        proxy = parse_proxy_line(line, source, max_concurrency)
+        if proxy is not None:
+            proxies.append(proxy)
+    return proxies

@@ -1,0 +1,52 @@
+"""Backoff: the retry parameters as one value, checked once when built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from loop_support import run_on_a_loop
+from scrapy_pharox import InMemoryStorage, InvalidArgumentError, ProxyManager
+from scrapy_pharox.aio import with_retrying_lease_async
+from scrapy_pharox.backoff import Backoff
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"max_attempts": 0}, "max_attempts must be >= 1, got 0"),
+        ({"max_attempts": True}, "max_attempts must be an int, got True"),
+        ({"max_attempts": 2.0}, "max_attempts must be an int, got 2.0"),
+        ({"backoff_seconds": -0.1}, "backoff_seconds must be >= 0, got -0.1"),
+        ({"backoff_seconds": float("nan")}, "backoff_seconds must be >= 0, got nan"),
+        ({"backoff_multiplier": 0.5}, "backoff_multiplier must be >= 1, got 0.5"),
+        ({"max_backoff_seconds": 0}, "max_backoff_seconds must be > 0, got 0"),
+    ],
+)
+def test_a_backoff_with_a_bad_value_is_refused_naming_it(
+    bad: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        Backoff(**bad)
+    assert str(caught.value) == message
+
+
+def test_the_waits_grow_by_the_multiplier_up_to_the_cap() -> None:
+    assert Backoff(4, 0.5, 3, 2).waits() == [0.5, 1.5, 2.0]
+    assert Backoff(max_attempts=1).waits() == []
+
+
+def test_a_backoff_object_drives_the_sync_and_async_retries() -> None:
+    manager = ProxyManager(InMemoryStorage())  # no pool: every attempt misses
+    waits: list[float] = []
+    backoff = Backoff(max_attempts=3, backoff_seconds=0.25, sleep_fn=waits.append)
+    assert manager.acquire_proxy_with_retry("pool", backoff=backoff) is None
+    assert waits == [0.25, 0.5]
+
+    async def retry_async() -> None:
+        async with with_retrying_lease_async(manager, "pool", backoff=backoff) as lease:
+            assert lease is None
+
+    run_on_a_loop(retry_async())
+    assert waits == [0.25, 0.5, 0.25, 0.5]
