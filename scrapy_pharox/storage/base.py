@@ -199,8 +199,7 @@ class IStorage(ABC):
     ) -> Lease | None:
         """``acquire`` for a coroutine: it never blocks the running loop."""
         return await asyncio.to_thread(
-            call_acquire,
-            self,
+            self.acquire,
             pool_name,
             consumer_name,
             duration_seconds,
@@ -213,34 +212,7 @@ class IStorage(ABC):
         self, lease: Lease, report: OutcomeReport | None = None
     ) -> bool:
         """``release_lease`` for a coroutine: it never blocks the running loop."""
-        return await asyncio.to_thread(call_release, self, lease, report)
+        return await asyncio.to_thread(self.release_lease, lease, report)
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Free connections and threads the adapter holds."""
-
-
-def call_acquire(
-    storage: IStorage,
-    pool_name: str,
-    consumer_name: str,
-    duration_seconds: float,
-    filters: ProxyFilters | None,
-    selector: SelectorStrategy | None,
-    domain: str | None,
-) -> Lease | None:
-    """``storage.acquire``, passing ``domain`` only when set: adapters written
-    before domain cooldowns take none."""
-    if domain is None:
-        return storage.acquire(
-            pool_name, consumer_name, duration_seconds, filters, selector
-        )
-    return storage.acquire(
-        pool_name, consumer_name, duration_seconds, filters, selector, domain=domain
-    )
-
-
-def call_release(storage: IStorage, lease: Lease, report: OutcomeReport | None) -> bool:
-    """``storage.release_lease``, passing ``report`` only when set (likewise)."""
-    if report is None:
-        return storage.release_lease(lease)
-    return storage.release_lease(lease, report)
