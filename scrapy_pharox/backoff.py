@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,9 +67,18 @@ class Backoff:
 def same_parameters(
     model: Callable[P, Any],
 ) -> Callable[[Callable[..., R]], Callable[P, R]]:
-    """Type a ``(*args, **kwargs)`` forwarder with the parameters of ``model``."""
+    """Type a ``(*args, **kwargs)`` forwarder with the parameters of ``model``,
+    for mypy and for ``help()`` (its ``__signature__``) alike."""
 
     def typed(forwarder: Callable[..., R]) -> Callable[P, R]:
+        model_sig = inspect.signature(model)
+        own = list(inspect.signature(forwarder).parameters.values())
+        params = list(model_sig.parameters.values())
+        if own and params and own[0].kind is own[0].POSITIONAL_OR_KEYWORD:
+            params[0] = params[0].replace(name=own[0].name)  # self -> manager
+        forwarder.__signature__ = model_sig.replace(  # type: ignore[attr-defined]
+            parameters=params, return_annotation=inspect.Signature.empty
+        )
         return cast("Callable[P, R]", forwarder)
 
     return typed

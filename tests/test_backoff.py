@@ -50,3 +50,17 @@ def test_a_backoff_object_drives_the_sync_and_async_retries() -> None:
 
     run_on_a_loop(retry_async())
     assert waits == [0.25, 0.5, 0.25, 0.5]
+
+
+def test_the_forwarding_helpers_show_the_parameters_they_take() -> None:
+    import inspect
+
+    from scrapy_pharox import ProxyManager, with_retrying_lease_async
+
+    for helper, first in (
+        (with_retrying_lease_async, "manager"),
+        (ProxyManager.with_retrying_lease, "self"),
+    ):
+        names = list(inspect.signature(helper).parameters)
+        assert names[:3] == [first, "pool_name", "consumer_name"]
+        assert {"max_attempts", "backoff_seconds", "backoff"} <= set(names)
