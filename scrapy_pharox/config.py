@@ -12,7 +12,8 @@ from uuid import UUID
 from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
-from .exceptions import InvalidArgumentError, PharoxError
+from .exceptions import PharoxError
+from .exceptions import PharoxSettingError as PharoxSettingError  # re-exported
 from .models import (
     CooldownPolicy,
     Proxy,
@@ -53,10 +54,6 @@ BAN_SCOPES = ("proxy", "domain")
 
 # A placeholder pool id: proxies are parsed before the pool exists in storage.
 _UNBOUND_POOL = UUID(int=0)
-
-
-class PharoxSettingError(InvalidArgumentError):
-    """A ``PHAROX_*`` setting has a value that cannot work; the message names it."""
 
 
 @dataclass(frozen=True)
