@@ -166,3 +166,13 @@ def test_a_disabled_plugin_leaves_requests_alone(
         )
         assert len(target.requests) == 3
     assert crawler.stats.get_value("pharox/acquire/leased") is None
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from scrapy_pharox.config import DEFAULTS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in DEFAULTS if f"| `{name}` |" not in readme]
+    assert missing == []
