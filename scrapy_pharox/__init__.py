@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .addon import Addon
 from .aio import (
     acquire_proxy_async,
     acquire_proxy_with_retry_async,
@@ -12,32 +12,23 @@ from .aio import (
     with_lease_async,
     with_retrying_lease_async,
 )
+from .backoff import Backoff
 from .bootstrap import bootstrap_pool, bootstrap_proxy
-from .config import HealthCheckConfig, PharoxConfig, PharoxSettingError
 from .exceptions import (
     InvalidArgumentError,
     InvalidLeaseError,
     InvalidProxyURLError,
     PharoxError,
+    PharoxSettingError,
     PoolNotFoundError,
     ProxyNotFoundError,
     ProxyUnavailableError,
     StorageError,
     UnsupportedStorageURLError,
 )
-from .extension import PharoxStatsExtension
-from .health import (
-    CheckResult,
-    CheckSummary,
-    PharoxCheckSpider,
-    run_health_check,
-    start_health_check,
-)
 from .manager import ProxyManager
-from .middleware import PharoxProxyMiddleware
 from .models import (
     AcquireEventPayload,
-    Consumer,
     CooldownPolicy,
     DomainCooldown,
     Lease,
@@ -57,14 +48,41 @@ from .models import (
 from .storage import InMemoryStorage, IStorage, open_storage
 
 if TYPE_CHECKING:
+    from .addon import Addon
+    from .config import HealthCheckConfig, PharoxConfig
+    from .extension import PharoxStatsExtension
+    from .health import (
+        CheckResult,
+        CheckSummary,
+        PharoxCheckSpider,
+        run_health_check,
+        start_health_check,
+    )
+    from .middleware import PharoxProxyMiddleware
     from .storage.sql import SqlStorage
+
+# Names whose modules import Scrapy, Twisted or SQLAlchemy load on first use, so
+# the core (manager, storage, models) imports alone.
+_LAZY = {
+    "Addon": "addon",
+    "CheckResult": "health",
+    "CheckSummary": "health",
+    "HealthCheckConfig": "config",
+    "PharoxCheckSpider": "health",
+    "PharoxConfig": "config",
+    "PharoxProxyMiddleware": "middleware",
+    "PharoxStatsExtension": "extension",
+    "SqlStorage": "storage.sql",
+    "run_health_check": "health",
+    "start_health_check": "health",
+}
 
 __all__ = [
     "AcquireEventPayload",
     "Addon",
+    "Backoff",
     "CheckResult",
     "CheckSummary",
-    "Consumer",
     "CooldownPolicy",
     "DomainCooldown",
     "HealthCheckConfig",
@@ -113,8 +131,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SqlStorage":  # imports SQLAlchemy: only for those who ask
-        from .storage.sql import SqlStorage
-
-        return SqlStorage
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
-from .exceptions import InvalidArgumentError
+from .exceptions import PharoxSettingError as PharoxSettingError  # re-exported
 from .models import (
     CooldownPolicy,
     Proxy,
@@ -58,10 +58,6 @@ BAN_SCOPES = ("proxy", "domain")
 
 def _default_protocols() -> frozenset[ProxyProtocol]:
     return frozenset(ProxyProtocol(name) for name in DEFAULTS["PHAROX_PROTOCOLS"])
-
-
-class PharoxSettingError(InvalidArgumentError):
-    """A ``PHAROX_*`` setting has a value that cannot work; the message names it."""
 
 
 @dataclass(frozen=True)

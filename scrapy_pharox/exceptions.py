@@ -19,6 +19,10 @@ class InvalidProxyURLError(InvalidArgumentError):
     """A proxy URL cannot be parsed; the message names it, password masked."""
 
 
+class PharoxSettingError(InvalidArgumentError):
+    """A ``PHAROX_*`` setting has a value that cannot work; the message names it."""
+
+
 class UnsupportedStorageURLError(InvalidArgumentError):
     """``open_storage`` was given a URL whose scheme no adapter handles."""
 

@@ -269,13 +269,6 @@ class ProxyPool(BaseModel):
     description: str | None = None
 
 
-class Consumer(BaseModel):
-    """Who holds leases: a worker, a spider, a service."""
-
-    id: UUID = Field(default_factory=uuid4)
-    name: str = Field(min_length=1)
-
-
 class Lease(BaseModel):
     """A time-bounded claim of one slot of one proxy by one consumer."""
 

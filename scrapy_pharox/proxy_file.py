@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from .exceptions import PharoxError
+from .exceptions import PharoxError, PharoxSettingError
 from .models import Proxy
 
 #: Fields a line may give after the URL, as name=value.
@@ -25,8 +25,6 @@ _UNBOUND_POOL = UUID(int=0)
 
 
 def _setting_error(message: str) -> PharoxError:
-    from .config import PharoxSettingError  # config imports this module
-
     return PharoxSettingError(message)
 
 

@@ -181,3 +181,13 @@ def test_the_config_classes_default_to_what_empty_settings_give() -> None:
     assert read == PharoxConfig(download_timeout=0.0, bot_name="None")
     assert HealthCheckConfig.from_settings(empty) == HealthCheckConfig()
     assert CommandConfig.from_settings(empty) == CommandConfig()
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from scrapy_pharox.config import DEFAULTS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in DEFAULTS if f"| `{name}` |" not in readme]
+    assert missing == []
