@@ -117,16 +117,17 @@ def process_context() -> multiprocessing.context.BaseContext:
 
 
 class FakeClock:
-    """Epoch seconds that start at the real time and move only when told."""
+    """Epoch seconds: the real time, plus however far the test moved it on (so
+    stamps stay after any taken from the real clock before)."""
 
     def __init__(self) -> None:
-        self.now = time.time()
+        self.moved = 0.0
 
     def __call__(self) -> float:
-        return self.now
+        return time.time() + self.moved
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.moved += seconds
 
 
 #: The fake clock of each storage that takes one (memory).
