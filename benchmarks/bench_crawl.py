@@ -43,91 +43,21 @@ from crawl_child import (
     CONCURRENCY,
     DEFAULT_DATABASE_URL,
     DEFAULT_VARIANTS,
-    PHAROX_VARIANTS,
     PROXIES,
     VARIANTS,
     run_child,
 )
-from crawl_cpu import Crawl, _load, _on_sigterm, cpu_split, measure_quietly
+from crawl_cpu import (
+    Crawl,
+    _load,
+    _on_sigterm,
+    cpu_split,
+    measure_quietly,
+    postgres_answers,
+    problems,
+)
 from crawl_report import report
 from crawl_servers import Servers
-
-
-def problems(name: str, crawl: Crawl, pages: int) -> list[str]:
-    """What went wrong in a crawl that ended: missing pages, errors, leaked leases."""
-    figures, expected = crawl.figures, pages + 1  # the index and every page
-    found = []
-    if figures["responses"] != expected or figures["status_200"] != expected:
-        found.append(
-            f"{figures['status_200']}/{expected} pages with status 200 "
-            f"({figures['responses']} responses)"
-        )
-    if figures["download_errors"]:
-        found.append(f"{figures['download_errors']} download errors")
-    if figures["log_errors"]:
-        found.append(f"{figures['log_errors']} errors logged")
-    if name in PHAROX_VARIANTS:
-        if figures["leased"] is None:
-            found.append("no pharox stats")
-        elif figures["active_leases"] or figures["leased"] != figures["released"]:
-            found.append(
-                f"leases leaked: {figures['active_leases']} active, "
-                f"{figures['leased']} leased, {figures['released']} released"
-            )
-    return found
-
-
-def postgres_answers(database_url: str) -> str | None:
-    """None when PostgreSQL answers, else why not."""
-    try:
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(
-            database_url, connect_args={"connect_timeout": 3}
-        )
-        try:
-            with engine.connect():
-                pass
-        finally:
-            engine.dispose()
-    except Exception as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return reason[0][:100] if reason else type(exc).__name__
-    return None
-
-
-def vacuum_pharox_tables(database_url: str) -> str:
-    """VACUUM the pharox tables, so that every pharox-pg crawl starts alike.
-
-    Each lease leaves a dead row behind; where autovacuum is off (as on some test
-    servers) they pile up from crawl to crawl and every acquire gets slower. A
-    plain VACUUM takes no lock that stops readers or writers. Returns a note.
-    """
-    try:
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(
-            database_url,
-            connect_args={"connect_timeout": 3},
-            isolation_level="AUTOCOMMIT",
-        )
-        try:
-            with engine.connect() as conn:
-                autovacuum = conn.exec_driver_sql("SHOW autovacuum").scalar()
-                tables = conn.execute(
-                    sqlalchemy.text(
-                        "SELECT tablename FROM pg_tables WHERE schemaname = "
-                        "current_schema() AND tablename LIKE :pattern"
-                    ),
-                    {"pattern": "pharox\\_%"},
-                ).scalars()
-                for table in list(tables):
-                    conn.exec_driver_sql(f'VACUUM "{table}"')
-        finally:
-            engine.dispose()
-    except Exception as exc:
-        return f"could not vacuum: {str(exc).strip().splitlines()[0][:80]}"
-    return f"pharox tables vacuumed before each crawl (autovacuum {autovacuum})"
 
 
 def main() -> None:
