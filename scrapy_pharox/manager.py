@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
 from .backoff import Backoff, same_parameters
-from .exceptions import InvalidLeaseError
 from .models import (
     AcquireEventPayload,
     Lease,
@@ -22,7 +20,7 @@ from .models import (
     SelectorStrategy,
     utc_now,
 )
-from .storage.base import IStorage
+from .storage.base import IStorage, check_lease_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ class ProxyManager:
         selector: SelectorStrategy | None,
     ) -> tuple[str, SelectorStrategy]:
         """The consumer and selector an acquire uses; a bad duration raises."""
-        check_duration(duration_seconds)
+        check_lease_seconds(duration_seconds)
         consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
         if isinstance(selector, SelectorStrategy):  # the common case, without a lookup
             return consumer, selector
@@ -252,7 +250,7 @@ class ProxyManager:
                 max_backoff_seconds,
                 sleep_fn,
             )
-        check_duration(duration_seconds)
+        check_lease_seconds(duration_seconds)
         for wait in [*backoff.waits(), None]:
             lease = self.acquire_proxy(
                 pool_name, consumer_name, duration_seconds, filters, selector
@@ -300,19 +298,6 @@ class ProxyManager:
                 callback(payload)
             except Exception:
                 logger.exception("pharox callback %r raised", callback)
-
-
-def check_duration(duration_seconds: float) -> None:
-    """Raise InvalidLeaseError unless the lease duration is a positive number."""
-    if (
-        isinstance(duration_seconds, bool)
-        or not isinstance(duration_seconds, (int, float))
-        or not math.isfinite(duration_seconds)
-        or duration_seconds <= 0
-    ):
-        raise InvalidLeaseError(
-            f"duration_seconds must be a positive number, got {duration_seconds!r}"
-        )
 
 
 def _elapsed_ms(start: datetime, end: datetime) -> int:
