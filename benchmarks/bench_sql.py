@@ -9,9 +9,9 @@ with greenlet). Everything runs in two fresh schemas of that database, one per
 adapter, dropped at the end. In one run it measures:
 
 1. round trips per acquire+release: for pharox, statements counted by a
-   SQLAlchemy ``before_cursor_execute`` listener; for ours, whose acquire and
-   release bypass the engine, Execute messages in libpq's trace of the lease
-   lane's connections; round trips from that trace, for both;
+   SQLAlchemy ``before_cursor_execute`` listener; for ours, which runs no
+   statement through SQLAlchemy, Execute messages in libpq's trace of the
+   storage's connections; round trips from that trace, for both;
 2. acquire+release cycles per second in one process;
 3. processes sharing 20 exclusive proxies: leases per second, acquires that came
    back empty, exceptions, from 1 to 2 to 8 processes;
@@ -77,9 +77,8 @@ def fresh_schema(url: str, prefix: str) -> Iterator[str]:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def ours(url: str, **engine_kwargs: Any) -> tuple[Any, Engine]:
-    storage = SqlStorage(url, **engine_kwargs)
-    return ProxyManager(storage), storage.engine
+def ours(url: str) -> tuple[Any, Engine | None]:
+    return ProxyManager(SqlStorage(url)), None
 
 
 def pharox_manager(url: str) -> tuple[Any, Engine]:
@@ -125,7 +124,7 @@ def fill_pharox(url: str) -> None:
     engine.dispose()
 
 
-MAKERS: dict[str, Callable[[str], tuple[Any, Engine]]] = {
+MAKERS: dict[str, Callable[[str], tuple[Any, Engine | None]]] = {
     "ours": ours,
     "pharox": pharox_manager,
 }
@@ -182,12 +181,12 @@ def round_trips(manager: Any, engine: Engine, cycles: int = 200) -> dict[str, fl
 
 
 def lane_round_trips(manager: Any, cycles: int = 200) -> dict[str, float]:
-    """``round_trips`` for SqlStorage, whose acquire and release bypass the
-    engine: statements and round trips both read off libpq's trace of the lease
-    lane's connections (a statement is an Execute message of ours, a round trip
-    ends with the server's ReadyForQuery)."""
+    """``round_trips`` for SqlStorage, which has no engine: statements and
+    round trips both read off libpq's trace of the storage's connections (a
+    statement is an Execute message of ours, a round trip ends with the
+    server's ReadyForQuery)."""
     opened: list[Any] = []
-    manager.storage.lease_connection_hooks.append(opened.append)
+    manager.storage.connection_hooks.append(opened.append)
     for _ in range(20):
         cycle(manager, "counter")  # warm up: consumer registered, caches filled
     with tempfile.TemporaryFile(mode="w+") as trace:
@@ -198,7 +197,7 @@ def lane_round_trips(manager: Any, cycles: int = 200) -> dict[str, float]:
 
         for connection in opened:
             follow(connection)
-        manager.storage.lease_connection_hooks.append(follow)
+        manager.storage.connection_hooks.append(follow)
         try:
             for _ in range(cycles):
                 cycle(manager, "counter")
@@ -256,7 +255,10 @@ def worker(
             totals["leases" if cycle(manager, consumer) else "empty"] += 1
         except Exception as exc:
             errors[type(exc).__name__] += 1
-    engine.dispose()
+    if engine is None:
+        manager.storage.close()
+    else:
+        engine.dispose()
     Path(out).write_text(json.dumps({**totals, "errors": dict(errors)}))
 
 
@@ -387,17 +389,9 @@ def main() -> None:
 
         print("single process ...", file=sys.stderr)
         managers = {kind: MAKERS[kind](url)[0] for kind, url in urls.items()}
-        managers["ours, pool_pre_ping=True"] = ours(our_url, pool_pre_ping=True)[0]
         single = best_rates(managers, args.seconds, args.repeat)
         mine, theirs = single["ours"], single["pharox"]
         report("cycles/s, 1 process", mine, theirs, f"{mine / theirs:.1f}x")
-        pinging = single["ours, pool_pre_ping=True"]
-        report(
-            "cycles/s, 1 process, ours with pool_pre_ping=True",
-            pinging,
-            "-",
-            f"{pinging / theirs:.1f}x",
-        )
 
         for processes in (1, 2, 8):
             print(f"{processes} processes ...", file=sys.stderr)

@@ -20,7 +20,8 @@ from functools import cache
 from uuid import uuid4
 
 import pytest
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
 
 from async_path import AsyncPath
 from scrapy_pharox import InMemoryStorage, IStorage, ProxyManager, open_storage
@@ -33,6 +34,17 @@ StorageFactory = Callable[[pytest.FixtureRequest], AbstractContextManager[IStora
 def database_url() -> str:
     """The PostgreSQL server the tests use."""
     return os.environ.get("PHAROX_TEST_DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+@contextmanager
+def sql_engine(url: str) -> Iterator[Engine]:
+    """A SQLAlchemy engine on a storage's database, for a test to read or change
+    its tables behind the storage's back."""
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def libpq_url(url: str) -> str:

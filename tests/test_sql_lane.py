@@ -24,8 +24,7 @@ from scrapy_pharox import (
     bootstrap_pool,
     bootstrap_proxy,
 )
-from scrapy_pharox.storage.sql_clauses import Prepared
-from scrapy_pharox.storage.sql_steps import Query, Steps
+from scrapy_pharox.storage.sql_query import Prepared, Query, Steps
 from wire_support import WireTrace
 
 pytestmark = pytest.mark.postgres
@@ -82,7 +81,7 @@ def test_coroutines_sharing_three_exclusive_proxies_never_hold_one_together(
 def manager_with_wire(storage: SqlStorage) -> tuple[ProxyManager, list[Any]]:
     """A manager, and the lease lane's connections as they open (for WireTrace)."""
     opened: list[Any] = []
-    storage.lease_connection_hooks.append(opened.append)
+    storage.connection_hooks.append(opened.append)
     return ProxyManager(storage), opened
 
 
@@ -151,7 +150,7 @@ def test_a_lease_released_twice_in_one_round_is_released_once(
 def test_a_failing_statement_fails_only_the_coroutine_that_sent_it(
     storage: SqlStorage,
 ) -> None:
-    lane = storage._lane
+    lane = storage._executor
     assert lane is not None
     failing = Prepared(select(literal_column("1 / 0").label("value")))
     fine = Prepared(select(literal_column("7").label("value")))
@@ -178,7 +177,7 @@ def test_a_failing_statement_fails_only_the_coroutine_that_sent_it(
 def test_coroutines_waiting_on_a_cancelled_round_are_cancelled_not_left_waiting(
     storage: SqlStorage,
 ) -> None:
-    lane = storage._lane
+    lane = storage._executor
     assert lane is not None
     sleeping = Prepared(select(literal_column("pg_sleep(5)").label("value")))
 

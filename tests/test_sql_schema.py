@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from conftest import process_context
+from conftest import process_context, sql_engine
 from sqlalchemy import select, update
 
 from scrapy_pharox import (
@@ -34,8 +34,8 @@ VERSION_2_PROXY_COLUMNS = [
 ]
 
 
-def stored_versions(storage: SqlStorage) -> list[int]:
-    with storage.engine.connect() as conn:
+def stored_versions(url: str) -> list[int]:
+    with sql_engine(url) as engine, engine.connect() as conn:
         return list(conn.execute(select(schema_version_table.c.version)).scalars())
 
 
@@ -59,7 +59,7 @@ def test_creating_the_schema_again_keeps_the_data_and_one_version_row(
         storage.create_schema()
         storage.create_schema()
         assert [pool.name for pool in storage.list_pools()] == ["pool"]
-        assert stored_versions(storage) == [SCHEMA_VERSION]
+        assert stored_versions(sql_url) == [SCHEMA_VERSION]
     finally:
         storage.close()
 
@@ -87,7 +87,7 @@ def test_many_processes_can_create_the_schema_at_the_same_moment(
     assert open_from_processes_at_once(sql_url, tmp_path, 6) == ["ok"] * 6
     storage = SqlStorage(sql_url)
     try:
-        assert stored_versions(storage) == [SCHEMA_VERSION]
+        assert stored_versions(sql_url) == [SCHEMA_VERSION]
     finally:
         storage.close()
 
@@ -103,7 +103,7 @@ def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
     assert isinstance(storage, SqlStorage)
     try:
         bootstrap_pool(storage, name="pool")
-        with storage.engine.begin() as conn:
+        with sql_engine(sql_url) as engine, engine.begin() as conn:
             conn.execute(update(schema_version_table).values(version=version))
         with pytest.raises(
             StorageError,
@@ -111,7 +111,7 @@ def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
             f"{advice}",
         ):
             open_storage(sql_url)
-        assert stored_versions(storage) == [version]
+        assert stored_versions(sql_url) == [version]
         assert [pool.name for pool in storage.list_pools()] == ["pool"]
     finally:
         storage.close()

@@ -19,7 +19,7 @@ import pytest
 
 from scrapy_pharox.models import LeaseOutcome, SelectorStrategy
 from scrapy_pharox.storage import sql_expiry, sql_leasing, sql_outcomes
-from scrapy_pharox.storage.sql_clauses import Prepared
+from scrapy_pharox.storage.sql_query import Prepared
 
 STATEMENTS_DIR = (
     Path(__file__).resolve().parent.parent / "scrapy_pharox" / "storage" / "statements"

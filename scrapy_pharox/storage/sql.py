@@ -2,27 +2,25 @@
 
 ``SqlStorage(url)`` is the adapter of the URL's dialect: ``PostgresStorage``
 (``postgresql``) or ``SqliteStorage`` (``sqlite``). This base holds what both
-share: the engine, the schema, the administration and reads, and ``_run``, which
-drives a step on a connection, tries it again after a dropped connection and
-translates driver errors into StorageError. Each dialect module writes the
-leasing operations as its own statements: PostgreSQL one autocommitted statement
-each, SQLite its steps in one ``BEGIN IMMEDIATE`` transaction. An acquire
-carries its lease id, and a retry first looks for that lease, so a lost reply
-never leaks a slot.
+share: the schema, the administration and reads. Every operation is written as
+its steps (``sql_query.Steps``) and run by the one executor (``sql_executor``),
+which retries, recovers lost replies and translates driver errors into
+StorageError, over the dialect's driver. Each dialect module writes the leasing
+operations as its own statements: PostgreSQL one autocommitted statement each,
+SQLite its steps in one ``BEGIN IMMEDIATE`` transaction. An acquire carries its
+lease id, and a retry first looks for that lease, so a lost reply never leaks a
+slot. SQLAlchemy builds and compiles the statements; it runs none of them.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
-from sqlalchemy import Connection, create_engine, select
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import ArgumentError
 
 from ..exceptions import (
     PoolNotFoundError,
@@ -32,7 +30,6 @@ from ..exceptions import (
 )
 from ..models import (
     DomainCooldown,
-    Lease,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
@@ -42,31 +39,30 @@ from ..models import (
 )
 from . import sql_admin as admin
 from . import sql_errors
-from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import IStorage, check_lease_seconds
-from .sql_rows import lease_from_row, pool_from_row, proxy_from_row, proxy_values
+from .sql_executor import Driver, Executor, Pipeliner
+from .sql_query import ALL, FIRST, Query, Steps, prepared
+from .sql_rows import pool_from_row, proxy_from_row, proxy_values, utc
 from .sql_schema import create_schema, pool_table, proxy_table
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 
 class SqlStorage(IStorage):
-    """An IStorage in PostgreSQL or SQLite through SQLAlchemy 2 Core.
+    """An IStorage in PostgreSQL or SQLite; see the module's docstring.
 
     ``url`` is ``postgresql+psycopg://user:password@host:port/db`` or
-    ``sqlite:///path/to/file.db``; ``engine_kwargs`` go to ``create_engine``
-    (``hide_parameters=True`` unless given). A step that fails on a dropped
-    connection or a restarting server is tried again for up to ``retry_seconds``.
-    ``ping_after_idle_seconds`` is PostgreSQL's (``PostgresStorage``). Call
-    ``create_schema()`` once before use (``open_storage`` does).
+    ``sqlite:///path/to/file.db``; ``connect_args`` go to the driver's connect
+    (``psycopg.connect``, ``sqlite3.connect``). An operation that fails on a
+    dropped connection, a restarting server or a busy database is tried again
+    for up to ``retry_seconds``. Call ``create_schema()`` once before use
+    (``open_storage`` does).
     """
 
-    #: The dialect's name, as SQLAlchemy spells it.
-    dialect_name: ClassVar[str]
+    #: The dialect statements are compiled for.
+    dialect: ClassVar[Dialect]
 
     def __new__(cls, url: str | URL, **options: Any) -> SqlStorage:
         if cls is SqlStorage:
@@ -78,55 +74,32 @@ class SqlStorage(IStorage):
         url: str | URL,
         *,
         retry_seconds: float = 10.0,
-        ping_after_idle_seconds: float | None = 1.0,
-        **engine_kwargs: Any,
+        connect_args: Mapping[str, Any] | None = None,
     ) -> None:
         self._url = _sql_url(url)
         self._shown_url = self._url.render_as_string(hide_password=True)
-        self._retry_seconds = retry_seconds
         self._consumer_ids: dict[str, UUID] = {}
-        self._serial: AbstractContextManager[Any] = nullcontext()
-        options: dict[str, Any] = {"hide_parameters": True, **engine_kwargs}
-        connect_args = dict(options.pop("connect_args", {}))
-        self._configure(options, connect_args)
-        try:
-            self._engine: Engine = create_engine(
-                self._url, connect_args=connect_args, **options
-            )
-        except (ArgumentError, ImportError, TypeError) as exc:
-            raise StorageError(
-                f"cannot set up the storage at {self._shown_url}: {exc}"
-            ) from exc
-        self._engine_ready(connect_args, options, ping_after_idle_seconds)
+        #: Called with every connection the storage opens (psycopg's or
+        #: sqlite3's), for tracing or settings of the session.
+        self.connection_hooks: list[Callable[[Any], None]] = []
+        self._executor = Executor(
+            self._driver(dict(connect_args or {})),
+            shown_url=self._shown_url,
+            describe=self._storage_error,
+            retry_seconds=retry_seconds,
+            pipeliner=self._pipeliner(),
+        )
 
-    def _configure(self, options: dict[str, Any], connect_args: dict[str, Any]) -> None:
-        """The dialect's engine options and connect arguments, set in place."""
+    def _driver(self, connect_args: dict[str, Any]) -> Driver:
+        """The dialect's blocking driver."""
+        raise NotImplementedError
 
-    def _engine_ready(
-        self,
-        connect_args: dict[str, Any],
-        options: dict[str, Any],
-        ping_after_idle_seconds: float | None,
-    ) -> None:
-        """What the dialect sets up once the engine exists."""
-
-    @property
-    def lease_connection_hooks(self) -> list[Callable[[Any], None]]:
-        """Called with each psycopg connection the PostgreSQL acquire and release
-        open (they bypass the engine); empty on SQLite, which has none."""
-        return []
+    def _pipeliner(self) -> Pipeliner | None:
+        """The dialect's runner on the event loop, if it has one."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._shown_url!r})"
-
-    @property
-    def engine(self) -> Engine:
-        """The SQLAlchemy engine (autocommit on PostgreSQL), for event listeners.
-
-        On PostgreSQL, acquire and release do not use it: see
-        ``lease_connection_hooks``.
-        """
-        return self._engine
 
     def create_schema(self) -> None:
         """Create the tables if missing and check the schema version (idempotent).
@@ -135,30 +108,35 @@ class SqlStorage(IStorage):
         schema version raises StorageError and is left untouched; so does an
         unreachable one, naming its host (password masked).
         """
-        self._run(
+        self._executor.run(
             "creating the schema",
-            lambda conn, _: create_schema(conn, self._shown_url),
-            transaction=True,
+            lambda _: create_schema(self.dialect, self._shown_url),
+            atomic=True,
             retry=False,
         )
 
     def close(self) -> None:
-        self._engine.dispose()
+        self._executor.close()
 
     # -- administration -------------------------------------------------------
 
     def add_pool(self, pool: ProxyPool) -> ProxyPool:
-        def work(conn: Connection, _: bool) -> ProxyPool:
-            conn.execute(
-                admin.insert_ignoring_conflicts(self.dialect_name, pool_table),
-                {"id": pool.id, "name": pool.name, "description": pool.description},
+        def steps(_: bool) -> Steps[ProxyPool]:
+            yield self._query(
+                admin.insert_ignoring_conflicts(self.dialect.name, pool_table),
+                {
+                    "id": pool.id,
+                    "name": pool.name,
+                    "description": pool.description,
+                    "round_robin_cursor": None,
+                },
             )
-            row = conn.execute(admin.pool_named(), {"pool_name": pool.name}).first()
+            row = yield self._query(admin.pool_named(), {"pool_name": pool.name})
             if row is None:
                 raise StorageError(f"pool id {pool.id} belongs to another pool")
             return pool_from_row(row)
 
-        return self._run("adding a pool", work, transaction=True)
+        return self._executor.run("adding a pool", steps, atomic=True)
 
     def add_proxy(self, proxy: Proxy) -> Proxy:
         key = {
@@ -170,63 +148,58 @@ class SqlStorage(IStorage):
             "username_key": proxy.credentials.user if proxy.credentials else "",
         }
 
-        def work(conn: Connection, _: bool) -> Proxy:
-            same = conn.execute(admin.same_proxy(), key).first()
+        def steps(_: bool) -> Steps[Proxy]:
+            same = yield self._query(admin.same_proxy(), key)
             if same is not None:
                 return proxy_from_row(same)
-            if not conn.execute(admin.pool_exists(), key).scalar():
+            if not (yield self._query(admin.pool_exists(), key))[0]:
                 raise PoolNotFoundError(f"no pool with id {proxy.pool_id}")
-            conn.execute(
-                admin.insert_ignoring_conflicts(self.dialect_name, proxy_table),
+            yield self._query(
+                admin.insert_ignoring_conflicts(self.dialect.name, proxy_table),
                 proxy_values(proxy),
             )
-            return proxy_from_row(conn.execute(admin.same_proxy(), key).one())
+            return proxy_from_row((yield self._query(admin.same_proxy(), key)))
 
-        return self._run("adding a proxy", work, transaction=True)
+        return self._executor.run("adding a proxy", steps, atomic=True)
 
     def list_pools(self) -> list[ProxyPool]:
-        return self._run(
-            "listing pools",
-            lambda conn, _: [
-                pool_from_row(row) for row in conn.execute(admin.all_pools())
-            ],
-            read_only=True,
-        )
+        def steps(_: bool) -> Steps[list[ProxyPool]]:
+            rows = yield self._query(admin.all_pools(), {}, rows=ALL)
+            return [pool_from_row(row) for row in rows]
+
+        return self._executor.run("listing pools", steps, read_only=True)
 
     def list_proxies(self, pool_name: str) -> list[Proxy]:
-        return self._run(
-            "listing proxies",
-            lambda conn, _: [
-                proxy_from_row(row)
-                for row in conn.execute(
-                    admin.proxies_of_pool(), {"pool_name": pool_name}
-                )
-            ],
-            read_only=True,
-        )
+        def steps(_: bool) -> Steps[list[Proxy]]:
+            rows = yield self._query(
+                admin.proxies_of_pool(), {"pool_name": pool_name}, rows=ALL
+            )
+            return [proxy_from_row(row) for row in rows]
+
+        return self._executor.run("listing proxies", steps, read_only=True)
 
     def ensure_consumer(self, consumer_name: str) -> UUID:
         known = self._consumer_ids.get(consumer_name)
         if known is not None:
             return known
-        consumer_id: UUID = self._run(
-            "registering a consumer",
-            lambda conn, _: conn.execute(
-                admin.upsert_consumer(self.dialect_name),
+
+        def steps(_: bool) -> Steps[UUID]:
+            row = yield self._query(
+                admin.upsert_consumer(self.dialect.name),
                 {"id": uuid4(), "name": consumer_name},
-            ).scalar_one(),
-        )
+            )
+            consumer_id: UUID = row.id
+            return consumer_id
+
+        consumer_id = self._executor.run("registering a consumer", steps)
         self._consumer_ids[consumer_name] = consumer_id
         return consumer_id
 
     def get_pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
-        row = self._run(
-            "reading pool stats",
-            lambda conn, _: conn.execute(
-                admin.pool_stats(), {"pool_name": pool_name}
-            ).first(),
-            read_only=True,
-        )
+        def steps(_: bool) -> Steps[Any]:
+            return (yield self._query(admin.pool_stats(), {"pool_name": pool_name}))
+
+        row = self._executor.run("reading pool stats", steps, read_only=True)
         if row is None:
             return None
         return PoolStatsSnapshot(pool_name=pool_name, **row._asdict())
@@ -241,31 +214,39 @@ class SqlStorage(IStorage):
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         statement = leasing.find_proxy(strategy, filters, domain is not None)
         params = {"pool_name": pool_name, "target_domain": domain}
-        row = self._run(
-            "finding a proxy",
-            lambda conn, _: conn.execute(statement, params).first(),
-            read_only=True,
-        )
+
+        def steps(_: bool) -> Steps[Any]:
+            return (yield self._query(statement, params))
+
+        row = self._executor.run("finding a proxy", steps, read_only=True)
         return proxy_from_row(row) if row is not None else None
 
     def list_domain_cooldowns(self, pool_name: str) -> list[DomainCooldown]:
-        return self._run(
-            "listing domain cooldowns",
-            lambda conn, _: [
+        def steps(_: bool) -> Steps[list[DomainCooldown]]:
+            rows = yield self._query(
+                outcomes.domain_cooldowns_of_pool(), {"pool_name": pool_name}, rows=ALL
+            )
+            return [
                 DomainCooldown.model_construct(
                     proxy_id=row.proxy_id,
                     domain=row.domain,
                     consecutive_bans=row.consecutive_bans,
-                    cooldown_until=row.cooldown_until,
+                    cooldown_until=None
+                    if row.cooldown_until is None
+                    else utc(row.cooldown_until),
                 )
-                for row in conn.execute(
-                    outcomes.domain_cooldowns_of_pool(), {"pool_name": pool_name}
-                )
-            ],
-            read_only=True,
-        )
+                for row in rows
+            ]
+
+        return self._executor.run("listing domain cooldowns", steps, read_only=True)
 
     # -- internals ----------------------------------------------------------------
+
+    def _query(
+        self, statement: Any, values: Mapping[str, Any], *, rows: bool = FIRST
+    ) -> Query:
+        """A query of ``statement`` compiled for this dialect (once)."""
+        return Query(prepared(statement, self.dialect), values, rows=rows)
 
     def _lease_parameters(
         self, proxy: Proxy, consumer_name: str, duration_seconds: float
@@ -280,59 +261,10 @@ class SqlStorage(IStorage):
             "seconds": seconds,
         }
 
-    def _lease_by_id(self, conn: Connection, params: dict[str, Any]) -> Lease | None:
-        """The lease an earlier try of this call took, when its reply was lost."""
-        row = conn.execute(expiry.lease_with_proxy(), params).first()
-        if row is None:
-            return None
-        logger.warning(
-            "lease %s was taken by a try whose reply was lost; returning it",
-            params["lease_id"],
-        )
-        pool_name = (
-            params.get("pool_name")
-            or conn.execute(
-                select(pool_table.c.name).where(pool_table.c.id == row.pool_id)
-            ).scalar_one()
-        )
-        return lease_from_row(row, params, pool_name)
-
-    def _run(
-        self,
-        action: str,
-        work: Callable[[Connection, bool], T],
-        *,
-        transaction: bool = False,
-        read_only: bool = False,
-        retry: bool = True,
-    ) -> T:
-        """Run ``work`` on a connection, again on a transient failure, translated.
-
-        ``work`` gets ``retrying=True`` on every try after the first.
-        """
-        tries = sql_errors.Retry(self._retry_seconds)
-        while True:
-            try:
-                with self._serial, self._connection(transaction, read_only) as conn:
-                    return work(conn, tries.retrying)
-            except DBAPIError as exc:
-                if not (retry and self._transient(exc) and tries.allowed()):
-                    raise self._storage_error(action, exc) from exc
-                logger.warning(
-                    "%s on %s failed (%s); trying again",
-                    action,
-                    self._shown_url,
-                    sql_errors.reason(exc.orig),
-                )
-            except SQLAlchemyError as exc:
-                raise self._storage_error(action, exc) from exc
-            time.sleep(tries.next_delay())
-
     def _storage_error(self, action: str, exc: BaseException) -> StorageError:
-        """``exc`` (SQLAlchemy's or the driver's) as a StorageError naming where."""
-        source = exc.orig if isinstance(exc, DBAPIError) else exc
-        reason = sql_errors.reason(source)
-        if sql_errors.unreachable(source):
+        """A driver's error as a StorageError naming where."""
+        reason = sql_errors.reason(exc)
+        if sql_errors.unreachable(exc):
             host = self._url.host or "localhost"
             port = self._url.port or 5432
             return StorageError(
@@ -340,16 +272,6 @@ class SqlStorage(IStorage):
                 f"while {action}: {reason}"
             )
         return StorageError(f"{action} failed on {self._shown_url}: {reason}")
-
-    def _connection(
-        self, transaction: bool, read_only: bool
-    ) -> AbstractContextManager[Connection]:
-        """A connection for one step (see each dialect)."""
-        raise NotImplementedError
-
-    def _transient(self, exc: DBAPIError) -> bool:
-        """Whether another try of the step may succeed."""
-        return bool(exc.connection_invalidated)
 
 
 # -- helpers -----------------------------------------------------------------------

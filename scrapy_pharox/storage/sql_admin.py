@@ -45,8 +45,12 @@ def _dialect_insert(dialect_name: str, table: Any) -> Any:
 
 @cache
 def insert_ignoring_conflicts(dialect_name: str, table: Any) -> Any:
-    """INSERT that does nothing when a unique key (id, name, endpoint) exists."""
-    return _dialect_insert(dialect_name, table).on_conflict_do_nothing()
+    """INSERT of a row (a parameter per column, named as it) that does nothing
+    when a unique key (id, name, endpoint) exists."""
+    values = {
+        column.name: bindparam(column.name, type_=column.type) for column in table.c
+    }
+    return _dialect_insert(dialect_name, table).values(values).on_conflict_do_nothing()
 
 
 @cache
@@ -56,7 +60,9 @@ def upsert_consumer(dialect_name: str) -> Any:
     DO UPDATE rather than DO NOTHING so the row comes back when it exists, even
     when another transaction inserted it a moment ago.
     """
-    upsert = _dialect_insert(dialect_name, consumer_table)
+    upsert = _dialect_insert(dialect_name, consumer_table).values(
+        id=bindparam("id", type_=consumer_table.c.id.type), name=bindparam("name")
+    )
     return upsert.on_conflict_do_update(
         index_elements=[consumer_table.c.name],
         set_={"name": upsert.excluded.name},

@@ -2,12 +2,12 @@
 
 PostgreSQL and SQLite compile the same clauses, so both pick the same proxies.
 Time is the database's: ``DbNow()``. Statements are built once and cached
-(``Prepared`` compiles a PostgreSQL one for the lease lane).
+(``sql_query.Prepared`` compiles PostgreSQL's hot ones).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from functools import cache, lru_cache
@@ -32,7 +32,6 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnClause
@@ -40,6 +39,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from ..exceptions import InvalidArgumentError
 from ..models import EARTH_RADIUS_KM, ProxyFilters, SelectorStrategy
+from .sql_query import Prepared
 from .sql_schema import (
     UtcDateTime,
     domain_cooldown_table,
@@ -68,41 +68,6 @@ _SQLITE_NOW_US = (
 
 
 S = TypeVar("S")
-
-# psycopg caches the parsing of queries up to this length only
-# (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH).
-PSYCOPG_CACHED_QUERY_BYTES = 4096
-
-# The dialect PostgreSQL statements are compiled for, once.
-_PSYCOPG = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
-
-
-class Prepared:
-    """A PostgreSQL statement compiled once, run as driver SQL.
-
-    SQLAlchemy computes a cache key on every execution of a statement object,
-    and for the acquire CTE that costs more than the round trip; compiled SQL
-    skips it. The statements bind only types psycopg adapts itself (str, int,
-    float, UUID), and rows come back as psycopg builds them. Keep each under
-    ``PSYCOPG_CACHED_QUERY_BYTES``: psycopg parses a longer query again on every
-    run, which costs about as much as the round trip.
-    """
-
-    def __init__(self, statement: Select[Any]) -> None:
-        self._compiled = statement.compile(dialect=_PSYCOPG)
-        if self._compiled._bind_processors:
-            raise TypeError("a prepared statement must bind only native types")
-        self.sql = self._compiled.string
-        # The values bound in when it was built (literals); the rest come per run.
-        self._literals = {
-            name: value
-            for name, value in self._compiled.construct_params(_check=False).items()
-            if value is not None
-        }
-
-    def parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The statement's parameters: ``values`` and its bound literals."""
-        return {**values, **self._literals}
 
 
 def _prepared(build: Callable[[], Select[Any]]) -> Callable[[], Prepared]:

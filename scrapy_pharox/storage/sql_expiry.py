@@ -3,6 +3,7 @@ statement beside SQLite's step), and the lease a lost reply hid."""
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
@@ -14,8 +15,10 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import ReturningDelete
 
+from ..models import Lease
 from .sql_clauses import (
     DbNow,
     _prepared,
@@ -23,10 +26,15 @@ from .sql_clauses import (
     proxy,
 )
 from .sql_leasing import locked, logged_leases
+from .sql_query import Query, Steps, prepared
+from .sql_rows import lease_from_row
 from .sql_schema import (
     lease_table,
+    pool_table,
     proxy_table,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @_prepared
@@ -85,9 +93,32 @@ def remove_expired_leases() -> ReturningDelete[Any]:
 
 @cache
 def lease_with_proxy() -> Select[Any]:
-    """The active lease ``lease_id`` with its proxy row, shaped like an acquire."""
+    """The active lease ``lease_id`` with its proxy row, shaped like an acquire,
+    and its pool's name."""
     return (
-        select(*proxy_table.c, lease.acquired_at, lease.expires_at)
+        select(
+            *proxy_table.c,
+            lease.acquired_at,
+            lease.expires_at,
+            pool_table.c.name.label("pool_name"),
+        )
         .join_from(lease_table, proxy_table, lease.proxy_id == proxy.id)
+        .join(pool_table, pool_table.c.id == lease.pool_id)
         .where(lease.id == bindparam("lease_id"))
     )
+
+
+def taken_before(dialect: Dialect, params: dict[str, Any]) -> Steps[Lease | None]:
+    """The lease ``lease_id`` that a try whose reply was lost took, or None.
+
+    An acquire carries its lease id, so its retry looks for it first: a reply
+    lost on the wire never leaks a slot.
+    """
+    row = yield Query(prepared(lease_with_proxy(), dialect), params)
+    if row is None:
+        return None
+    logger.warning(
+        "lease %s was taken by a try whose reply was lost; returning it",
+        params["lease_id"],
+    )
+    return lease_from_row(row, params, row.pool_name)

@@ -38,7 +38,6 @@ from .sql_clauses import (
     ACTIVE,
     DbNow,
     DbNowPlus,
-    Prepared,
     _cached_per_filters,
     _prepared,
     domain_cooldowns_now,
@@ -52,6 +51,7 @@ from .sql_clauses import (
     proxy,
     selector_order,
 )
+from .sql_query import Prepared
 from .sql_schema import (
     lease_history_table,
     lease_table,
@@ -248,11 +248,17 @@ def insert_lease() -> Insert:
     return (
         insert(lease_table)
         .values(
+            **_bound(lease_table, "id", "proxy_id", "pool_id", "consumer_id"),
             acquired_at=DbNow(),
             expires_at=DbNowPlus(bindparam("seconds", type_=Double())),
         )
         .returning(lease.acquired_at, lease.expires_at)
     )
+
+
+def _bound(table: Any, *names: str) -> dict[str, Any]:
+    """A parameter per column ``names`` of ``table``, named and typed as it."""
+    return {name: bindparam(name, type_=table.c[name].type) for name in names}
 
 
 @cache
@@ -377,4 +383,8 @@ def give_back_slots() -> Update:
 @cache
 def log_leases(outcome: str) -> Insert:
     """History rows (parameters: the lease columns), ended now with ``outcome``."""
-    return insert(lease_history_table).values(released_at=DbNow(), outcome=outcome)
+    return insert(lease_history_table).values(
+        **_bound(lease_history_table, *_LEASE_COLUMNS),
+        released_at=DbNow(),
+        outcome=outcome,
+    )

@@ -45,12 +45,12 @@ from ..models import LATENCY_SMOOTHING, LeaseOutcome, SelectorStrategy
 from .sql_clauses import (
     DbNow,
     DbNowPlus,
-    Prepared,
     domain_parameter,
     pool_id_named,
     selector_order,
 )
 from .sql_leasing import logged_leases, removed_lease
+from .sql_query import Prepared
 from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
 proxy, lease = proxy_table.c, lease_table.c

@@ -1,4 +1,4 @@
-"""Rounds: the lease lane's statements of many coroutines, one pipeline each.
+"""Rounds: the PostgreSQL statements of many coroutines, one pipeline each.
 
 See ``Pipeliner``. The connection is one psycopg ``AsyncConnection`` on the
 running loop; a round is one ``AsyncConnection.pipeline()`` block.
@@ -14,7 +14,9 @@ import psycopg
 
 from ..models import Lease
 from . import sql_leasing as leasing
-from .sql_steps import Query, Steps, connection_lost, named_row, release_steps, usable
+from .sql_psycopg import connection_lost, usable
+from .sql_query import Query, Steps
+from .sql_steps import release_steps
 
 T = TypeVar("T")
 
@@ -145,7 +147,7 @@ class Pipeliner:
         for index, pending in enumerate(alone):
             try:
                 cursor = await conn.execute(pending.query.sql, pending.query.params)
-                row = named_row(pending.query, cursor, await cursor.fetchone())
+                row = pending.query.result(cursor, await cursor.fetchone())
             except psycopg.Error as exc:
                 if connection_lost(conn):
                     self.close()
@@ -180,9 +182,8 @@ class Pipeliner:
             if isinstance(cursor, psycopg.Error):
                 sent.append((pending, cursor))
             else:
-                sent.append(
-                    (pending, named_row(pending.query, cursor, await cursor.fetchone()))
-                )
+                row = pending.query.result(cursor, await cursor.fetchone())
+                sent.append((pending, row))
         return sent
 
     def _advance(

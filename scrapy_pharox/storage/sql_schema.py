@@ -29,14 +29,15 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
-    inspect,
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ..exceptions import StorageError
+from .sql_query import Prepared, Query, Steps
 
 SCHEMA_VERSION = 2
 
@@ -222,22 +223,17 @@ lease_history_table = Table(
 )
 
 
-def create_schema(connection: Connection, shown_url: str) -> None:
-    """Create the tables once and record the version, inside the caller's transaction.
+def create_schema(dialect: Dialect, shown_url: str) -> Steps[None]:
+    """Create the tables once and record the version, in the caller's transaction.
 
     Safe from many processes at once: PostgreSQL takes a transaction-scoped
     advisory lock per schema first, SQLite runs in an immediate transaction. An
     existing schema of another version is left untouched and raises
     StorageError.
     """
-    if connection.dialect.name == "postgresql":
-        connection.execute(
-            text(
-                "SELECT pg_advisory_xact_lock("
-                "hashtext('scrapy_pharox.schema:' || current_schema()))"
-            )
-        )
-    found = _stored_version(connection)
+    if dialect.name == "postgresql":
+        yield _query(_SCHEMA_LOCK, dialect)
+    found = yield from _stored_version(dialect)
     if found is not None and found != SCHEMA_VERSION:
         advice = (
             "upgrade scrapy-pharox, or point it at another database (or schema)"
@@ -250,16 +246,41 @@ def create_schema(connection: Connection, shown_url: str) -> None:
             f"{advice}"
         )
     if found is None:
-        metadata.create_all(connection)
-        connection.execute(
-            schema_version_table.insert().values(id=1, version=SCHEMA_VERSION)
+        for table in metadata.sorted_tables:
+            yield _query(CreateTable(table), dialect)
+            for index in sorted(table.indexes, key=lambda index: str(index.name)):
+                yield _query(CreateIndex(index), dialect)
+        yield _query(
+            schema_version_table.insert().values(id=1, version=SCHEMA_VERSION),
+            dialect,
         )
 
 
-def _stored_version(connection: Connection) -> int | None:
-    if not inspect(connection).has_table(schema_version_table.name):
+_SCHEMA_LOCK = text(
+    "SELECT pg_advisory_xact_lock("
+    "hashtext('scrapy_pharox.schema:' || current_schema()))"
+)
+
+# Whether the version table exists where the connection looks for tables.
+_VERSION_TABLE_EXISTS = {
+    "postgresql": text("SELECT to_regclass('pharox_schema_version') IS NOT NULL"),
+    "sqlite": text(
+        "SELECT count(*) > 0 FROM sqlite_master"
+        " WHERE type = 'table' AND name = 'pharox_schema_version'"
+    ),
+}
+
+
+def _stored_version(dialect: Dialect) -> Steps[int | None]:
+    exists = yield _query(_VERSION_TABLE_EXISTS[dialect.name], dialect)
+    if not exists[0]:
         return None
-    version: int | None = connection.execute(
-        select(schema_version_table.c.version).where(schema_version_table.c.id == 1)
-    ).scalar()
-    return version
+    row = yield _query(
+        select(schema_version_table.c.version).where(schema_version_table.c.id == 1),
+        dialect,
+    )
+    return None if row is None else int(row.version)
+
+
+def _query(statement: Any, dialect: Dialect) -> Query:
+    return Query(Prepared(statement, dialect), {})
