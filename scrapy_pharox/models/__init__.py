@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from .exceptions import InvalidProxyURLError
+from ..exceptions import InvalidProxyURLError
 
 EARTH_RADIUS_KM = 6371.0088
 
