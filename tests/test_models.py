@@ -1,13 +1,26 @@
-"""The models' trusted constructors: the same models as pydantic's own."""
+"""The models' trusted constructors (the same models as pydantic's own), and their
+pickles."""
 
 from __future__ import annotations
 
+import io
+import pickle
+import re
+from datetime import timedelta
 from uuid import uuid4
 
 import pytest
 from pydantic import BaseModel
 
-from scrapy_pharox import Lease, LeaseStatus, OutcomeReport, Proxy, ProxyCredentials
+from scrapy_pharox import (
+    Lease,
+    LeaseStatus,
+    OutcomeReport,
+    Proxy,
+    ProxyCredentials,
+    ProxyProtocol,
+    models,
+)
 from scrapy_pharox.models import build_trusted, snapshot, utc_now
 
 TRUSTED_MODELS = (Lease, OutcomeReport, Proxy, ProxyCredentials)
@@ -49,3 +62,43 @@ def test_a_snapshot_does_not_follow_later_changes_of_the_original() -> None:
     proxy.current_leases = 1
     assert copy == proxy.model_copy(update={"current_leases": 0})
     assert copy.current_leases == 0
+
+
+def test_a_pickle_naming_the_classes_in_scrapy_pharox_models_still_loads() -> None:
+    # Requests queued in a JOBDIR before models.py became a package carry leases
+    # pickled as scrapy_pharox.models.Lease, .Proxy, ...: that path must resolve.
+    proxy = Proxy(
+        host="::1",
+        port=3128,
+        protocol=ProxyProtocol.SOCKS5,
+        pool_id=uuid4(),
+        credentials=ProxyCredentials(user="user", password="secret"),
+    )
+    lease = Lease(
+        proxy_id=proxy.id,
+        consumer_id=uuid4(),
+        expires_at=utc_now() + timedelta(seconds=30),
+        proxy=proxy,
+    )
+    written, renamed = re.subn(
+        rb"^(\(?c)scrapy_pharox\.models\.\w+$",
+        rb"\1scrapy_pharox.models",
+        pickle.dumps(lease, protocol=0),
+        flags=re.MULTILINE,
+    )
+    assert renamed >= 3
+    assert b"scrapy_pharox.models." not in written
+    assert pickle.loads(written) == lease
+
+
+def test_every_class_of_the_models_is_found_at_scrapy_pharox_models() -> None:
+    # What unpickling does with a class reference written before the split.
+    unpickler = pickle.Unpickler(io.BytesIO())
+    classes = [
+        value
+        for name in models.__all__
+        if isinstance(value := getattr(models, name), type)
+    ]
+    assert len(classes) == 16
+    for cls in classes:
+        assert unpickler.find_class("scrapy_pharox.models", cls.__qualname__) is cls

@@ -1,0 +1,68 @@
+"""The leasing vocabulary: pydantic models and enums, validation only, no I/O.
+
+Every name is importable from here; each lives in the module of what it is about:
+``proxy`` (a proxy, its credentials and URL), ``pools`` (pools, selectors and
+filters), ``leases`` (a lease and the callbacks' payloads), ``outcomes`` (outcome
+reports and cooldowns) and ``base`` (the clock and the trusted constructors).
+"""
+
+from __future__ import annotations
+
+from .base import Model, build_trusted, snapshot, utc_now
+from .leases import (
+    AcquireEventPayload,
+    Lease,
+    LeaseStatus,
+    PoolStatsSnapshot,
+    ReleaseEventPayload,
+)
+from .outcomes import (
+    LATENCY_SMOOTHING,
+    CooldownPolicy,
+    DomainCooldown,
+    LeaseOutcome,
+    OutcomeReport,
+)
+from .pools import (
+    EARTH_RADIUS_KM,
+    SCALAR_FILTER_FIELDS,
+    ProxyFilters,
+    ProxyPool,
+    SelectorStrategy,
+    haversine_km,
+)
+from .proxy import (
+    Proxy,
+    ProxyCredentials,
+    ProxyProtocol,
+    ProxyStatus,
+    mask_url_password,
+)
+
+__all__ = [
+    "EARTH_RADIUS_KM",
+    "LATENCY_SMOOTHING",
+    "SCALAR_FILTER_FIELDS",
+    "AcquireEventPayload",
+    "CooldownPolicy",
+    "DomainCooldown",
+    "Lease",
+    "LeaseOutcome",
+    "LeaseStatus",
+    "Model",
+    "OutcomeReport",
+    "PoolStatsSnapshot",
+    "Proxy",
+    "ProxyCredentials",
+    "ProxyFilters",
+    "ProxyPool",
+    "ProxyProtocol",
+    "ProxyStatus",
+    "ReleaseEventPayload",
+    "SelectorStrategy",
+    "build_trusted",
+    "haversine_km",
+    "mask_url_password",
+    "snapshot",
+    "utc_now",
+]

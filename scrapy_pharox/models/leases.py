@@ -1,0 +1,74 @@
+"""A lease of one proxy slot, and what the manager's acquire and release callbacks
+receive about it (with a snapshot of the pool's counts)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, Field
+
+from .base import utc_now
+from .pools import ProxyFilters, SelectorStrategy
+from .proxy import Proxy
+
+
+class LeaseStatus(str, Enum):
+    """Whether a lease still holds its proxy slot."""
+
+    ACTIVE = "active"
+    RELEASED = "released"
+
+
+class Lease(BaseModel):
+    """A time-bounded claim of one slot of one proxy by one consumer."""
+
+    id: UUID = Field(default_factory=uuid4)
+    proxy_id: UUID
+    consumer_id: UUID
+    pool_id: UUID | None = None
+    pool_name: str | None = None
+    status: LeaseStatus = LeaseStatus.ACTIVE
+    acquired_at: datetime = Field(default_factory=utc_now)
+    expires_at: datetime
+    released_at: datetime | None = None
+    proxy: Proxy | None = None
+
+
+class PoolStatsSnapshot(BaseModel):
+    """Counts of one pool at one moment."""
+
+    pool_name: str
+    total_proxies: int = Field(default=0, ge=0)
+    active_proxies: int = Field(default=0, ge=0)
+    available_proxies: int = Field(default=0, ge=0)
+    leased_proxies: int = Field(default=0, ge=0)
+    total_leases: int = Field(default=0, ge=0)
+    cooling_proxies: int = Field(default=0, ge=0)
+    banned_proxies: int = Field(default=0, ge=0)
+    collected_at: datetime = Field(default_factory=utc_now)
+
+
+class AcquireEventPayload(BaseModel):
+    """What an acquire callback receives after each attempt, hit or miss."""
+
+    lease: Lease | None
+    pool_name: str
+    consumer_name: str
+    filters: ProxyFilters | None = None
+    selector: SelectorStrategy = SelectorStrategy.FIRST_AVAILABLE
+    started_at: datetime
+    completed_at: datetime
+    duration_ms: int = Field(ge=0)
+    pool_stats: PoolStatsSnapshot | None = None
+
+
+class ReleaseEventPayload(BaseModel):
+    """What a release callback receives after a lease was given back."""
+
+    lease: Lease
+    pool_name: str | None = None
+    released_at: datetime = Field(default_factory=utc_now)
+    lease_duration_ms: int | None = Field(default=None, ge=0)
+    pool_stats: PoolStatsSnapshot | None = None
