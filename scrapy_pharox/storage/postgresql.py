@@ -11,6 +11,7 @@ trips with other coroutines' (``sql_rounds``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -80,14 +81,12 @@ class PostgresStorage(SqlStorage):
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
     ) -> Lease | None:
-        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         check_lease_seconds(duration_seconds)
         consumer_id = self.ensure_consumer(consumer_name)
-        params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
-        statement = leasing.pg_acquire(strategy, filters, domain is not None)
-        return self._executor.run(
-            "acquiring a proxy", lambda again: acquire_steps(statement, params, again)
+        steps = _acquire(
+            pool_name, consumer_id, duration_seconds, filters, selector, domain
         )
+        return self._executor.run("acquiring a proxy", steps)
 
     async def acquire_async(
         self,
@@ -102,12 +101,10 @@ class PostgresStorage(SqlStorage):
         consumer_id = self._consumer_ids.get(consumer_name)
         if consumer_id is None:  # once per consumer name
             consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
-        strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-        params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
-        statement = leasing.pg_acquire(strategy, filters, domain is not None)
-        return await self._executor.run_async(
-            "acquiring a proxy", lambda again: acquire_steps(statement, params, again)
+        steps = _acquire(
+            pool_name, consumer_id, duration_seconds, filters, selector, domain
         )
+        return await self._executor.run_async("acquiring a proxy", steps)
 
     def create_lease(
         self, proxy: Proxy, consumer_name: str, duration_seconds: float
@@ -178,6 +175,21 @@ class PostgresStorage(SqlStorage):
             return proxy_from_row(row)
 
         return self._executor.run("setting a proxy's status", steps)
+
+
+def _acquire(
+    pool_name: str,
+    consumer_id: UUID,
+    duration_seconds: float,
+    filters: ProxyFilters | None,
+    selector: SelectorStrategy | None,
+    domain: str | None,
+) -> Callable[[bool], Steps[Lease | None]]:
+    """An acquire's steps, given whether they are a retry."""
+    strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
+    params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
+    statement = leasing.pg_acquire(strategy, filters, domain is not None)
+    return lambda retrying: acquire_steps(statement, params, retrying)
 
 
 def _release_statement(report: OutcomeReport | None) -> Prepared:

@@ -141,16 +141,14 @@ class Executor:
         return tries.next_delay()
 
 
-def drive_steps(
-    execute: Callable[[Any], Any], steps: Steps[T], error: type[Exception]
-) -> T:
-    """Run each query ``steps`` yields with ``execute`` and send it the result;
+def drive_steps(conn: Any, steps: Steps[T], error: type[Exception]) -> T:
+    """Run each query ``steps`` yields on ``conn`` and send the steps its result;
     a driver ``error`` is thrown into the steps instead."""
     query = next(steps)
     while True:
         try:
             try:
-                result = execute(query)
+                result = query.run(conn)
             except error as exc:
                 query = steps.throw(exc)
             else:

@@ -22,7 +22,7 @@ import psycopg
 
 from .sql_errors import transient
 from .sql_executor import drive_steps
-from .sql_query import Query, Steps
+from .sql_query import Steps
 
 T = TypeVar("T")
 
@@ -80,18 +80,10 @@ class PsycopgDriver:
         atomic: bool,
         read_only: bool,
     ) -> T:
-        def execute(query: Query) -> Any:
-            cursor = conn.execute(query.sql, query.params)
-            if cursor.description is None:
-                return None
-            return query.result(
-                cursor, cursor.fetchall() if query.rows else cursor.fetchone()
-            )
-
         if not atomic:  # one statement, atomic on its own
-            return drive_steps(execute, steps, psycopg.Error)
+            return drive_steps(conn, steps, psycopg.Error)
         with conn.transaction():
-            return drive_steps(execute, steps, psycopg.Error)
+            return drive_steps(conn, steps, psycopg.Error)
 
     def transient(self, exc: Exception) -> bool:
         return transient(exc)

@@ -148,6 +148,15 @@ class Query:
         self.order = order
         self.rows = rows
 
+    def run(self, conn: Any) -> Any:
+        """Execute on a DB-API connection (psycopg's, sqlite3's); the result."""
+        cursor = conn.execute(self.sql, self.params)
+        if cursor.description is None:  # a statement without rows
+            return None
+        return self.result(
+            cursor, cursor.fetchall() if self.rows is ALL else cursor.fetchone()
+        )
+
     def result(self, cursor: Any, fetched: Any) -> Any:
         """What the steps get: the row or rows ``fetched`` from ``cursor``."""
         if self.rows is ALL:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ..models import CooldownPolicy, haversine_km
 from .sql_executor import drive_steps
-from .sql_query import Query, Steps
+from .sql_query import Steps
 
 T = TypeVar("T")
 
@@ -74,17 +74,9 @@ class SqliteDriver:
         atomic: bool,
         read_only: bool,
     ) -> T:
-        def execute(query: Query) -> Any:
-            cursor = conn.execute(query.sql, query.params)
-            if cursor.description is None:
-                return None
-            return query.result(
-                cursor, cursor.fetchall() if query.rows else cursor.fetchone()
-            )
-
         conn.execute("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
         try:
-            result = drive_steps(execute, steps, sqlite3.Error)
+            result = drive_steps(conn, steps, sqlite3.Error)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
