@@ -174,6 +174,23 @@ class ProxyManager:
             )
         return released
 
+    def extend_lease(self, lease: Lease, duration_seconds: float) -> bool:
+        """Keep the lease ``duration_seconds`` more, from now; True when it was
+        extended (``lease.expires_at`` is then its new expiry).
+
+        False, changing nothing, when it no longer holds its slot: released,
+        reclaimed, or already past its expiry. A bad duration raises
+        InvalidLeaseError before any storage call.
+        """
+        check_lease_seconds(duration_seconds)
+        return _extended(lease, self.storage.extend_lease(lease, duration_seconds))
+
+    async def extend_lease_async(self, lease: Lease, duration_seconds: float) -> bool:
+        """``extend_lease`` for a coroutine, never blocking the running loop."""
+        check_lease_seconds(duration_seconds)
+        expires_at = await self.storage.extend_lease_async(lease, duration_seconds)
+        return _extended(lease, expires_at)
+
     @staticmethod
     def _mark(lease: Lease, released: bool) -> bool:
         """Mark the lease released (stamped when this call did it); ``released``."""
@@ -298,6 +315,13 @@ class ProxyManager:
                 callback(payload)
             except Exception:
                 logger.exception("pharox callback %r raised", callback)
+
+
+def _extended(lease: Lease, expires_at: datetime | None) -> bool:
+    if expires_at is None:
+        return False
+    lease.expires_at = expires_at
+    return True
 
 
 def _elapsed_ms(start: datetime, end: datetime) -> int:

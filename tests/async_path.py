@@ -1,9 +1,9 @@
 """A storage whose acquire and release take the async path crawls use.
 
 The contract suite calls storages synchronously; wrapped in ``AsyncPath``, a
-PostgreSQL storage answers ``acquire`` and ``release_lease`` through
-``acquire_async`` / ``release_lease_async`` on an asyncio loop of its own (the
-pipelined lane), and everything else as it is.
+PostgreSQL storage answers ``acquire``, ``release_lease`` and ``extend_lease``
+through their ``_async`` versions on an asyncio loop of its own (the pipelined
+rounds), and everything else as it is.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -56,6 +57,9 @@ class AsyncPath(IStorage):
 
     def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         return self._on_loop(self.inner.release_lease_async(lease, report))
+
+    def extend_lease(self, lease: Lease, duration_seconds: float) -> datetime | None:
+        return self._on_loop(self.inner.extend_lease_async(lease, duration_seconds))
 
     def find_available_proxy(
         self,

@@ -129,7 +129,9 @@ def test_an_exclusive_proxy_is_leased_once_until_released(
     assert manager.acquire_proxy("pool") is not None
 
 
-@pytest.mark.parametrize("seconds", [1e12, 1e300, float("inf"), float("nan")])
+@pytest.mark.parametrize(
+    "seconds", [MAX_LEASE_SECONDS + 1, 1e12, 1e300, float("inf"), float("nan")]
+)
 def test_a_lease_too_long_to_store_is_refused_before_it_takes_a_slot(
     manager: ProxyManager, storage: IStorage, seconds: float
 ) -> None:
@@ -146,9 +148,68 @@ def test_a_lease_of_the_longest_duration_is_stored_and_given_back(
 ) -> None:
     add_proxies(storage, 1, max_concurrency=1)
     lease = storage.acquire("pool", "worker", MAX_LEASE_SECONDS)
-    assert lease is not None and lease.expires_at.year >= 2126
+    week = timedelta(seconds=MAX_LEASE_SECONDS)
+    assert lease is not None and lease.expires_at - lease.acquired_at == week
     assert manager.release_proxy(lease)
     assert manager.acquire_proxy("pool") is not None
+
+
+# -- extending a lease -------------------------------------------------------------
+
+
+def test_an_extended_lease_holds_its_slot_past_its_first_expiry(
+    manager: ProxyManager, storage: IStorage, wait: Wait
+) -> None:
+    add_proxies(storage, 1, max_concurrency=1)
+    lease = manager.acquire_proxy("pool", duration_seconds=1)
+    assert lease is not None
+    first_expiry = lease.expires_at
+    assert manager.extend_lease(lease, 60)
+    assert lease.expires_at >= first_expiry + timedelta(seconds=58)
+    wait(1.5)
+    assert manager.cleanup_expired_leases() == 0
+    assert manager.acquire_proxy("pool") is None
+    assert manager.release_proxy(lease)
+    assert manager.acquire_proxy("pool") is not None
+
+
+def test_a_released_lease_is_not_extended(
+    manager: ProxyManager, storage: IStorage
+) -> None:
+    add_proxies(storage, 1, max_concurrency=1)
+    lease = manager.acquire_proxy("pool")
+    assert lease is not None and manager.release_proxy(lease)
+    expires_at = lease.expires_at
+    assert not manager.extend_lease(lease, 60)
+    assert lease.expires_at == expires_at
+    stats = storage.get_pool_stats("pool")
+    assert stats is not None and stats.total_leases == 0
+
+
+def test_a_lease_past_its_expiry_is_not_extended_and_is_reclaimed(
+    manager: ProxyManager, storage: IStorage, wait: Wait
+) -> None:
+    add_proxies(storage, 1, max_concurrency=1)
+    lease = manager.acquire_proxy("pool", duration_seconds=0.3)
+    assert lease is not None
+    wait(0.6)
+    assert not manager.extend_lease(lease, 60)
+    assert manager.cleanup_expired_leases() == 1
+    assert manager.acquire_proxy("pool") is not None
+
+
+@pytest.mark.parametrize("seconds", [0, -1, MAX_LEASE_SECONDS + 1, float("nan")])
+def test_an_extension_of_a_bad_duration_is_refused_before_any_change(
+    manager: ProxyManager, storage: IStorage, seconds: float
+) -> None:
+    add_proxies(storage, 1, max_concurrency=1)
+    lease = manager.acquire_proxy("pool")
+    assert lease is not None
+    with pytest.raises(InvalidLeaseError, match=re.escape(repr(seconds))):
+        storage.extend_lease(lease, seconds)
+    with pytest.raises(InvalidLeaseError, match=re.escape(repr(seconds))):
+        manager.extend_lease(lease, seconds)
+    assert manager.release_proxy(lease)
 
 
 def test_max_concurrency_bounds_the_leases_of_one_proxy(

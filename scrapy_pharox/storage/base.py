@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
 
+from ..durations import MAX_SECONDS, check_seconds
 from ..exceptions import InvalidLeaseError, ProxyUnavailableError
 from ..models import (
     DomainCooldown,
@@ -20,24 +22,14 @@ from ..models import (
     SelectorStrategy,
 )
 
-#: The longest lease a storage takes: its expiry must stay a time every adapter
-#: can store and give back (Python's datetime ends with the year 9999).
-MAX_LEASE_SECONDS = 100 * 366 * 86400
+#: The longest lease a storage takes (``durations.MAX_SECONDS``, seven days).
+MAX_LEASE_SECONDS = MAX_SECONDS
 
 
 def check_lease_seconds(duration_seconds: float) -> float:
     """The lease duration as a float; InvalidLeaseError, before any I/O, for one
     that is not a positive number of at most ``MAX_LEASE_SECONDS``."""
-    if (
-        isinstance(duration_seconds, bool)
-        or not isinstance(duration_seconds, (int, float))
-        or not 0 < duration_seconds <= MAX_LEASE_SECONDS
-    ):
-        raise InvalidLeaseError(
-            "duration_seconds must be a positive number of at most "
-            f"{MAX_LEASE_SECONDS} (100 years), got {duration_seconds!r}"
-        )
-    return float(duration_seconds)
+    return check_seconds(duration_seconds, "duration_seconds", error=InvalidLeaseError)
 
 
 # How often the composed acquire tries again when another worker took the proxy
@@ -100,6 +92,16 @@ class IStorage(ABC):
         and cooldown are those of that (proxy, domain) pair instead, and a success
         resets that pair's consecutive bans. A release that changed nothing
         records nothing.
+        """
+
+    @abstractmethod
+    def extend_lease(self, lease: Lease, duration_seconds: float) -> datetime | None:
+        """Make the lease expire ``duration_seconds`` from now (the storage's
+        clock); its new expiry, or None when it no longer holds its slot.
+
+        Fenced as a release is: a lease released, reclaimed, or past its expiry
+        is not extended (its slot may be another's by now), and changes
+        nothing. A bad duration raises InvalidLeaseError before any I/O.
         """
 
     @abstractmethod
@@ -184,8 +186,9 @@ class IStorage(ABC):
 
     @property
     def native_async(self) -> bool:
-        """True when ``acquire_async`` and ``release_lease_async`` wait on the
-        running asyncio loop itself; by default they take a worker thread."""
+        """True when ``acquire_async``, ``release_lease_async`` and
+        ``extend_lease_async`` wait on the running asyncio loop itself; by
+        default they take a worker thread."""
         return False
 
     async def acquire_async(
@@ -213,6 +216,12 @@ class IStorage(ABC):
     ) -> bool:
         """``release_lease`` for a coroutine: it never blocks the running loop."""
         return await asyncio.to_thread(self.release_lease, lease, report)
+
+    async def extend_lease_async(
+        self, lease: Lease, duration_seconds: float
+    ) -> datetime | None:
+        """``extend_lease`` for a coroutine: it never blocks the running loop."""
+        return await asyncio.to_thread(self.extend_lease, lease, duration_seconds)
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Free connections and threads the adapter holds."""

@@ -18,10 +18,8 @@ from uuid import UUID, uuid4
 
 from ..exceptions import PoolNotFoundError, ProxyNotFoundError, ProxyUnavailableError
 from ..models import (
-    LATENCY_SMOOTHING,
     DomainCooldown,
     Lease,
-    LeaseOutcome,
     LeaseStatus,
     OutcomeReport,
     PoolStatsSnapshot,
@@ -34,7 +32,7 @@ from ..models import (
     snapshot,
 )
 from .base import IStorage, check_lease_seconds
-from .memory_pool import ActiveLease, PoolIndex, Slot, order_key
+from .memory_pool import ActiveLease, PoolIndex, Slot, order_key, record_outcome
 
 
 class InMemoryStorage(IStorage):
@@ -169,6 +167,17 @@ class InMemoryStorage(IStorage):
                 self._record(active.slot, report, now)
             self._free(active, now)
             return True
+
+    def extend_lease(self, lease: Lease, duration_seconds: float) -> datetime | None:
+        check_lease_seconds(duration_seconds)
+        with self._lock:
+            active = self._active.get(lease.id.int)
+            now = self._clock()
+            if active is None or active.expires_at <= now:
+                return None
+            active.expires_at = now + duration_seconds
+            heapq.heappush(self._expiry_heap, (active.expires_at, lease.id.int))
+            return datetime.fromtimestamp(active.expires_at, timezone.utc)
 
     def cleanup_expired_leases(self) -> int:
         with self._lock:
@@ -330,52 +339,20 @@ class InMemoryStorage(IStorage):
         active.pool.push_if_free(active.slot, now)
 
     def _record(self, slot: Slot, report: OutcomeReport, now: float) -> None:
-        proxy, policy = slot.proxy, report.policy
-        if report.latency_ms is not None:
-            proxy.latency_ms = (
-                report.latency_ms
-                if proxy.latency_ms is None
-                else (1 - LATENCY_SMOOTHING) * proxy.latency_ms
-                + LATENCY_SMOOTHING * report.latency_ms
-            )
-        if report.outcome is LeaseOutcome.SUCCESS:
-            proxy.successes += 1
-            if proxy.consecutive_bans or proxy.consecutive_failures:
-                proxy.consecutive_bans = proxy.consecutive_failures = 0
-            if report.domain in slot.domain_cooldowns:
-                slot.domain_cooldowns[report.domain] = (
-                    0,
-                    slot.domain_cooldowns[report.domain][1],
-                )
-            return
-        if report.outcome is LeaseOutcome.BAN:
-            proxy.bans += 1
-            if report.domain is not None:
-                strikes = slot.domain_cooldowns.get(report.domain, (0, 0.0))[0] + 1
-                until = now + policy.seconds(strikes, report.draw)
-                slot.domain_cooldowns[report.domain] = (strikes, until)
-                return
-            proxy.consecutive_bans += 1
-            strikes = policy.strikes(LeaseOutcome.BAN, proxy.consecutive_bans)
-        else:
-            proxy.failures += 1
-            proxy.consecutive_failures += 1
-            strikes = policy.strikes(LeaseOutcome.FAILURE, proxy.consecutive_failures)
-        if strikes:
-            slot.cooldown_until = now + policy.seconds(strikes, report.draw)
-            proxy.cooldown_until = datetime.fromtimestamp(
-                slot.cooldown_until, timezone.utc
-            )
-            heapq.heappush(self._cooldown_heap, (slot.cooldown_until, proxy.id))
+        until = record_outcome(slot, report, now)
+        if until is not None:  # it rests until then: wake it then
+            heapq.heappush(self._cooldown_heap, (until, slot.proxy.id))
 
     def _reclaim_expired(self) -> float:
         """Reclaim expired leases and wake rested proxies; return now."""
         now = self._clock()
         heap = self._expiry_heap
         while heap and heap[0][0] <= now:
-            _, lease_id = heapq.heappop(heap)
-            active = self._active.pop(lease_id, None)
-            if active is not None:
+            expires_at, lease_id = heapq.heappop(heap)
+            active = self._active.get(lease_id)
+            # An extended lease left its former expiry behind: not this one.
+            if active is not None and active.expires_at == expires_at:
+                del self._active[lease_id]
                 self._free(active, now)
         # Released leases leave their expiry entry behind; drop them in bulk so
         # memory follows the active leases, not the history.

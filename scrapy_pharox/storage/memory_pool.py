@@ -1,5 +1,6 @@
 """The in-memory adapter's index of one pool: its proxies' slots, the heap of
-free proxies in FIRST_AVAILABLE order and the round-robin order by id."""
+free proxies in FIRST_AVAILABLE order and the round-robin order by id; and how
+an outcome changes a slot's proxy."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from operator import itemgetter
 from uuid import UUID
 
 from ..models import (
+    LATENCY_SMOOTHING,
+    LeaseOutcome,
+    OutcomeReport,
     Proxy,
     ProxyPool,
     ProxyStatus,
@@ -97,3 +102,44 @@ class ActiveLease:
 
 def order_key(proxy: Proxy) -> FirstAvailableKey:
     return (-proxy.checked_at.timestamp(), proxy.id.int)
+
+
+def record_outcome(slot: Slot, report: OutcomeReport, now: float) -> float | None:
+    """The outcome of a lease of ``slot``'s proxy, counted; when it starts the
+    proxy's rest, the time it ends."""
+    proxy, policy = slot.proxy, report.policy
+    if report.latency_ms is not None:
+        proxy.latency_ms = (
+            report.latency_ms
+            if proxy.latency_ms is None
+            else (1 - LATENCY_SMOOTHING) * proxy.latency_ms
+            + LATENCY_SMOOTHING * report.latency_ms
+        )
+    if report.outcome is LeaseOutcome.SUCCESS:
+        proxy.successes += 1
+        if proxy.consecutive_bans or proxy.consecutive_failures:
+            proxy.consecutive_bans = proxy.consecutive_failures = 0
+        if report.domain in slot.domain_cooldowns:
+            slot.domain_cooldowns[report.domain] = (
+                0,
+                slot.domain_cooldowns[report.domain][1],
+            )
+        return None
+    if report.outcome is LeaseOutcome.BAN:
+        proxy.bans += 1
+        if report.domain is not None:
+            strikes = slot.domain_cooldowns.get(report.domain, (0, 0.0))[0] + 1
+            until = now + policy.seconds(strikes, report.draw)
+            slot.domain_cooldowns[report.domain] = (strikes, until)
+            return None
+        proxy.consecutive_bans += 1
+        strikes = policy.strikes(LeaseOutcome.BAN, proxy.consecutive_bans)
+    else:
+        proxy.failures += 1
+        proxy.consecutive_failures += 1
+        strikes = policy.strikes(LeaseOutcome.FAILURE, proxy.consecutive_failures)
+    if not strikes:
+        return None
+    slot.cooldown_until = now + policy.seconds(strikes, report.draw)
+    proxy.cooldown_until = datetime.fromtimestamp(slot.cooldown_until, timezone.utc)
+    return slot.cooldown_until

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -40,7 +41,7 @@ from .sql_rows import (
     proxy_from_row,
     release_parameters,
 )
-from .sql_steps import acquire_steps, release_steps
+from .sql_steps import acquire_steps, extend_steps, release_steps
 
 
 class PostgresStorage(SqlStorage):
@@ -139,6 +140,17 @@ class PostgresStorage(SqlStorage):
         return await self._executor.run_async(
             "releasing a lease",
             lambda _: release_steps(statement, params, lease.proxy_id),
+        )
+
+    async def extend_lease_async(
+        self, lease: Lease, duration_seconds: float
+    ) -> datetime | None:
+        params = {
+            "lease_id": lease.id,
+            "seconds": check_lease_seconds(duration_seconds),
+        }
+        return await self._executor.run_async(
+            "extending a lease", lambda _: extend_steps(params, lease.id)
         )
 
     def cleanup_expired_leases(self) -> int:

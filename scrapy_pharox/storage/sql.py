@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -30,6 +31,7 @@ from ..exceptions import (
 )
 from ..models import (
     DomainCooldown,
+    Lease,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
@@ -39,6 +41,7 @@ from ..models import (
 )
 from . import sql_admin as admin
 from . import sql_errors
+from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import IStorage, check_lease_seconds
@@ -239,6 +242,15 @@ class SqlStorage(IStorage):
             ]
 
         return self._executor.run("listing domain cooldowns", steps, read_only=True)
+
+    def extend_lease(self, lease: Lease, duration_seconds: float) -> datetime | None:
+        params = {
+            "lease_id": lease.id,
+            "seconds": check_lease_seconds(duration_seconds),
+        }
+        return self._executor.run(
+            "extending a lease", lambda _: expiry.extend_steps(self.dialect, params)
+        )
 
     # -- internals ----------------------------------------------------------------
 

@@ -4,10 +4,12 @@ statement beside SQLite's step), and the lease a lost reply hid."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    Double,
     Select,
     bindparam,
     delete,
@@ -16,18 +18,19 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.dml import ReturningDelete
+from sqlalchemy.sql.dml import ReturningDelete, ReturningUpdate
 
 from ..models import Lease
 from .sql_clauses import (
     DbNow,
+    DbNowPlus,
     _prepared,
     lease,
     proxy,
 )
 from .sql_leasing import locked, logged_leases
 from .sql_query import Query, Steps, prepared
-from .sql_rows import lease_from_row
+from .sql_rows import lease_from_row, utc
 from .sql_schema import (
     lease_table,
     pool_table,
@@ -122,3 +125,23 @@ def taken_before(dialect: Dialect, params: dict[str, Any]) -> Steps[Lease | None
         params["lease_id"],
     )
     return lease_from_row(row, params, row.pool_name)
+
+
+@cache
+def extend_lease() -> ReturningUpdate[Any]:
+    """The lease ``lease_id``, unless past its expiry, expires ``seconds`` from
+    now; its new expiry (no row: it no longer holds its slot)."""
+    return (
+        update(lease_table)
+        .where(lease.id == bindparam("lease_id"), lease.expires_at > DbNow())
+        .values(expires_at=DbNowPlus(bindparam("seconds", type_=Double())))
+        .returning(lease.expires_at)
+    )
+
+
+def extend_steps(
+    dialect: Dialect, params: dict[str, Any], order: tuple[int, str] | None = None
+) -> Steps[datetime | None]:
+    """One extension: the lease's new expiry, or None."""
+    row = yield Query(prepared(extend_lease(), dialect), params, order)
+    return None if row is None else utc(row.expires_at)

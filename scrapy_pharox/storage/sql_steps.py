@@ -6,6 +6,7 @@ Either runner of the executor drives them: blocking on a psycopg connection
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -21,8 +22,9 @@ from .sql_rows import lease_from_row
 ACQUIRE_ROUNDS = 32
 
 
-#: Round order: releases first, by proxy id, then acquires (see ``sql_rounds``).
-_RELEASE, _ACQUIRE = 0, 1
+#: Round order: releases first, by proxy id, then acquires, then extensions by
+#: lease id (see ``sql_rounds``).
+_RELEASE, _ACQUIRE, _EXTEND = 0, 1, 2
 
 
 def acquire_steps(
@@ -69,3 +71,8 @@ def release_steps(
 
 def _taken_before(params: dict[str, Any]) -> Steps[Lease | None]:
     return taken_before(POSTGRESQL, params)
+
+
+def extend_steps(params: dict[str, Any], lease_id: UUID) -> Steps[datetime | None]:
+    """One extension (``sql_expiry.extend_steps``), in a round's order."""
+    return expiry.extend_steps(POSTGRESQL, params, (_EXTEND, str(lease_id)))
