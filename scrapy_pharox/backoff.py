@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
+from .durations import check_seconds
 from .exceptions import InvalidArgumentError
 
 P = ParamSpec("P")
@@ -35,18 +36,13 @@ class Backoff:
             raise InvalidArgumentError(f"max_attempts must be an int, got {attempts!r}")
         if attempts < 1:
             raise InvalidArgumentError(f"max_attempts must be >= 1, got {attempts}")
-        if not self.backoff_seconds >= 0:
-            raise InvalidArgumentError(
-                f"backoff_seconds must be >= 0, got {self.backoff_seconds!r}"
-            )
+        check_seconds(self.backoff_seconds, "backoff_seconds", zero=True)
         if not self.backoff_multiplier >= 1:
             raise InvalidArgumentError(
                 f"backoff_multiplier must be >= 1, got {self.backoff_multiplier!r}"
             )
-        if self.max_backoff_seconds is not None and not self.max_backoff_seconds > 0:
-            raise InvalidArgumentError(
-                f"max_backoff_seconds must be > 0, got {self.max_backoff_seconds!r}"
-            )
+        if self.max_backoff_seconds is not None:
+            check_seconds(self.max_backoff_seconds, "max_backoff_seconds")
 
     def waits(self) -> list[float]:
         """The waits between the attempts: one fewer than ``max_attempts``."""

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
+from .durations import check_seconds
 from .exceptions import PharoxSettingError as PharoxSettingError  # re-exported
 from .models import (
     CooldownPolicy,
@@ -115,13 +116,13 @@ class PharoxConfig:
             proxies=tuple(proxies),
             proxy_max_concurrency=max_concurrency,
             consumer=consumer,
-            lease_seconds=_number(settings, "PHAROX_LEASE_SECONDS", positive=True),
+            lease_seconds=_seconds(settings, "PHAROX_LEASE_SECONDS"),
             selector=parse_selector(
                 "PHAROX_SELECTOR", _raw(settings, "PHAROX_SELECTOR")
             ),
             filters=parse_filters("PHAROX_FILTERS", _raw(settings, "PHAROX_FILTERS")),
-            acquire_timeout=_number(settings, "PHAROX_ACQUIRE_TIMEOUT"),
-            stats_interval=_number(settings, "PHAROX_STATS_INTERVAL"),
+            acquire_timeout=_seconds(settings, "PHAROX_ACQUIRE_TIMEOUT", zero=True),
+            stats_interval=_seconds(settings, "PHAROX_STATS_INTERVAL", zero=True),
             protocols=_protocols(settings),
             ban_status_codes=_status_codes(settings),
             ban_scope=_choice(settings, "PHAROX_BAN_SCOPE", BAN_SCOPES),
@@ -200,6 +201,12 @@ def _number(settings: BaseSettings, name: str, *, positive: bool = False) -> flo
     return float(value)
 
 
+def _seconds(settings: BaseSettings, name: str, *, zero: bool = False) -> float:
+    """A span of time (``durations.check_seconds``): above 0, or from 0."""
+    value = _read(settings, name, settings.getfloat)
+    return check_seconds(value, name, zero=zero, error=PharoxSettingError)
+
+
 def _optional_positive_int(settings: BaseSettings, name: str) -> int | None:
     """A whole number >= 1, or None for no limit (given as 0 or "none")."""
     raw = _raw(settings, name)
@@ -240,8 +247,8 @@ def _choice(settings: BaseSettings, name: str, choices: tuple[str, ...]) -> str:
 
 
 def _cooldown(settings: BaseSettings) -> CooldownPolicy:
-    base = _number(settings, "PHAROX_COOLDOWN_BASE", positive=True)
-    most = _number(settings, "PHAROX_COOLDOWN_MAX", positive=True)
+    base = _seconds(settings, "PHAROX_COOLDOWN_BASE")
+    most = _seconds(settings, "PHAROX_COOLDOWN_MAX")
     if most < base:
         raise PharoxSettingError(
             f"PHAROX_COOLDOWN_MAX ({most:g}) must not be below "
@@ -313,7 +320,7 @@ class HealthCheckConfig:
         return cls(
             url=url,
             slow_ms=_number(settings, "PHAROX_CHECK_SLOW_MS", positive=True),
-            timeout=_number(settings, "PHAROX_CHECK_TIMEOUT", positive=True),
+            timeout=_seconds(settings, "PHAROX_CHECK_TIMEOUT"),
             concurrency=concurrency,
             protocols=_protocols(settings),
         )

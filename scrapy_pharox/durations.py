@@ -35,8 +35,8 @@ def check_seconds(
         and value <= MAX_SECONDS
     ):
         return float(value)
-    lowest = "from 0" if zero else "above 0"
+    lowest = ">= 0" if zero else "> 0"
     raise error(
-        f"{name} must be a number of seconds {lowest} up to {MAX_SECONDS} "
-        f"(7 days), got {value!r}"
+        f"{name} must be a number {lowest} (seconds, at most {MAX_SECONDS}: "
+        f"7 days), got {value!r}"
     )

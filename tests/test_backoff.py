@@ -11,6 +11,8 @@ from scrapy_pharox import InMemoryStorage, InvalidArgumentError, ProxyManager
 from scrapy_pharox.aio import with_retrying_lease_async
 from scrapy_pharox.backoff import Backoff
 
+WEEK = "(seconds, at most 604800: 7 days)"
+
 
 @pytest.mark.parametrize(
     ("bad", "message"),
@@ -18,10 +20,23 @@ from scrapy_pharox.backoff import Backoff
         ({"max_attempts": 0}, "max_attempts must be >= 1, got 0"),
         ({"max_attempts": True}, "max_attempts must be an int, got True"),
         ({"max_attempts": 2.0}, "max_attempts must be an int, got 2.0"),
-        ({"backoff_seconds": -0.1}, "backoff_seconds must be >= 0, got -0.1"),
-        ({"backoff_seconds": float("nan")}, "backoff_seconds must be >= 0, got nan"),
+        (
+            {"backoff_seconds": -0.1},
+            f"backoff_seconds must be a number >= 0 {WEEK}, got -0.1",
+        ),
+        (
+            {"backoff_seconds": float("nan")},
+            f"backoff_seconds must be a number >= 0 {WEEK}, got nan",
+        ),
+        (
+            {"backoff_seconds": 8 * 86400},
+            f"backoff_seconds must be a number >= 0 {WEEK}, got 691200",
+        ),
         ({"backoff_multiplier": 0.5}, "backoff_multiplier must be >= 1, got 0.5"),
-        ({"max_backoff_seconds": 0}, "max_backoff_seconds must be > 0, got 0"),
+        (
+            {"max_backoff_seconds": 0},
+            f"max_backoff_seconds must be a number > 0 {WEEK}, got 0",
+        ),
     ],
 )
 def test_a_backoff_with_a_bad_value_is_refused_naming_it(

@@ -95,6 +95,16 @@ def test_a_disabled_config_reads_nothing_else() -> None:
             "PHAROX_ACQUIRE_TIMEOUT must be a number >= 0",
         ),
         ({"PHAROX_STATS_INTERVAL": "nan"}, "PHAROX_STATS_INTERVAL must be a number"),
+        # Every span of time is at most seven days (durations.MAX_SECONDS).
+        (
+            {"PHAROX_LEASE_SECONDS": 1e12},
+            "PHAROX_LEASE_SECONDS .* 7 days.*got 1000000000000.0",
+        ),
+        ({"PHAROX_LEASE_SECONDS": "inf"}, "PHAROX_LEASE_SECONDS .* 7 days.*inf"),
+        ({"PHAROX_ACQUIRE_TIMEOUT": 1e9}, "PHAROX_ACQUIRE_TIMEOUT .* 7 days"),
+        ({"PHAROX_STATS_INTERVAL": 1e9}, "PHAROX_STATS_INTERVAL .* 7 days"),
+        ({"PHAROX_COOLDOWN_BASE": 1e9}, "PHAROX_COOLDOWN_BASE .* 7 days"),
+        ({"PHAROX_COOLDOWN_MAX": 1e9}, "PHAROX_COOLDOWN_MAX .* 7 days"),
         ({"PHAROX_PROXY_MAX_CONCURRENCY": -2}, "PHAROX_PROXY_MAX_CONCURRENCY must"),
         ({"PHAROX_PROXY_MAX_CONCURRENCY": 1.5}, "PHAROX_PROXY_MAX_CONCURRENCY must"),
         ({"PHAROX_FILTERS": {"colour": "red"}}, "PHAROX_FILTERS: invalid filters"),

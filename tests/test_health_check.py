@@ -202,6 +202,7 @@ def test_a_check_without_a_url_names_the_setting(storage: IStorage) -> None:
         ("PHAROX_CHECK_URL", "ftp://example.com/", "PHAROX_CHECK_URL must be an http"),
         ("PHAROX_CHECK_SLOW_MS", "0", "PHAROX_CHECK_SLOW_MS must be a number > 0"),
         ("PHAROX_CHECK_TIMEOUT", "soon", "PHAROX_CHECK_TIMEOUT: invalid value"),
+        ("PHAROX_CHECK_TIMEOUT", "1e9", "PHAROX_CHECK_TIMEOUT .* 7 days"),
         ("PHAROX_CHECK_CONCURRENCY", "0", "PHAROX_CHECK_CONCURRENCY must be a whole"),
     ],
 )

@@ -13,9 +13,12 @@ import pytest
 from pydantic import BaseModel
 
 from scrapy_pharox import (
+    CooldownPolicy,
+    InvalidArgumentError,
     Lease,
     LeaseStatus,
     OutcomeReport,
+    PharoxError,
     Proxy,
     ProxyCredentials,
     ProxyProtocol,
@@ -102,3 +105,17 @@ def test_every_class_of_the_models_is_found_at_scrapy_pharox_models() -> None:
     assert len(classes) == 16
     for cls in classes:
         assert unpickler.find_class("scrapy_pharox.models", cls.__qualname__) is cls
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"base_seconds": 1e12}, {"max_seconds": float("inf")}, {"base_seconds": 0}],
+)
+def test_a_cooldown_policy_out_of_bounds_is_an_argument_error_naming_the_value(
+    values: dict[str, float],
+) -> None:
+    with pytest.raises(InvalidArgumentError) as bad:
+        CooldownPolicy(**values)
+    assert isinstance(bad.value, PharoxError) and isinstance(bad.value, ValueError)
+    ((name, value),) = values.items()
+    assert name in str(bad.value) and repr(value) in str(bad.value)

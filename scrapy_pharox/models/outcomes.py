@@ -6,9 +6,13 @@ from __future__ import annotations
 import random
 from datetime import datetime
 from enum import Enum
+from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..durations import MAX_SECONDS
+from ..exceptions import InvalidArgumentError
 
 
 class LeaseOutcome(str, Enum):
@@ -33,10 +37,22 @@ class CooldownPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    base_seconds: float = Field(default=60.0, gt=0)
-    max_seconds: float = Field(default=3600.0, gt=0)
+    # Spans of time: above 0, at most durations.MAX_SECONDS (seven days).
+    base_seconds: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
+    max_seconds: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
     jitter: float = Field(default=0.2, ge=0, lt=1)
     failures_before_cooldown: int = Field(default=3, ge=1)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # a PharoxError too, as every bad argument
+            problems = "; ".join(
+                f"{'.'.join(map(str, error['loc']))}: {error['msg']}, "
+                f"got {error['input']!r}"
+                for error in exc.errors()
+            )
+            raise InvalidArgumentError(f"invalid CooldownPolicy: {problems}") from None
 
     def seconds(self, strikes: int, draw: float) -> float:
         """The cooldown after ``strikes`` (>= 1), for a uniform ``draw`` in [0, 1]."""

@@ -175,9 +175,10 @@ class InMemoryStorage(IStorage):
             now = self._clock()
             if active is None or active.expires_at <= now:
                 return None
+            expires_at = datetime.fromtimestamp(now + duration_seconds, timezone.utc)
             active.expires_at = now + duration_seconds
             heapq.heappush(self._expiry_heap, (active.expires_at, lease.id.int))
-            return datetime.fromtimestamp(active.expires_at, timezone.utc)
+            return expires_at
 
     def cleanup_expired_leases(self) -> int:
         with self._lock:
@@ -312,24 +313,22 @@ class InMemoryStorage(IStorage):
     ) -> Lease:
         now = self._clock()
         expires_at = now + duration_seconds
+        # What can fail comes before the claim: a failed acquire takes no slot.
+        fields = {
+            "id": uuid4(),
+            "proxy_id": slot.proxy.id,
+            "consumer_id": self._consumer_id(consumer_name),
+            "pool_id": pool.model.id,
+            "pool_name": pool.model.name,
+            "status": LeaseStatus.ACTIVE,
+            "acquired_at": datetime.fromtimestamp(now, timezone.utc),
+            "expires_at": datetime.fromtimestamp(expires_at, timezone.utc),
+            "released_at": None,
+        }
         slot.proxy.current_leases += 1
         if not slot.proxy.has_capacity and slot.in_heap:
             pool.first_free(now)  # drops the now-full proxy from the top of the heap
-        lease = build_trusted(
-            Lease,
-            {
-                "id": uuid4(),
-                "proxy_id": slot.proxy.id,
-                "consumer_id": self._consumer_id(consumer_name),
-                "pool_id": pool.model.id,
-                "pool_name": pool.model.name,
-                "status": LeaseStatus.ACTIVE,
-                "acquired_at": datetime.fromtimestamp(now, timezone.utc),
-                "expires_at": datetime.fromtimestamp(expires_at, timezone.utc),
-                "released_at": None,
-                "proxy": snapshot(slot.proxy),
-            },
-        )
+        lease = build_trusted(Lease, {**fields, "proxy": snapshot(slot.proxy)})
         self._active[lease.id.int] = ActiveLease(pool, slot, expires_at)
         heapq.heappush(self._expiry_heap, (expires_at, lease.id.int))
         return lease
