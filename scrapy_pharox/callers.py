@@ -92,6 +92,10 @@ class StorageCaller:
         """Release right here, blocking until the storage answers."""
         return self.manager.release_proxy(lease, report)
 
+    def extend_now(self, lease: Lease, seconds: float) -> bool:
+        """Extend right here, blocking until the storage answers."""
+        return self.manager.extend_lease(lease, seconds)
+
     # acquire and release hand back the coroutine that does the work rather than
     # wrap it in one more: a frame less on every request.
     def acquire(self, request: AcquireRequest) -> Coroutine[Any, Any, Lease | None]:
@@ -103,6 +107,10 @@ class StorageCaller:
     ) -> Coroutine[Any, Any, bool]:
         """Release without blocking the reactor."""
         return self.call(self.release_now, lease, report)
+
+    def extend(self, lease: Lease, seconds: float) -> Coroutine[Any, Any, bool]:
+        """Extend without blocking the reactor."""
+        return self.call(self.extend_now, lease, seconds)
 
     async def call(self, func: Callable[..., T], *args: Any) -> T:
         """Await ``func(*args)``, a blocking storage call, without blocking."""
@@ -159,6 +167,11 @@ class LoopCaller(ThreadCaller):
         if running_loop() is None:
             return super().release(lease, report)
         return self.manager.release_proxy_async(lease, report)
+
+    def extend(self, lease: Lease, seconds: float) -> Coroutine[Any, Any, bool]:
+        if running_loop() is None:
+            return super().extend(lease, seconds)
+        return self.manager.extend_lease_async(lease, seconds)
 
     def in_background(self) -> bool:
         return running_loop() is not None

@@ -81,7 +81,7 @@ class PharoxConfig:
     ban_status_codes: frozenset[int] = frozenset(DEFAULTS["PHAROX_BAN_STATUS_CODES"])
     ban_scope: str = DEFAULTS["PHAROX_BAN_SCOPE"]
     cooldown: CooldownPolicy = field(default_factory=CooldownPolicy)
-    #: Scrapy's DOWNLOAD_TIMEOUT, which a lease should outlast.
+    #: Scrapy's DOWNLOAD_TIMEOUT (a lease outlives it: renewal.LeaseRenewer).
     download_timeout: float = 180.0
     #: Scrapy's BOT_NAME, the first half of the default consumer name.
     bot_name: str = "scrapybot"

@@ -35,13 +35,6 @@ def build_keeper(keeper_class: type[LeaseKeeper], crawler: Crawler) -> LeaseKeep
     assert crawler.stats is not None
     for name in config.unknown_settings:
         logger.warning("Unknown setting %s: scrapy-pharox ignores it", name)
-    if config.lease_seconds <= config.download_timeout:
-        logger.warning(
-            "PHAROX_LEASE_SECONDS (%s) is not above DOWNLOAD_TIMEOUT (%s): a "
-            "lease may expire while its request is still downloading",
-            config.lease_seconds,
-            config.download_timeout,
-        )
     spider = crawler.spider
     spider_name = spider.name if spider is not None else "spider"
     default_target = _default_target(config, spider)
@@ -56,6 +49,7 @@ def build_keeper(keeper_class: type[LeaseKeeper], crawler: Crawler) -> LeaseKeep
     except BaseException:
         keeper.shutdown()  # the crawl stops here: free the storage it opened
         raise
+    crawler.signals.connect(keeper.spider_opened, signal=signals.spider_opened)
     crawler.signals.connect(keeper.spider_closed, signal=signals.spider_closed)
     crawler.signals.connect(keeper.shutdown, signal=signals.engine_stopped)
     return keeper

@@ -28,6 +28,7 @@ from .models import (
     ProxyFilters,
     build_trusted,
 )
+from .renewal import LeaseRenewer
 from .tally import StatsTally
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ class LeaseKeeper:
         # With no domain scope, every request of the default target asks the same.
         self._default_request = self._request(default_target, self._default_filters)
         self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
+        self._renewer = LeaseRenewer(
+            self._held, self.caller, config.lease_seconds, self._tally
+        )
         self._longest_wait_ms = 0
         self._closing = False
         self._giving_back: set[asyncio.Task[None]] = set()
@@ -365,9 +369,14 @@ class LeaseKeeper:
         """Run ``hook`` at spider close, once every lease is back."""
         self._close_hooks.append(hook)
 
+    def spider_opened(self, spider: Spider) -> None:
+        """Start renewing the leases of requests still downloading."""
+        self._renewer.start()
+
     async def spider_closed(self, spider: Spider) -> None:
         """Release whatever is still held, wake every waiter, run the close hooks."""
         self._closing = True
+        self._renewer.stop()
         self._wakeup.wake_all()
         for lease in list(self._held.values()):
             await self.release(lease, "closed")

@@ -160,3 +160,33 @@ def test_a_lease_still_out_at_spider_close_is_released_then(
     assert stats["pharox/release/closed"] == 1
     assert stats["pharox/pool/default/total_leases"] == 0
     assert_every_lease_released(stats)
+
+
+@pytest.mark.parametrize(
+    "storage_url", ["memory://", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+@pytest_twisted.inlineCallbacks
+def test_a_request_downloading_past_its_lease_keeps_its_exclusive_proxy(
+    start_proxy: Callable[..., ForwardProxy],
+    storage_url: str,
+    request: pytest.FixtureRequest,
+) -> Any:
+    if storage_url == "postgresql":
+        storage_url = request.getfixturevalue("postgresql_url")
+    proxy = start_proxy()
+    with TargetSite(pages=2, delay=2.0) as slow_site:  # 3 pages, 2 s each
+        crawler: Crawler = yield crawl(
+            LinkSpider,
+            {
+                "PHAROX_STORAGE_URL": storage_url,
+                "PHAROX_PROXIES": [proxy.url],
+                "PHAROX_LEASE_SECONDS": 0.5,  # shorter than every download
+            },
+            start_url=slow_site.url + "/",
+        )
+    stats = stats_of(crawler)
+    assert len(crawler.spider.seen) == 3
+    assert proxy.max_active_requests == 1  # never two requests on it at once
+    assert stats["pharox/leases/renewed"] >= 3
+    assert "pharox/leases/lost" not in stats
+    assert_every_lease_released(stats)
