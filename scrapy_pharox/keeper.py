@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from typing import TYPE_CHECKING, Literal, get_args
 from weakref import WeakKeyDictionary
 
 from scrapy.exceptions import IgnoreRequest
-from scrapy.utils.httpobj import urlparse_cached
 
 from .bridge import Baton, Wakeup
-from .callers import AcquireRequest, StorageCaller, Target, with_protocols
-from .config import PharoxConfig, parse_filters, parse_selector
+from .callers import AcquireRequest, StorageCaller, Target
+from .config import PharoxConfig
 from .exceptions import PharoxError
 from .models import (
     Lease,
     LeaseOutcome,
     OutcomeReport,
-    ProxyFilters,
-    build_trusted,
 )
+from .release_retries import ReleaseRetries
 from .renewal import LeaseRenewer
+from .routing import Routing
 from .tally import StatsTally
 
 if TYPE_CHECKING:
@@ -56,9 +54,6 @@ RELEASE_REASONS: tuple[ReleaseReason, ...] = get_args(ReleaseReason)
 RELEASE_KEYS = {reason: f"pharox/release/{reason}" for reason in RELEASE_REASONS}
 _OUTCOME_KEYS = {outcome: f"pharox/outcome/{outcome.value}" for outcome in LeaseOutcome}
 
-#: The meta keys that route one request elsewhere than the spider's default.
-TARGET_META_KEYS = frozenset({"pharox_pool", "pharox_filters", "pharox_selector"})
-
 _keepers: WeakKeyDictionary[Crawler, LeaseKeeper] = WeakKeyDictionary()
 
 
@@ -79,17 +74,17 @@ class LeaseKeeper:
         self.stats = stats
         self.consumer = consumer
         self.default_target = default_target
-        self.pools_used: set[str] = {default_target.pool}
-        self._default_filters = with_protocols(default_target.filters, config.protocols)
+        self.routing = Routing(config, consumer, default_target)
+        #: Every pool a request was routed to (the extension reports them).
+        self.pools_used = self.routing.pools_used
         self._held: dict[int, Lease] = {}  # by lease.id.int: hashed in C
         self._wakeup = Wakeup()
         self.caller = caller or StorageCaller.for_manager(manager)
-        # With no domain scope, every request of the default target asks the same.
-        self._default_request = self._request(default_target, self._default_filters)
         self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
         self._renewer = LeaseRenewer(
             self._held, self.caller, config.lease_seconds, self._tally
         )
+        self._retries = ReleaseRetries(self.caller, self._tally, self._wake_a_waiter)
         self._longest_wait_ms = 0
         self._closing = False
         self._giving_back: set[asyncio.Task[None]] = set()
@@ -128,42 +123,10 @@ class LeaseKeeper:
         """Requests asleep until a proxy frees up."""
         return self._wakeup.sleepers
 
-    def target_of(self, request: Request) -> Target:
-        """The pool, filters and selector for one request (meta overrides spider)."""
-        meta = request.meta
-        default = self.default_target
-        if TARGET_META_KEYS.isdisjoint(meta):
-            return default
-        target = Target(
-            pool=meta.get("pharox_pool") or default.pool,
-            filters=(
-                parse_filters("request.meta['pharox_filters']", meta["pharox_filters"])
-                if "pharox_filters" in meta
-                else default.filters
-            ),
-            selector=(
-                parse_selector(
-                    "request.meta['pharox_selector']", meta["pharox_selector"]
-                )
-                if meta.get("pharox_selector")
-                else default.selector
-            ),
-        )
-        self.pools_used.add(target.pool)
-        return target
-
     async def lease_for(self, request: Request) -> Lease:
         """A lease for the request; IgnoreRequest when none frees up in time."""
-        target = self.target_of(request)
-        if target is self.default_target and self.config.ban_scope != "domain":
-            acquire_request = self._default_request
-        else:
-            filters = (
-                self._default_filters
-                if target is self.default_target
-                else with_protocols(target.filters, self.config.protocols)
-            )
-            acquire_request = self._request(target, filters, self.domain_of(request))
+        target = self.routing.target_of(request)
+        acquire_request = self.routing.acquire_request(request, target)
         caller = self.caller
         started = time.monotonic()
         deadline = started + self.config.acquire_timeout
@@ -208,18 +171,6 @@ class LeaseKeeper:
             baton = await self._wakeup.sleep(sleeper, min(remaining, recheck))
             if baton is None:
                 recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
-
-    def _request(
-        self, target: Target, filters: ProxyFilters | None, domain: str | None = None
-    ) -> AcquireRequest:
-        return AcquireRequest(
-            target.pool,
-            self.consumer,
-            self.config.lease_seconds,
-            filters,
-            target.selector,
-            domain,
-        )
 
     def _acquire_now(self, request: AcquireRequest) -> Lease | None:
         try:
@@ -281,31 +232,11 @@ class LeaseKeeper:
                 pool_name,
             )
 
-    def domain_of(self, request: Request) -> str | None:
-        """The domain bans are scoped to (PHAROX_BAN_SCOPE = "domain"), else None."""
-        if self.config.ban_scope != "domain":
-            return None
-        return urlparse_cached(request).hostname
-
     def report(
         self, request: Request, outcome: LeaseOutcome, latency_ms: float | None = None
     ) -> OutcomeReport:
-        """The outcome of a request's lease, as the storage records it.
-
-        A latency below zero (the wall clock stepped back) counts as zero.
-        """
-        return build_trusted(
-            OutcomeReport,
-            {
-                "outcome": outcome
-                if isinstance(outcome, LeaseOutcome)
-                else LeaseOutcome(outcome),
-                "latency_ms": None if latency_ms is None else max(0.0, latency_ms),
-                "domain": self.domain_of(request),
-                "policy": self.config.cooldown,
-                "draw": random.random(),
-            },
-        )
+        """The outcome of a request's lease (``Routing.report``)."""
+        return self.routing.report(request, outcome, latency_ms)
 
     async def release(
         self, lease: Lease, reason: ReleaseReason, report: OutcomeReport | None = None
@@ -346,20 +277,26 @@ class LeaseKeeper:
         try:
             self.caller.release_now(lease, report)
         except PharoxError as exc:
-            self._release_failed(exc)
+            self._release_failed(lease, report, exc)
+            return
         self._wake_a_waiter()
 
     async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
             await self.caller.release(lease, report)
         except PharoxError as exc:
-            self._release_failed(exc)
+            self._release_failed(lease, report, exc)
+            return
         self._wake_a_waiter()
 
-    def _release_failed(self, exc: PharoxError) -> None:
-        # The lease will expire on its own; the crawl goes on.
+    def _release_failed(
+        self, lease: Lease, report: OutcomeReport | None, exc: PharoxError
+    ) -> None:
+        # The crawl goes on; the release is tried again in the background.
         self._tally.inc("pharox/release/error")
-        logger.error("scrapy-pharox could not release a lease: %s", exc)
+        logger.warning("scrapy-pharox could not release a lease: %s; trying again", exc)
+        if not self._closing:
+            self._retries.add(lease, report)
 
     def _wake_a_waiter(self) -> None:
         if self._wakeup.sleepers:
@@ -382,6 +319,7 @@ class LeaseKeeper:
             await self.release(lease, "closed")
         while self._giving_back:  # their failures are told by _given_back
             await asyncio.gather(*self._giving_back, return_exceptions=True)
+        self._retries.close()
         self.flush_stats()
         for hook in self._close_hooks:
             await hook()

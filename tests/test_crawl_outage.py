@@ -1,0 +1,70 @@
+"""Crawls through a database outage, on a throwaway PostgreSQL cluster that the
+tests stop and start (``pg_cluster``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from scrapy.crawler import Crawler
+
+from crawl_support import LinkSpider, assert_every_lease_released, crawl, stats_of
+from pg_cluster import Cluster
+from scrapy_pharox import SqlStorage
+from scrapy_pharox.playground import ForwardProxy, TargetSite
+
+pytestmark = pytest.mark.postgres
+
+
+def outage_during_first_download(
+    site: TargetSite, cluster: Cluster, seconds: float
+) -> threading.Thread:
+    """Stops the cluster once the first request reached the site, for ``seconds``."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while not site.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cluster.stop()
+        time.sleep(seconds)
+        cluster.start()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_release_refused_in_an_outage_goes_through_once_the_database_is_back(
+    cluster: Cluster,
+    start_proxy: Callable[..., ForwardProxy],
+    request: pytest.FixtureRequest,
+) -> Any:
+    storage = SqlStorage(cluster.url, retry_seconds=0.5)
+    storage.create_schema()
+    proxy = start_proxy()
+    with TargetSite(pages=2, delay=1.5) as site:  # 3 pages, 1.5 s each
+        outage = outage_during_first_download(site, cluster, seconds=2.5)
+        crawler: Crawler = yield crawl(
+            LinkSpider,
+            {
+                "PHAROX_STORAGE": lambda: storage,
+                "PHAROX_POOL": request.node.name,
+                "PHAROX_PROXIES": [proxy.url],
+                "PHAROX_LEASE_SECONDS": 120,  # far beyond the acquire timeout
+                "PHAROX_ACQUIRE_TIMEOUT": 30,
+            },
+            start_url=site.url + "/",
+        )
+        outage.join()
+    stats = stats_of(crawler)
+    assert len(crawler.spider.seen) == 3  # none dropped waiting for the lease
+    assert stats["pharox/release/error"] >= 1
+    assert stats["pharox/release/recovered"] >= 1
+    assert proxy.max_active_requests == 1
+    assert_every_lease_released(stats)
+    assert stats["pharox/leases/active"] == 0
