@@ -139,6 +139,31 @@ def test_an_unknown_field_in_the_proxies_file_is_refused(tmp_path: Path) -> None
         config(PHAROX_PROXIES_FILE=str(listing))
 
 
+def message_of(**settings: Any) -> str:
+    """What the settings are refused with."""
+    with pytest.raises(PharoxSettingError) as bad:
+        config(**settings)
+    return str(bad.value)
+
+
+@pytest.mark.parametrize(
+    "password", ["Secr/etSlash9", "Secr#etHash9", "Secr?etQuery9", "Secr@etAt9"]
+)
+def test_a_proxy_password_with_a_special_character_is_masked_whole_as_malformed(
+    password: str,
+) -> None:
+    message = message_of(PHAROX_PROXIES=[f"http://alice:{password}@127.0.0.1:3128"])
+    assert "malformed proxy URL 'http://alice:***@127.0.0.1:3128'" in message
+    assert "must be percent-encoded" in message
+    assert "Secr" not in message and "9" not in message
+
+
+def test_a_proxy_url_without_a_scheme_is_shown_with_its_password_masked() -> None:
+    message = message_of(PHAROX_PROXIES=["alice:s3cret-pw@127.0.0.1:3128"])
+    assert "'alice:***@127.0.0.1:3128'" in message
+    assert "s3cret-pw" not in message
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_bad_setting_stops_the_crawl_at_start() -> Any:
     with pytest.raises(PharoxSettingError, match="PHAROX_SELECTOR"):

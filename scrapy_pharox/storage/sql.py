@@ -35,6 +35,7 @@ from ..models import (
     ProxyFilters,
     ProxyPool,
     SelectorStrategy,
+    credentials_problem,
     mask_url_password,
 )
 from . import sql_admin as admin
@@ -289,11 +290,17 @@ def adapter_for(url: str | URL) -> type[SqlStorage]:
 
 
 def _sql_url(url: str | URL) -> URL:
+    shown = mask_url_password(str(url))
+    # Checked before make_url, which would read part of such a password as the
+    # host, and show it.
+    problem = credentials_problem(url) if isinstance(url, str) else None
+    if problem is not None:
+        raise UnsupportedStorageURLError(f"malformed storage URL {shown!r}: {problem}")
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
         raise UnsupportedStorageURLError(
-            f"invalid storage URL {mask_url_password(str(url))!r}: {exc}"
+            f"malformed storage URL {shown!r}: {exc}"
         ) from None
     if parsed.drivername in ("postgresql", "postgresql+psycopg"):
         # Plain postgresql:// means psycopg 3 here, the driver we depend on.
