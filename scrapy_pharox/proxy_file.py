@@ -2,17 +2,19 @@
 ``scrapy pharox-import`` read one format.
 
 One proxy URL a line, optionally followed by fields (``country=DE city=Kiel``);
-``#`` starts a comment.
+``#`` at the start of a line or after white space starts a comment (one inside a
+URL is part of it, to be told as a character to percent-encode).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from .exceptions import PharoxError, PharoxSettingError
-from .models import Proxy
+from .models import Proxy, mask_url_password
 
 #: Fields a line may give after the URL, as name=value.
 FILE_FIELDS = frozenset(
@@ -45,6 +47,18 @@ def parse_proxies(
     return proxies
 
 
+def split_proxy_urls(text: str) -> list[str]:
+    """URLs given as one string (``-s PHAROX_PROXIES=url1,url2``), cut at the
+    commas that start another URL: a comma inside a password stays there."""
+    return _NEXT_URL.split(text)
+
+
+# A comma followed by a scheme and "://".
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+# A "#" that starts a comment: at the start of a line or after white space.
+_COMMENT = re.compile(r"(?:^|\s)#.*", re.DOTALL)
+
+
 def parse_proxy_line(
     line: str, source: str, max_concurrency: int | None, **defaults: str
 ) -> Proxy | None:
@@ -53,18 +67,28 @@ def parse_proxy_line(
 
     A bad line raises PharoxSettingError prefixed with ``source``, password masked.
     """
-    words = line.split("#", 1)[0].split()
+    text = _COMMENT.sub("", line, count=1)
+    words = text.split()
     if not words:
         return None
     fields = dict(defaults)
     for word in words[1:]:
         name, equals, value = word.partition("=")
-        if not equals or name not in FILE_FIELDS:
+        if equals and name in FILE_FIELDS:
+            fields[name] = value
+            continue
+        if any("@" in later for later in words[1:]):
+            # The password ends at the last "@": with white space in it, the
+            # words before that "@" are pieces of it, not to be shown.
             raise _setting_error(
-                f"{source}: {word!r} is not one of "
-                f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+                f"{source}: malformed proxy line {mask_url_password(text.strip())!r}: "
+                "only name=value fields may follow the URL, and a space in a "
+                "password must be percent-encoded as %20"
             )
-        fields[name] = value
+        raise _setting_error(
+            f"{source}: {word!r} is not one of "
+            f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+        )
     (proxy,) = parse_proxies(source, [words[0]], max_concurrency, fields)
     return proxy
 
