@@ -30,21 +30,26 @@ def _setting_error(message: str) -> PharoxError:
     return PharoxSettingError(message)
 
 
+def parse_proxy(
+    source: str, url: Any, max_concurrency: int | None, fields: dict[str, str]
+) -> Proxy:
+    """A proxy, not yet in a pool; PharoxSettingError names ``source``."""
+    extra: dict[str, Any] = {"max_concurrency": max_concurrency, **fields}
+    try:
+        return Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra)
+    except PharoxError as exc:
+        raise _setting_error(f"{source}: {exc}") from None
+
+
 def parse_proxies(
-    source: str,
-    urls: list[Any],
-    max_concurrency: int | None,
-    fields: dict[str, str] | None = None,
+    source: str, urls: list[Any], max_concurrency: int | None
 ) -> list[Proxy]:
-    """A proxy per URL, not yet in a pool; PharoxSettingError names ``source``."""
-    proxies = []
-    for url in urls:
-        extra: dict[str, Any] = {"max_concurrency": max_concurrency, **(fields or {})}
-        try:
-            proxies.append(Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra))
-        except PharoxError as exc:
-            raise _setting_error(f"{source}: {exc}") from None
-    return proxies
+    """A proxy per URL of a setting; an error names the setting and the entry's
+    number (``PHAROX_PROXIES entry 2``)."""
+    return [
+        parse_proxy(f"{source} entry {number}", url, max_concurrency, {})
+        for number, url in enumerate(urls, start=1)
+    ]
 
 
 def split_proxy_urls(text: str) -> list[str]:
@@ -89,8 +94,7 @@ def parse_proxy_line(
             f"{source}: {word!r} is not one of "
             f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
         )
-    (proxy,) = parse_proxies(source, [words[0]], max_concurrency, fields)
-    return proxy
+    return parse_proxy(source, words[0], max_concurrency, fields)
 
 
 def proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:

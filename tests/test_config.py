@@ -194,6 +194,17 @@ def test_a_space_in_a_password_of_the_proxies_file_shows_no_piece_of_it(
     assert "Secr" not in message and "et9" not in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1 :3128", "http://127.0.0.1:31\t28", "http://127.0.0.1<:3128"],
+)
+def test_a_proxy_url_holding_white_space_or_junk_is_refused_naming_its_entry(
+    url: str,
+) -> None:
+    message = message_of(PHAROX_PROXIES=["http://127.0.0.1:1", url])
+    assert f"PHAROX_PROXIES entry 2: malformed proxy URL {url!r}: it holds" in message
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_bad_setting_stops_the_crawl_at_start() -> Any:
     with pytest.raises(PharoxSettingError, match="PHAROX_SELECTOR"):

@@ -139,7 +139,7 @@ class Proxy(BaseModel):
         shown = mask_url_password(text)
         # Checked before urlsplit, which would read part of such a password as
         # the host or the port, and say so.
-        problem = credentials_problem(text)
+        problem = credentials_problem(text) or _stray_character(shown)
         if problem is not None:
             raise InvalidProxyURLError(f"malformed proxy URL {shown!r}: {problem}")
         try:
@@ -202,3 +202,16 @@ class Proxy(BaseModel):
         return (
             self.max_concurrency is None or self.current_leases < self.max_concurrency
         )
+
+
+# Characters RFC 3986 allows nowhere in a URL unencoded (other than white space).
+_NEVER_IN_A_URL = frozenset('<>"{}|\\^`')
+
+
+def _stray_character(url: str) -> str | None:
+    """What a proxy URL (its password masked) holds that no URL does, or None:
+    white space, a control character, or a character a URL must encode."""
+    for char in url:
+        if char.isspace() or not char.isprintable() or char in _NEVER_IN_A_URL:
+            return "it holds a space" if char == " " else f"it holds {char!r}"
+    return None
