@@ -5,8 +5,16 @@ missing, a URL a parser would misread), the password masked."""
 from __future__ import annotations
 
 import pytest
+from conftest import database_url, require_postgres
+from sqlalchemy.engine import make_url
 
-from scrapy_pharox import SqlStorage, UnsupportedStorageURLError
+from pg_cluster import throwaway_cluster
+from scrapy_pharox import (
+    SqlStorage,
+    StorageError,
+    UnsupportedStorageURLError,
+    open_storage,
+)
 
 
 @pytest.mark.parametrize("password", ["Pw@With@At1", "Pw/With/Slash1", "Pw#With#Hash1"])
@@ -21,3 +29,35 @@ def test_a_storage_url_password_with_a_special_character_is_masked_whole_as_malf
     )
     assert "must be percent-encoded" in message
     assert "With" not in message
+
+
+@pytest.mark.postgres
+def test_a_wrong_password_is_told_as_failed_authentication_for_its_user() -> None:
+    with throwaway_cluster(password="right-pw") as cluster:
+        url = (
+            f"postgresql+psycopg://postgres:wrong-pw@127.0.0.1:{cluster.port}/postgres"
+        )
+        with pytest.raises(StorageError) as raised:
+            open_storage(url)
+    message = str(raised.value)
+    assert message.startswith(
+        "authentication failed for user 'postgres' on the database at "
+        f"127.0.0.1:{cluster.port} (postgresql+psycopg://postgres:***@"
+    )
+    assert "wrong-pw" not in message and "right-pw" not in message
+
+
+@pytest.mark.postgres
+def test_a_missing_database_is_told_as_missing() -> None:
+    require_postgres()
+    url = make_url(database_url()).set(
+        password="s3cret-pw", database="pharox_no_such_database"
+    )
+    with pytest.raises(StorageError) as raised:
+        open_storage(url.render_as_string(hide_password=False))
+    message = str(raised.value)
+    assert message.startswith(
+        "the database 'pharox_no_such_database' does not exist at "
+        f"{url.host}:{url.port or 5432}"
+    )
+    assert "s3cret-pw" not in message

@@ -263,16 +263,24 @@ class SqlStorage(IStorage):
         }
 
     def _storage_error(self, action: str, exc: BaseException) -> StorageError:
-        """A driver's error as a StorageError naming where."""
+        """A driver's error as a StorageError naming where, worded for what
+        happened: a server out of reach, or one that turned the connection away."""
         reason = sql_errors.reason(exc)
-        if sql_errors.unreachable(exc):
-            host = self._url.host or "localhost"
-            port = self._url.port or 5432
-            return StorageError(
-                f"cannot reach the database at {host}:{port} ({self._shown_url}) "
-                f"while {action}: {reason}"
-            )
-        return StorageError(f"{action} failed on {self._shown_url}: {reason}")
+        server = (
+            f"{self._url.host or 'localhost'}:{self._url.port or 5432} "
+            f"({self._shown_url})"
+        )
+        refusal = sql_errors.refusal(exc)
+        if refusal == "authentication":
+            user = f" for user {self._url.username!r}" if self._url.username else ""
+            problem = f"authentication failed{user} on the database at {server}"
+        elif refusal == "database":
+            problem = f"the database {self._url.database!r} does not exist at {server}"
+        elif sql_errors.unreachable(exc):
+            problem = f"cannot reach the database at {server}"
+        else:
+            return StorageError(f"{action} failed on {self._shown_url}: {reason}")
+        return StorageError(f"{problem} while {action}: {reason}")
 
 
 # -- helpers -----------------------------------------------------------------------
