@@ -8,6 +8,7 @@ import pytest
 from conftest import database_url, require_postgres
 from sqlalchemy.engine import make_url
 
+from crawl_support import REPO, one_error_line, run_scrapy
 from pg_cluster import throwaway_cluster
 from scrapy_pharox import (
     SqlStorage,
@@ -15,6 +16,7 @@ from scrapy_pharox import (
     UnsupportedStorageURLError,
     open_storage,
 )
+from scrapy_pharox.playground import free_port
 
 
 @pytest.mark.parametrize("password", ["Pw@With@At1", "Pw/With/Slash1", "Pw#With#Hash1"])
@@ -61,3 +63,18 @@ def test_a_missing_database_is_told_as_missing() -> None:
         f"{url.host}:{url.port or 5432}"
     )
     assert "s3cret-pw" not in message
+
+
+def test_scrapy_crawl_with_its_database_out_of_reach_fails_in_one_line() -> None:
+    url = f"postgresql+psycopg://bob:s3cret-pw@127.0.0.1:{free_port()}/db"
+    result = run_scrapy(
+        "crawl", "pages", "--loglevel", "WARNING", "-s", f"PHAROX_STORAGE_URL={url}",
+        cwd=REPO / "example_spider",
+    )  # fmt: skip
+    line = one_error_line(result)
+    assert result.returncode == 1
+    assert (
+        " ERROR: scrapy-pharox cannot start the crawl: PHAROX_STORAGE_URL: cannot "
+        "reach the database at 127.0.0.1:"
+    ) in line
+    assert "s3cret-pw" not in line
