@@ -19,7 +19,7 @@ from .models import (
     ProxyProtocol,
     SelectorStrategy,
 )
-from .proxy_file import parse_proxies, proxies_from_file
+from .proxy_file import parse_proxies, proxies_from_file, split_proxy_urls
 
 #: Every setting's default, written here only: the config classes below and
 #: their ``from_settings`` take theirs from it.
@@ -96,11 +96,7 @@ class PharoxConfig:
             settings, "PHAROX_PROXY_MAX_CONCURRENCY"
         )
         proxies = [
-            *parse_proxies(
-                "PHAROX_PROXIES",
-                _read(settings, "PHAROX_PROXIES", settings.getlist),
-                max_concurrency,
-            ),
+            *parse_proxies("PHAROX_PROXIES", _proxy_urls(settings), max_concurrency),
             *proxies_from_file(_raw(settings, "PHAROX_PROXIES_FILE"), max_concurrency),
         ]
         pool = _non_empty_text(settings, "PHAROX_POOL")
@@ -191,6 +187,14 @@ def _read(settings: BaseSettings, name: str, getter: Any) -> Any:
         raise PharoxSettingError(
             f"{name}: invalid value {settings.get(name)!r} ({exc})"
         ) from None
+
+
+def _proxy_urls(settings: BaseSettings) -> list[Any]:
+    """PHAROX_PROXIES as a list; a string is cut where another URL starts."""
+    value = _raw(settings, "PHAROX_PROXIES")
+    if isinstance(value, str):
+        return split_proxy_urls(value)
+    return list(_read(settings, "PHAROX_PROXIES", settings.getlist))
 
 
 def _number(settings: BaseSettings, name: str, *, positive: bool = False) -> float:

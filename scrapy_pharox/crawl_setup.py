@@ -3,6 +3,7 @@ proxies loaded, signals connected."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,52 @@ logger = logging.getLogger("scrapy_pharox.keeper")
 
 
 def build_keeper(keeper_class: type[LeaseKeeper], crawler: Crawler) -> LeaseKeeper:
-    """A keeper for the crawler; NotConfigured when PHAROX_ENABLED is false."""
+    """A keeper for the crawler; NotConfigured when PHAROX_ENABLED is false.
+
+    A PharoxError (a bad setting, a storage that cannot be opened) stops the
+    crawl: it is logged as one ERROR line, then raised to the crawl's caller.
+    """
+    try:
+        return _build_keeper(keeper_class, crawler)
+    except PharoxError as exc:
+        logger.error("scrapy-pharox cannot start the crawl: %s", exc)
+        _mark_told(exc)
+        raise
+
+
+def _mark_told(exc: PharoxError) -> None:
+    """Keep asyncio from telling ``exc`` again, with its traceback.
+
+    AsyncCrawlerRunner (what ``scrapy crawl`` runs) re-raises a start-up error
+    out of the crawl's task, which nobody awaits: asyncio then logs it as "Task
+    exception was never retrieved", some 30 lines. The task still fails, so the
+    crawl still ends with exit code 1.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no loop running: a Twisted reactor drives the crawl
+        return
+    if task is None:
+        return
+
+    def retrieve(done: asyncio.Task[Any]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()  # retrieved: asyncio no longer tells it
+        if error is not None and error is not exc:
+            # Another error ended the task: asyncio's words for it are kept.
+            done.get_loop().call_exception_handler(
+                {
+                    "message": "Task exception was never retrieved",
+                    "exception": error,
+                    "future": done,
+                }
+            )
+
+    task.add_done_callback(retrieve)
+
+
+def _build_keeper(keeper_class: type[LeaseKeeper], crawler: Crawler) -> LeaseKeeper:
     config = PharoxConfig.from_settings(crawler.settings)
     if not config.enabled:
         raise NotConfigured("PHAROX_ENABLED is false")

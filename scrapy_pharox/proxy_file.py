@@ -2,17 +2,19 @@
 ``scrapy pharox-import`` read one format.
 
 One proxy URL a line, optionally followed by fields (``country=DE city=Kiel``);
-``#`` starts a comment.
+``#`` at the start of a line or after white space starts a comment (one inside a
+URL is part of it, to be told as a character to percent-encode).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from .exceptions import PharoxError, PharoxSettingError
-from .models import Proxy
+from .models import Proxy, mask_url_password
 
 #: Fields a line may give after the URL, as name=value.
 FILE_FIELDS = frozenset(
@@ -28,21 +30,38 @@ def _setting_error(message: str) -> PharoxError:
     return PharoxSettingError(message)
 
 
+def parse_proxy(
+    source: str, url: Any, max_concurrency: int | None, fields: dict[str, str]
+) -> Proxy:
+    """A proxy, not yet in a pool; PharoxSettingError names ``source``."""
+    extra: dict[str, Any] = {"max_concurrency": max_concurrency, **fields}
+    try:
+        return Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra)
+    except PharoxError as exc:
+        raise _setting_error(f"{source}: {exc}") from None
+
+
 def parse_proxies(
-    source: str,
-    urls: list[Any],
-    max_concurrency: int | None,
-    fields: dict[str, str] | None = None,
+    source: str, urls: list[Any], max_concurrency: int | None
 ) -> list[Proxy]:
-    """A proxy per URL, not yet in a pool; PharoxSettingError names ``source``."""
-    proxies = []
-    for url in urls:
-        extra: dict[str, Any] = {"max_concurrency": max_concurrency, **(fields or {})}
-        try:
-            proxies.append(Proxy.from_url(str(url), pool_id=_UNBOUND_POOL, **extra))
-        except PharoxError as exc:
-            raise _setting_error(f"{source}: {exc}") from None
-    return proxies
+    """A proxy per URL of a setting; an error names the setting and the entry's
+    number (``PHAROX_PROXIES entry 2``)."""
+    return [
+        parse_proxy(f"{source} entry {number}", url, max_concurrency, {})
+        for number, url in enumerate(urls, start=1)
+    ]
+
+
+def split_proxy_urls(text: str) -> list[str]:
+    """URLs given as one string (``-s PHAROX_PROXIES=url1,url2``), cut at the
+    commas that start another URL: a comma inside a password stays there."""
+    return _NEXT_URL.split(text)
+
+
+# A comma followed by a scheme and "://".
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+# A "#" that starts a comment: at the start of a line or after white space.
+_COMMENT = re.compile(r"(?:^|\s)#.*", re.DOTALL)
 
 
 def parse_proxy_line(
@@ -53,20 +72,29 @@ def parse_proxy_line(
 
     A bad line raises PharoxSettingError prefixed with ``source``, password masked.
     """
-    words = line.split("#", 1)[0].split()
+    text = _COMMENT.sub("", line, count=1)
+    words = text.split()
     if not words:
         return None
     fields = dict(defaults)
     for word in words[1:]:
         name, equals, value = word.partition("=")
-        if not equals or name not in FILE_FIELDS:
+        if equals and name in FILE_FIELDS:
+            fields[name] = value
+            continue
+        if any("@" in later for later in words[1:]):
+            # The password ends at the last "@": with white space in it, the
+            # words before that "@" are pieces of it, not to be shown.
             raise _setting_error(
-                f"{source}: {word!r} is not one of "
-                f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+                f"{source}: malformed proxy line {mask_url_password(text.strip())!r}: "
+                "only name=value fields may follow the URL, and a space in a "
+                "password must be percent-encoded as %20"
             )
-        fields[name] = value
-    (proxy,) = parse_proxies(source, [words[0]], max_concurrency, fields)
-    return proxy
+        raise _setting_error(
+            f"{source}: {word!r} is not one of "
+            f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+        )
+    return parse_proxy(source, words[0], max_concurrency, fields)
 
 
 def proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:

@@ -235,4 +235,4 @@ def manager(storage: IStorage) -> ProxyManager:
 
 
 # Local servers and the crawl helper of the end-to-end Scrapy tests.
-pytest_plugins = ["crawl_support", "pg_cluster"]
+pytest_plugins = ["crawl_support"]

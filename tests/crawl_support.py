@@ -1,11 +1,16 @@
-"""What the end-to-end crawl tests share: local servers, a spider, a crawl helper.
+"""What the end-to-end crawl tests share: local servers, a spider, a crawl helper,
+and ``python -m scrapy`` in a subprocess.
 
 Test modules import the fixtures from here explicitly.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +20,8 @@ from scrapy.http import Response
 from twisted.internet.defer import Deferred
 
 from scrapy_pharox.playground import ForwardProxy, TargetSite
+
+REPO = Path(__file__).resolve().parent.parent
 
 BASE_SETTINGS: dict[str, Any] = {
     "ADDONS": {"scrapy_pharox.Addon": 300},
@@ -79,6 +86,36 @@ def assert_every_lease_released(stats: dict[str, Any]) -> None:
     )
     assert stats["pharox/acquire/leased"] == released
     assert stats["pharox/leases/active"] == 0
+
+
+def run_scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m scrapy ARGS`` with this checkout first on the path."""
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("SCRAPY_SETTINGS_MODULE", "SCRAPY_PROJECT")
+    }
+    environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "scrapy", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failed command printed, checked to be just that."""
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    return line
 
 
 @pytest.fixture

@@ -1,9 +1,6 @@
-"""A throwaway PostgreSQL cluster, for tests that stop and start their server.
-
-``cluster`` creates one with ``initdb`` on a free port (as the ``postgres`` OS
-user when run as root), so stopping it disturbs nobody; the shared service on
-5432 is never touched. Test modules import the fixture from here explicitly.
-"""
+"""Throwaway PostgreSQL clusters: ``initdb`` into a temporary directory, a free
+port (as the ``postgres`` OS user when run as root), so a test may stop, restart
+or lock one without disturbing the shared server."""
 
 from __future__ import annotations
 
@@ -62,8 +59,14 @@ def cluster_or_why_not() -> tuple[Path, list[str]] | str:
     return (Path(bin_dirs[-1]), ["runuser", "-u", "postgres", "--"])
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+@contextlib.contextmanager
+def throwaway_cluster(password: str | None = None) -> Iterator[Cluster]:
+    """A started cluster, removed on exit. The ``postgres`` user gets in with no
+    password (trust), or, given ``password``, with that one only (scram-sha-256).
+
+    Skips the test when no cluster can be made here, or fails it when
+    ``PHAROX_REQUIRE_POSTGRES=1``.
+    """
     found = cluster_or_why_not()
     if isinstance(found, str):
         if os.environ.get("PHAROX_REQUIRE_POSTGRES") == "1":
@@ -76,12 +79,16 @@ def cluster() -> Iterator[Cluster]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    initdb = [str(bin_dir / "initdb"), "-D", str(root / "data"), "-A", "trust"]
-    subprocess.run(
-        [*as_user, *initdb, "-U", "postgres", "--no-sync"],
-        check=True,
-        capture_output=True,
-    )
+    initdb = [str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres"]
+    if password is None:
+        initdb += ["-A", "trust"]
+    else:
+        password_file = root / "password"
+        password_file.write_text(password, encoding="utf-8")
+        if as_user:
+            shutil.chown(password_file, user="postgres")
+        initdb += ["-A", "scram-sha-256", f"--pwfile={password_file}"]
+    subprocess.run([*as_user, *initdb, "--no-sync"], check=True, capture_output=True)
     server = Cluster(bin_dir, root, port, as_user)
     server.start()
     try:

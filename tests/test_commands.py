@@ -7,9 +7,6 @@ once the package is installed (``pip install -e .``).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -17,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from crawl_support import one_error_line, run_scrapy
 from scrapy_pharox import (
     IStorage,
     Lease,
@@ -32,7 +30,6 @@ from scrapy_pharox import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
-REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("pharox-check", "pharox-import", "pharox-pools", "pharox-proxies",
             "pharox-set")  # fmt: skip
 
@@ -63,36 +60,6 @@ def storage(storage_url: str) -> Iterator[IStorage]:
     store = open_storage(storage_url)
     yield store
     store.close()
-
-
-def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``python -m scrapy ARGS`` with this checkout first on the path."""
-    environ = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("SCRAPY_SETTINGS_MODULE", "SCRAPY_PROJECT")
-    }
-    environ["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "scrapy", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The single line a failed command printed, checked to be just that."""
-    assert result.returncode != 0
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    return line
 
 
 def rows_of(output: str) -> dict[str, list[str]]:
@@ -129,11 +96,11 @@ def test_import_reports_added_present_and_rejected_lines(
 ) -> None:
     proxies_file = write(tmp_path / "proxies.txt", PROXIES_FILE)
 
-    first = scrapy(
+    first = run_scrapy(
         "pharox-import", "proxies.txt", "--pool", "res", "--country", "de",
         "--max-concurrency", "0", "--storage", storage_url, cwd=tmp_path,
     )  # fmt: skip
-    again = scrapy(
+    again = run_scrapy(
         "pharox-import", str(proxies_file), "--pool", "res", "--storage",
         storage_url, cwd=tmp_path,
     )  # fmt: skip
@@ -170,7 +137,7 @@ def test_a_clean_import_exits_zero_with_the_settings_default_concurrency(
     storage_url: str, storage: IStorage, tmp_path: Path
 ) -> None:
     write(tmp_path / "ok.txt", "http://10.0.0.5:3128\n\n# done\n")
-    result = scrapy(
+    result = run_scrapy(
         "pharox-import", "ok.txt", "--pool", "dc", "--storage", storage_url,
         "-s", "PHAROX_PROXY_MAX_CONCURRENCY=3", cwd=tmp_path,
     )  # fmt: skip
@@ -230,7 +197,7 @@ def test_pools_lists_every_pool_with_its_counts(
     storage_url: str, storage: IStorage, tmp_path: Path
 ) -> None:
     populate(storage)
-    result = scrapy("pharox-pools", "--storage", storage_url, cwd=tmp_path)
+    result = run_scrapy("pharox-pools", "--storage", storage_url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
@@ -250,7 +217,7 @@ def test_proxies_shows_health_per_proxy_without_passwords(
     storage.add_proxy(
         Proxy.from_url("http://carol:t0p-secret@10.0.1.2:9000", pool_id=web.id)
     )
-    result = scrapy(
+    result = run_scrapy(
         "pharox-proxies", "--pool", "web", "--storage", storage_url, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -302,7 +269,7 @@ def test_set_takes_a_proxy_out_and_puts_it_back_with_its_cooldown_cleared(
             and (user is None or (proxy.credentials and proxy.credentials.user == user))
         )
 
-    out = scrapy(
+    out = run_scrapy(
         "pharox-set", "--pool", "web", "--proxy", "http://10.0.1.1:8001",
         "--status", "inactive", "--storage", storage_url, cwd=tmp_path,
     )  # fmt: skip
@@ -312,7 +279,7 @@ def test_set_takes_a_proxy_out_and_puts_it_back_with_its_cooldown_cleared(
     )
     assert status(8001).status is ProxyStatus.INACTIVE
 
-    back = scrapy(
+    back = run_scrapy(
         "pharox-set", "--pool", "web", "--proxy", "http://10.0.1.1:8002",
         "--status", "ACTIVE", "--storage", storage_url, cwd=tmp_path,
     )  # fmt: skip
@@ -324,7 +291,7 @@ def test_set_takes_a_proxy_out_and_puts_it_back_with_its_cooldown_cleared(
     assert status(8002).consecutive_bans == 0
     assert ProxyManager(storage).acquire_proxy("web") is not None
 
-    by_user = scrapy(
+    by_user = run_scrapy(
         "pharox-set", "--pool", "web", "--proxy", "http://erin:***@10.0.1.3:7000",
         "--status", "inactive", "--storage", storage_url, cwd=tmp_path,
     )  # fmt: skip
@@ -334,7 +301,7 @@ def test_set_takes_a_proxy_out_and_puts_it_back_with_its_cooldown_cleared(
     assert status(7000, "dave").status is ProxyStatus.ACTIVE
 
     ambiguous = one_error_line(
-        scrapy(
+        run_scrapy(
             "pharox-set", "--pool", "web", "--proxy", "http://10.0.1.3:7000",
             "--status", "inactive", "--storage", storage_url, cwd=tmp_path,
         )
@@ -356,13 +323,13 @@ def test_check_records_each_proxy_and_prints_a_summary(
     working = start_proxy()
     dead = free_port()
     write(tmp_path / "p.txt", f"{working.url}\nhttp://127.0.0.1:{dead}\n")
-    imported = scrapy(
+    imported = run_scrapy(
         "pharox-import", "p.txt", "--pool", "hc", "--storage", storage_url,
         cwd=tmp_path,
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr
 
-    result = scrapy(
+    result = run_scrapy(
         "pharox-check", "--pool", "hc", "--storage", storage_url,
         "-s", f"PHAROX_CHECK_URL={site.url}/page/2", cwd=tmp_path,
     )  # fmt: skip
@@ -391,7 +358,9 @@ def test_check_records_each_proxy_and_prints_a_summary(
 
 def test_a_bad_storage_url_fails_in_one_line(tmp_path: Path) -> None:
     line = one_error_line(
-        scrapy("pharox-pools", "--storage", "mysql://root:sekrit@db/x", cwd=tmp_path)
+        run_scrapy(
+            "pharox-pools", "--storage", "mysql://root:sekrit@db/x", cwd=tmp_path
+        )
     )
     assert line.startswith("scrapy pharox-pools: error: unsupported storage URL")
     assert "sekrit" not in line
@@ -399,20 +368,20 @@ def test_a_bad_storage_url_fails_in_one_line(tmp_path: Path) -> None:
 
 def test_an_unreachable_database_fails_in_one_line(tmp_path: Path) -> None:
     url = f"postgresql+psycopg://user:sekrit@127.0.0.1:{free_port()}/db"
-    line = one_error_line(scrapy("pharox-pools", "--storage", url, cwd=tmp_path))
+    line = one_error_line(run_scrapy("pharox-pools", "--storage", url, cwd=tmp_path))
     assert line.startswith("scrapy pharox-pools: error: cannot reach the database")
     assert "sekrit" not in line
 
 
 def test_the_in_memory_default_is_refused_in_one_line(tmp_path: Path) -> None:
-    line = one_error_line(scrapy("pharox-proxies", "--pool", "x", cwd=tmp_path))
+    line = one_error_line(run_scrapy("pharox-proxies", "--pool", "x", cwd=tmp_path))
     assert "memory:// lives and dies with one process" in line
     assert "--storage" in line and "PHAROX_STORAGE_URL" in line
 
 
 def test_an_unreadable_file_fails_in_one_line(sqlite_url: str, tmp_path: Path) -> None:
     line = one_error_line(
-        scrapy(
+        run_scrapy(
             "pharox-import", "absent.txt", "--pool", "p", "--storage", sqlite_url,
             cwd=tmp_path,
         )
@@ -448,7 +417,7 @@ def test_bad_input_fails_in_one_line(
         bootstrap_pool(store, name="known")
     finally:
         store.close()
-    line = one_error_line(scrapy(*args, "--storage", sqlite_url, cwd=tmp_path))
+    line = one_error_line(run_scrapy(*args, "--storage", sqlite_url, cwd=tmp_path))
     assert line.startswith(f"scrapy {args[0]}: error: ")
     assert message in line
     assert "pw-9" not in line
@@ -467,16 +436,17 @@ def test_the_project_settings_name_the_storage(sqlite_url: str, tmp_path: Path) 
     )
     write(tmp_path / "p.txt", "http://10.0.0.5:3128\n")
     assert (
-        scrapy("pharox-import", "p.txt", "--pool", "mine", cwd=tmp_path).returncode == 0
+        run_scrapy("pharox-import", "p.txt", "--pool", "mine", cwd=tmp_path).returncode
+        == 0
     )
 
-    result = scrapy("pharox-pools", cwd=tmp_path)
+    result = run_scrapy("pharox-pools", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert rows_of(result.stdout) == {"mine": ["1", "1", "0", "0", "0"]}
 
 
 def test_scrapy_lists_the_commands_outside_a_project(tmp_path: Path) -> None:
-    result = scrapy(cwd=tmp_path)
+    result = run_scrapy(cwd=tmp_path)
     listed = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     assert set(COMMANDS) <= listed

@@ -149,6 +149,72 @@ def test_an_unknown_field_in_the_proxies_file_is_refused(tmp_path: Path) -> None
         config(PHAROX_PROXIES_FILE=str(listing))
 
 
+def message_of(**settings: Any) -> str:
+    """What the settings are refused with."""
+    with pytest.raises(PharoxSettingError) as bad:
+        config(**settings)
+    return str(bad.value)
+
+
+@pytest.mark.parametrize(
+    "password", ["Secr/etSlash9", "Secr#etHash9", "Secr?etQuery9", "Secr@etAt9"]
+)
+def test_a_proxy_password_with_a_special_character_is_masked_whole_as_malformed(
+    password: str,
+) -> None:
+    message = message_of(PHAROX_PROXIES=[f"http://alice:{password}@127.0.0.1:3128"])
+    assert "malformed proxy URL 'http://alice:***@127.0.0.1:3128'" in message
+    assert "must be percent-encoded" in message
+    assert "Secr" not in message and "9" not in message
+
+
+def test_a_proxy_url_without_a_scheme_is_shown_with_its_password_masked() -> None:
+    message = message_of(PHAROX_PROXIES=["alice:s3cret-pw@127.0.0.1:3128"])
+    assert "'alice:***@127.0.0.1:3128'" in message
+    assert "s3cret-pw" not in message
+
+
+def test_a_comma_in_a_proxy_password_does_not_split_the_command_line_value() -> None:
+    parsed = config(PHAROX_PROXIES="http://127.0.0.1:1,http://alice:pa,ss@127.0.0.1:2")
+    assert [proxy.port for proxy in parsed.proxies] == [1, 2]
+    credentials = parsed.proxies[1].credentials
+    assert credentials is not None and credentials.password == "pa,ss"
+
+
+def refusal_of_file(tmp_path: Path, line: str) -> str:
+    """What a proxies file of that one line is refused with."""
+    listing = tmp_path / "proxies.txt"
+    listing.write_text(line + "\n")
+    return message_of(PHAROX_PROXIES_FILE=str(listing))
+
+
+def test_a_hash_inside_a_url_of_the_proxies_file_is_not_taken_for_a_comment(
+    tmp_path: Path,
+) -> None:
+    message = refusal_of_file(tmp_path, "http://alice:Secr#et9@127.0.0.1:3128  # ours")
+    assert "txt:1: malformed proxy URL 'http://alice:***@127.0.0.1:3128'" in message
+    assert "Secr" not in message
+
+
+def test_a_space_in_a_password_of_the_proxies_file_shows_no_piece_of_it(
+    tmp_path: Path,
+) -> None:
+    message = refusal_of_file(tmp_path, "http://alice:Secr et9@127.0.0.1:3128")
+    assert "txt:1: malformed proxy line 'http://alice:***@127.0.0.1:3128'" in message
+    assert "Secr" not in message and "et9" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1 :3128", "http://127.0.0.1:31\t28", "http://127.0.0.1<:3128"],
+)
+def test_a_proxy_url_holding_white_space_or_junk_is_refused_naming_its_entry(
+    url: str,
+) -> None:
+    message = message_of(PHAROX_PROXIES=["http://127.0.0.1:1", url])
+    assert f"PHAROX_PROXIES entry 2: malformed proxy URL {url!r}: it holds" in message
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_bad_setting_stops_the_crawl_at_start() -> Any:
     with pytest.raises(PharoxSettingError, match="PHAROX_SELECTOR"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,11 +13,17 @@ import pytest_twisted
 from scrapy.crawler import Crawler
 
 from crawl_support import LinkSpider, assert_every_lease_released, crawl, stats_of
-from pg_cluster import Cluster
+from pg_cluster import Cluster, throwaway_cluster
 from scrapy_pharox import SqlStorage
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with throwaway_cluster() as server:
+        yield server
 
 
 def outage_during_first_download(

@@ -1,7 +1,7 @@
 """A PostgreSQL restart in the middle of a run, on a throwaway cluster.
 
-The tests create their own cluster (``pg_cluster``) on a free port (as the
-``postgres`` OS user when run as root) so restarting it disturbs nobody.
+The tests create their own cluster (``pg_cluster``) so restarting it disturbs
+nobody.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pg_cluster import Cluster
+from pg_cluster import Cluster, throwaway_cluster
 from scrapy_pharox import (
     ProxyManager,
     SqlStorage,
@@ -22,6 +22,12 @@ from scrapy_pharox import (
 )
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with throwaway_cluster() as server:
+        yield server
 
 
 @pytest.fixture

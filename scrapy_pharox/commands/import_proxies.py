@@ -40,7 +40,8 @@ class Command(PharoxCommand):
     def long_desc(self) -> str:
         return (
             "Add the proxies of FILE to a pool, creating it if needed. One proxy URL "
-            "a line, # starts a comment, fields may follow the URL as name=value "
+            "a line, # at its start or after a space starts a comment, fields may "
+            "follow the URL as name=value "
             "(country, city, source, isp, asn, latitude, longitude, "
             "max_concurrency), as in PHAROX_PROXIES_FILE. Proxies already in the "
             "pool are left as they are, so importing twice adds nothing. Exit code "

@@ -1,7 +1,8 @@
 """The leasing vocabulary: pydantic models and enums, validation only, no I/O.
 
 Every name is importable from here; each lives in the module of what it is about:
-``proxy`` (a proxy, its credentials and URL), ``pools`` (pools, selectors and
+``proxy`` (a proxy, its credentials and URL), ``urls`` (any URL's password
+masked, and why it would be misread), ``pools`` (pools, selectors and
 filters), ``leases`` (a lease and the callbacks' payloads), ``outcomes`` (outcome
 reports and cooldowns) and ``base`` (the clock and the trusted constructors).
 """
@@ -36,8 +37,8 @@ from .proxy import (
     ProxyCredentials,
     ProxyProtocol,
     ProxyStatus,
-    mask_url_password,
 )
+from .urls import credentials_problem, mask_url_password
 
 __all__ = [
     "EARTH_RADIUS_KM",
@@ -61,6 +62,7 @@ __all__ = [
     "ReleaseEventPayload",
     "SelectorStrategy",
     "build_trusted",
+    "credentials_problem",
     "haversine_km",
     "mask_url_password",
     "snapshot",

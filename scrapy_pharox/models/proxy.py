@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ..exceptions import InvalidProxyURLError
 from .base import utc_now
+from .urls import credentials_problem, mask_url_password
 
 
 class ProxyStatus(str, Enum):
@@ -129,17 +130,25 @@ class Proxy(BaseModel):
     def from_url(cls, url: str, *, pool_id: UUID, **fields: Any) -> Proxy:
         """Parse ``scheme://[user:password@]host:port`` into a Proxy.
 
-        A malformed URL raises ``InvalidProxyURLError`` naming it, password masked.
+        A bad URL raises ``InvalidProxyURLError`` naming it, its password masked
+        whatever characters it holds.
         """
         text = url.strip() if isinstance(url, str) else url
         if not isinstance(text, str) or not text:
             raise InvalidProxyURLError(f"invalid proxy URL {url!r}: empty")
         shown = mask_url_password(text)
+        # Checked before urlsplit, which would read part of such a password as
+        # the host or the port, and say so.
+        problem = credentials_problem(text) or _stray_character(shown)
+        if problem is not None:
+            raise InvalidProxyURLError(f"malformed proxy URL {shown!r}: {problem}")
         try:
             parts = urlsplit(text)
             port = parts.port
         except ValueError as exc:
-            raise InvalidProxyURLError(f"invalid proxy URL {shown!r}: {exc}") from None
+            raise InvalidProxyURLError(
+                f"malformed proxy URL {shown!r}: {exc}"
+            ) from None
         scheme = parts.scheme.lower()
         if scheme not in {protocol.value for protocol in ProxyProtocol}:
             raise InvalidProxyURLError(
@@ -195,13 +204,14 @@ class Proxy(BaseModel):
         )
 
 
-def mask_url_password(url: str) -> str:
-    """Replace the password of ``scheme://user:password@host`` with ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}"
+# Characters RFC 3986 allows nowhere in a URL unencoded (other than white space).
+_NEVER_IN_A_URL = frozenset('<>"{}|\\^`')
+
+
+def _stray_character(url: str) -> str | None:
+    """What a proxy URL (its password masked) holds that no URL does, or None:
+    white space, a control character, or a character a URL must encode."""
+    for char in url:
+        if char.isspace() or not char.isprintable() or char in _NEVER_IN_A_URL:
+            return "it holds a space" if char == " " else f"it holds {char!r}"
+    return None

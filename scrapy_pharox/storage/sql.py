@@ -37,6 +37,7 @@ from ..models import (
     ProxyFilters,
     ProxyPool,
     SelectorStrategy,
+    credentials_problem,
     mask_url_password,
 )
 from . import sql_admin as admin
@@ -274,16 +275,24 @@ class SqlStorage(IStorage):
         }
 
     def _storage_error(self, action: str, exc: BaseException) -> StorageError:
-        """A driver's error as a StorageError naming where."""
+        """A driver's error as a StorageError naming where, worded for what
+        happened: a server out of reach, or one that turned the connection away."""
         reason = sql_errors.reason(exc)
-        if sql_errors.unreachable(exc):
-            host = self._url.host or "localhost"
-            port = self._url.port or 5432
-            return StorageError(
-                f"cannot reach the database at {host}:{port} ({self._shown_url}) "
-                f"while {action}: {reason}"
-            )
-        return StorageError(f"{action} failed on {self._shown_url}: {reason}")
+        server = (
+            f"{self._url.host or 'localhost'}:{self._url.port or 5432} "
+            f"({self._shown_url})"
+        )
+        refusal = sql_errors.refusal(exc)
+        if refusal == "authentication":
+            user = f" for user {self._url.username!r}" if self._url.username else ""
+            problem = f"authentication failed{user} on the database at {server}"
+        elif refusal == "database":
+            problem = f"the database {self._url.database!r} does not exist at {server}"
+        elif sql_errors.unreachable(exc):
+            problem = f"cannot reach the database at {server}"
+        else:
+            return StorageError(f"{action} failed on {self._shown_url}: {reason}")
+        return StorageError(f"{problem} while {action}: {reason}")
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -301,11 +310,17 @@ def adapter_for(url: str | URL) -> type[SqlStorage]:
 
 
 def _sql_url(url: str | URL) -> URL:
+    shown = mask_url_password(str(url))
+    # Checked before make_url, which would read part of such a password as the
+    # host, and show it.
+    problem = credentials_problem(url) if isinstance(url, str) else None
+    if problem is not None:
+        raise UnsupportedStorageURLError(f"malformed storage URL {shown!r}: {problem}")
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
         raise UnsupportedStorageURLError(
-            f"invalid storage URL {mask_url_password(str(url))!r}: {exc}"
+            f"malformed storage URL {shown!r}: {exc}"
         ) from None
     if parsed.drivername in ("postgresql", "postgresql+psycopg"):
         # Plain postgresql:// means psycopg 3 here, the driver we depend on.

@@ -5,7 +5,9 @@ psycopg is imported only when an error is looked at: SQLite needs no psycopg.
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Literal
 
 # SQLSTATE classes worth another try: connection, resources, operator
 # intervention (a restart), and rolled-back transactions (deadlock, serialization).
@@ -24,9 +26,46 @@ def transient(driver_error: BaseException | None) -> bool:
 
 def unreachable(driver_error: BaseException | None) -> bool:
     """Whether the error says the server could not be reached at all."""
-    return getattr(driver_error, "sqlstate", None) is None and isinstance(
-        driver_error, _operational_error()
+    return (
+        getattr(driver_error, "sqlstate", None) is None
+        and isinstance(driver_error, _operational_error())
+        and refusal(driver_error) is None
     )
+
+
+Refusal = Literal["authentication", "database"]
+
+#: The SQLSTATEs of a server that turned the connection away.
+_REFUSED_SQLSTATES: dict[str, Refusal] = {
+    "28000": "authentication",  # invalid authorization: no such role, pg_hba
+    "28P01": "authentication",  # invalid password
+    "3D000": "database",  # the database does not exist
+}
+#: The same as libpq and the server word them: psycopg (3.3) gives a failed
+#: connect no SQLSTATE, only this text (in English unless the server's
+#: lc_messages says otherwise; then the failure is told as unreachable).
+_REFUSED_WORDS: tuple[tuple[Refusal, re.Pattern[str]], ...] = (
+    (
+        "authentication",
+        re.compile(
+            r'authentication failed for user|role ".*" does not exist|'
+            r"pg_hba\.conf|not permitted to log in|no password supplied"
+        ),
+    ),
+    ("database", re.compile(r'database ".*" does not exist')),
+)
+
+
+def refusal(driver_error: BaseException | None) -> Refusal | None:
+    """Why a server that was reached turned the connection away: "authentication"
+    (a wrong password, no such user) or "database" (no such database); else None."""
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if sqlstate is not None:
+        return _REFUSED_SQLSTATES.get(sqlstate)
+    if not isinstance(driver_error, _operational_error()):
+        return None
+    message = str(driver_error)
+    return next((kind for kind, words in _REFUSED_WORDS if words.search(message)), None)
 
 
 def reason(error: BaseException | None) -> str:
