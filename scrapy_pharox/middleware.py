@@ -46,6 +46,7 @@ class PharoxProxyMiddleware:
         if isinstance(stale, Lease) and self.keeper.holds(stale):
             # A middleware after us answered the old request with a new one, so our
             # process_response never saw its response: give that lease back now.
+            _forget_credentials(request)
             await self.keeper.release(stale, "response")
         meta.pop("proxy", None)
         lease = await self.keeper.lease_for(request)
@@ -70,6 +71,7 @@ class PharoxProxyMiddleware:
             LeaseOutcome.BAN if banned else LeaseOutcome.SUCCESS,
             latency * 1000 if isinstance(latency, (int, float)) else None,
         )
+        _forget_credentials(request)
         await self.keeper.release(lease, "response", report)
         if not banned:
             return response
@@ -88,6 +90,7 @@ class PharoxProxyMiddleware:
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease):
             return
+        _forget_credentials(request)
         if isinstance(exception, IgnoreRequest):
             # A later middleware dropped the request: no verdict on the proxy.
             await self.keeper.release(lease, "closed")
@@ -108,3 +111,12 @@ class PharoxProxyMiddleware:
         if ours is None or not isinstance(lease, Lease) or lease.proxy is None:
             return False
         return request.meta["proxy"] in (ours, lease.proxy.url)
+
+
+def _forget_credentials(request: Request) -> None:
+    """Drop the Proxy-Authorization header HttpProxyMiddleware put on a request
+    whose lease ends: a retry or redirect copy of it starts clean (the header
+    of its next proxy is set anew), and a copy on disk (JOBDIR) holds none."""
+    if "_auth_proxy" in request.meta:
+        request.headers.pop(b"Proxy-Authorization", None)
+        del request.meta["_auth_proxy"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -72,3 +73,42 @@ def test_credentials_never_reach_the_target_site(
         names = {name.lower() for name in request.headers}
         assert "proxy-authorization" not in names
         assert not any("crawler" in value for value in request.headers.values())
+
+
+def jobdir_bytes(jobdir: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in jobdir.rglob("*") if path.is_file())
+
+
+@pytest_twisted.inlineCallbacks
+def test_requests_kept_on_disk_for_a_resumed_crawl_hold_no_password(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy], tmp_path: Path
+) -> Any:
+    banned, fine = (start_proxy(username="crawler", password=PASSWORD) for _ in "ab")
+    site.banned_proxy_ports = {banned.port}  # its requests come back as retries
+    settings = {
+        "PHAROX_PROXIES": [banned.auth_url, fine.auth_url],
+        "JOBDIR": str(tmp_path / "job"),
+        "CONCURRENT_REQUESTS": 2,
+        # A ban barely rests the proxy: it keeps being banned, retries pile up.
+        "PHAROX_COOLDOWN_BASE": 0.001,
+        "PHAROX_COOLDOWN_MAX": 0.001,
+    }
+    first: Crawler = yield crawl(
+        LinkSpider, {**settings, "CLOSESPIDER_PAGECOUNT": 6}, start_url=site.url + "/"
+    )
+    assert first.stats is not None
+    assert first.stats.get_value("finish_reason") == "closespider_pagecount"
+    on_disk = jobdir_bytes(tmp_path / "job")
+    assert b"pharox_lease" in on_disk  # retried copies, with their old lease
+    basic = base64.b64encode(f"crawler:{PASSWORD}".encode())
+    for secret in (PASSWORD.encode(), quote(PASSWORD, safe="").encode(), basic):
+        assert secret not in on_disk
+    site.banned_proxy_ports = set()
+    resumed: Crawler = yield crawl(LinkSpider, settings, start_url=site.url + "/")
+    assert resumed.spider.seen and all(
+        page["status"] == 200 for page in resumed.spider.seen
+    )
+    first_leases = {page["lease_id"] for page in first.spider.seen}
+    assert not first_leases & {page["lease_id"] for page in resumed.spider.seen}
+    assert_every_lease_released(stats_of(first))
+    assert_every_lease_released(stats_of(resumed))

@@ -3,10 +3,12 @@ pickles."""
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 import re
 from datetime import timedelta
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -67,6 +69,22 @@ def test_a_snapshot_does_not_follow_later_changes_of_the_original() -> None:
     assert copy.current_leases == 0
 
 
+class PicklerOfBefore(pickle.Pickler):
+    """Pickles a Lease as pydantic does by default, as scrapy-pharox did before
+    leases left their credentials out of pickles."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is Lease:
+            return (copyreg.__newobj__, (Lease,), obj.__getstate__())
+        return NotImplemented
+
+
+def pickled_as_before(lease: Lease) -> bytes:
+    written = io.BytesIO()
+    PicklerOfBefore(written, protocol=0).dump(lease)
+    return written.getvalue()
+
+
 def test_a_pickle_naming_the_classes_in_scrapy_pharox_models_still_loads() -> None:
     # Requests queued in a JOBDIR before models.py became a package carry leases
     # pickled as scrapy_pharox.models.Lease, .Proxy, ...: that path must resolve.
@@ -86,7 +104,7 @@ def test_a_pickle_naming_the_classes_in_scrapy_pharox_models_still_loads() -> No
     written, renamed = re.subn(
         rb"^(\(?c)scrapy_pharox\.models\.\w+$",
         rb"\1scrapy_pharox.models",
-        pickle.dumps(lease, protocol=0),
+        pickled_as_before(lease),
         flags=re.MULTILINE,
     )
     assert renamed >= 3
@@ -119,3 +137,21 @@ def test_a_cooldown_policy_out_of_bounds_is_an_argument_error_naming_the_value(
     assert isinstance(bad.value, PharoxError) and isinstance(bad.value, ValueError)
     ((name, value),) = values.items()
     assert name in str(bad.value) and repr(value) in str(bad.value)
+
+
+def test_a_pickled_lease_leaves_its_proxy_s_credentials_behind() -> None:
+    proxy = Proxy.from_url("http://alice:s3cr3t-pw@127.0.0.1:3128", pool_id=uuid4())
+    lease = Lease(
+        proxy_id=proxy.id,
+        consumer_id=uuid4(),
+        expires_at=utc_now() + timedelta(seconds=30),
+        proxy=proxy,
+    )
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        written = pickle.dumps(lease, protocol=protocol)
+        assert b"s3cr3t-pw" not in written
+        back = pickle.loads(written)
+        assert back.proxy is not None and back.proxy.credentials is None
+        assert back.model_dump(exclude={"proxy"}) == lease.model_dump(exclude={"proxy"})
+        assert back.proxy.address == proxy.address
+    assert lease.proxy is not None and lease.proxy.credentials is not None

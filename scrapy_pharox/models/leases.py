@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, Field
@@ -22,7 +23,12 @@ class LeaseStatus(str, Enum):
 
 
 class Lease(BaseModel):
-    """A time-bounded claim of one slot of one proxy by one consumer."""
+    """A time-bounded claim of one slot of one proxy by one consumer.
+
+    Pickled (a JOBDIR queue, any serialization of ``request.meta``), a lease
+    leaves its proxy's credentials behind: what is written to disk holds no
+    password. The holder keeps the live lease, with them, in memory.
+    """
 
     id: UUID = Field(default_factory=uuid4)
     proxy_id: UUID
@@ -34,6 +40,15 @@ class Lease(BaseModel):
     expires_at: datetime
     released_at: datetime | None = None
     proxy: Proxy | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        on_disk = self.model_dump(exclude={"proxy": {"credentials"}})
+        return (_unpickled_lease, (on_disk,))
+
+
+def _unpickled_lease(fields: dict[str, Any]) -> Lease:
+    """A lease read back from a pickle: without its proxy's credentials."""
+    return Lease.model_validate(fields)
 
 
 class PoolStatsSnapshot(BaseModel):
