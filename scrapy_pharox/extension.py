@@ -10,6 +10,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.task import LoopingCall
 
+from .exceptions import PharoxError
 from .keeper import RELEASE_KEYS, LeaseKeeper
 
 if TYPE_CHECKING:
@@ -74,7 +75,11 @@ class PharoxStatsExtension:
         self._leased_before = leased
         pools = []
         for pool_name in sorted(self.keeper.pools_used):
-            snapshot = await self.keeper.pool_stats(pool_name)
+            try:
+                snapshot = await self.keeper.pool_stats(pool_name)
+            except PharoxError as exc:  # the line goes on, and says so
+                pools = [f"storage unreachable ({exc})"]
+                break
             if snapshot is not None:
                 cooling = (
                     f", {snapshot.cooling_proxies} cooling down"
@@ -99,11 +104,17 @@ class PharoxStatsExtension:
         )
 
     async def write_pool_snapshots(self) -> None:
-        """Stop the log line; put each used pool's counts into the stats."""
+        """Stop the log line; put each used pool's counts into the stats (left
+        out, with ``pharox/pool/snapshot_error``, when the storage fails)."""
         if self.task is not None and self.task.running:
             self.task.stop()
         for pool_name in sorted(self.keeper.pools_used):
-            snapshot = await self.keeper.pool_stats(pool_name)
+            try:
+                snapshot = await self.keeper.pool_stats(pool_name)
+            except PharoxError as exc:
+                self.stats.set_value("pharox/pool/snapshot_error", 1)
+                self.keeper.close_problem(f"no pool counts in the stats ({exc})")
+                return
             if snapshot is None:
                 continue
             for field in SNAPSHOT_FIELDS:

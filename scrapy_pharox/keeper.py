@@ -85,6 +85,8 @@ class LeaseKeeper:
             self._held, self.caller, config.lease_seconds, self._tally
         )
         self._retries = ReleaseRetries(self.caller, self._tally, self._wake_a_waiter)
+        self._failed_at_close: list[str] = []
+        self._close_problems: list[str] = []
         self._longest_wait_ms = 0
         self._closing = False
         self._giving_back: set[asyncio.Task[None]] = set()
@@ -292,11 +294,13 @@ class LeaseKeeper:
     def _release_failed(
         self, lease: Lease, report: OutcomeReport | None, exc: PharoxError
     ) -> None:
-        # The crawl goes on; the release is tried again in the background.
         self._tally.inc("pharox/release/error")
+        if self._closing:  # told once, in the close's warning
+            self._failed_at_close.append(str(exc))
+            return
+        # The crawl goes on; the release is tried again in the background.
         logger.warning("scrapy-pharox could not release a lease: %s; trying again", exc)
-        if not self._closing:
-            self._retries.add(lease, report)
+        self._retries.add(lease, report)
 
     def _wake_a_waiter(self) -> None:
         if self._wakeup.sleepers:
@@ -319,10 +323,28 @@ class LeaseKeeper:
             await self.release(lease, "closed")
         while self._giving_back:  # their failures are told by _given_back
             await asyncio.gather(*self._giving_back, return_exceptions=True)
-        self._retries.close()
+        left = self._retries.close()
         self.flush_stats()
+        if self._failed_at_close or left:
+            self.close_problem(
+                f"{len(self._failed_at_close) + left} lease(s) not given back, "
+                "reclaimed by the storage when they expire"
+                + (f" ({self._failed_at_close[-1]})" if self._failed_at_close else "")
+            )
         for hook in self._close_hooks:
-            await hook()
+            try:
+                await hook()
+            except PharoxError as exc:
+                self.close_problem(str(exc))
+        if self._close_problems:
+            logger.warning(
+                "scrapy-pharox closed with its storage failing: %s",
+                "; ".join(self._close_problems),
+            )
+
+    def close_problem(self, problem: str) -> None:
+        """Tell ``problem`` in the one warning of the close, not on its own."""
+        self._close_problems.append(problem)
 
     def flush_stats(self) -> None:
         """Put the ``pharox/*`` counts into Scrapy's stats now (they otherwise

@@ -97,20 +97,13 @@ class ReleaseRetries:
         logger.info("scrapy-pharox released a lease the storage had refused before")
         self._released()
 
-    def close(self) -> None:
-        """Stop trying (the crawl is over); one warning for what is left."""
+    def close(self) -> int:
+        """Stop trying (the crawl is over); how many were left undone."""
         pending, self._pending = list(self._pending.values()), {}
         for entry in pending:
             if entry.cancel is not None:
                 entry.cancel()
-        if pending:
-            latest = max(entry.lease.expires_at for entry in pending)
-            logger.warning(
-                "scrapy-pharox could not release %d lease(s): the storage will "
-                "reclaim them when they expire, by %s",
-                len(pending),
-                latest.isoformat(timespec="seconds"),
-            )
+        return len(pending)
 
     def _failed(self, failure: object) -> None:
         logger.error("scrapy-pharox could not retry a release: %s", failure)
