@@ -133,7 +133,10 @@ class AnswerRootWithAFreshRequest:
     answered = False
 
     def process_response(
-        self, request: scrapy.Request, response: Response
+        self,
+        request: scrapy.Request,
+        response: Response,
+        spider: scrapy.Spider | None = None,
     ) -> Response | scrapy.Request:
         if AnswerRootWithAFreshRequest.answered:
             return response
