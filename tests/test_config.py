@@ -139,12 +139,14 @@ def test_an_unknown_field_in_the_proxies_file_is_refused(tmp_path: Path) -> None
         config(PHAROX_PROXIES_FILE=str(listing))
 
 
+@pytest.mark.crawl
 @pytest_twisted.inlineCallbacks
 def test_a_bad_setting_stops_the_crawl_at_start() -> Any:
     with pytest.raises(PharoxSettingError, match="PHAROX_SELECTOR"):
         yield crawl(LinkSpider, {"PHAROX_SELECTOR": "fastest"}, start_url="http://x/")
 
 
+@pytest.mark.crawl
 @pytest_twisted.inlineCallbacks
 def test_an_unknown_storage_url_stops_the_crawl_at_start() -> Any:
     with pytest.raises(PharoxSettingError, match=r"PHAROX_STORAGE_URL: .*'redis://"):
@@ -155,6 +157,7 @@ def test_an_unknown_storage_url_stops_the_crawl_at_start() -> Any:
         )
 
 
+@pytest.mark.crawl
 @pytest_twisted.inlineCallbacks
 def test_a_disabled_plugin_leaves_requests_alone(
     caplog: pytest.LogCaptureFixture,

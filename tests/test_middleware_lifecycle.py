@@ -28,6 +28,8 @@ from scrapy_pharox import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
+pytestmark = pytest.mark.crawl
+
 STORAGE_DELAY = 0.2
 
 

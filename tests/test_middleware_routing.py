@@ -22,6 +22,8 @@ from crawl_support import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
+pytestmark = pytest.mark.crawl
+
 
 @pytest.fixture
 def countries(
