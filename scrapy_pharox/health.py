@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import scrapy
 from scrapy import signals
-from scrapy.crawler import AsyncCrawlerProcess
+from scrapy.crawler import CrawlerProcess
 
 from .bridge import Offloader
 from .config import HealthCheckConfig
@@ -247,7 +247,7 @@ def run_health_check(
 
     Blocks until done; like any crawler process, once per Python process.
     """
-    process = AsyncCrawlerProcess(settings)
+    process = CrawlerProcess(settings)
     run = start_health_check(process, storage, pool_name, on_result)
     process.start()
     return run.summary

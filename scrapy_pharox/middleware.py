@@ -11,7 +11,7 @@ from .keeper import LeaseKeeper
 from .models import Lease, LeaseOutcome
 
 if TYPE_CHECKING:
-    from scrapy import Request
+    from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
     from typing_extensions import Self
@@ -38,7 +38,12 @@ class PharoxProxyMiddleware:
     def from_crawler(cls, crawler: Crawler) -> Self:
         return cls(LeaseKeeper.for_crawler(crawler), crawler)
 
-    async def process_request(self, request: Request) -> None:
+    # The unused ``spider`` parameters are for Scrapy 2.13, which passes one to
+    # every process_* method; 2.14 and later pass none to methods that do not
+    # require it (Scrapy's own middlewares have the same signatures).
+    async def process_request(
+        self, request: Request, spider: Spider | None = None
+    ) -> None:
         meta = request.meta
         if "proxy" in meta and not self._set_by_us(request):
             return
@@ -59,7 +64,7 @@ class PharoxProxyMiddleware:
         meta[OUR_PROXY_KEY] = url if proxy.credentials is None else proxy.address
 
     async def process_response(
-        self, request: Request, response: Response
+        self, request: Request, response: Response, spider: Spider | None = None
     ) -> Response | Request:
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease) or not self.keeper.holds(lease):
@@ -86,7 +91,9 @@ class PharoxProxyMiddleware:
         )
         return retry if retry is not None else response
 
-    async def process_exception(self, request: Request, exception: Exception) -> None:
+    async def process_exception(
+        self, request: Request, exception: Exception, spider: Spider | None = None
+    ) -> None:
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease):
             return

@@ -313,6 +313,7 @@ def test_set_takes_a_proxy_out_and_puts_it_back_with_its_cooldown_cleared(
 # -- pharox-check ----------------------------------------------------------------
 
 
+@pytest.mark.crawl
 def test_check_records_each_proxy_and_prints_a_summary(
     storage_url: str,
     storage: IStorage,

@@ -215,12 +215,14 @@ def test_a_proxy_url_holding_white_space_or_junk_is_refused_naming_its_entry(
     assert f"PHAROX_PROXIES entry 2: malformed proxy URL {url!r}: it holds" in message
 
 
+@pytest.mark.crawl
 @pytest_twisted.inlineCallbacks
 def test_a_bad_setting_stops_the_crawl_at_start() -> Any:
     with pytest.raises(PharoxSettingError, match="PHAROX_SELECTOR"):
         yield crawl(LinkSpider, {"PHAROX_SELECTOR": "fastest"}, start_url="http://x/")
 
 
+@pytest.mark.crawl
 @pytest_twisted.inlineCallbacks
 def test_an_unknown_storage_url_stops_the_crawl_at_start() -> Any:
     with pytest.raises(PharoxSettingError, match=r"PHAROX_STORAGE_URL: .*'redis://"):
@@ -231,6 +233,7 @@ def test_an_unknown_storage_url_stops_the_crawl_at_start() -> Any:
         )
 
 
+@pytest.mark.crawl
 @pytest_twisted.inlineCallbacks
 def test_a_disabled_plugin_leaves_requests_alone(
     caplog: pytest.LogCaptureFixture,

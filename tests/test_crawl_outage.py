@@ -18,7 +18,7 @@ from pg_cluster import Cluster, throwaway_cluster
 from scrapy_pharox import SqlStorage
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.crawl, pytest.mark.postgres]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ import pytest
 from crawl_support import assert_every_lease_released
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
+pytestmark = pytest.mark.crawl
+
 WORKER = Path(__file__).resolve().parent / "fleet_worker.py"
 
 

@@ -31,6 +31,8 @@ from scrapy_pharox import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
+pytestmark = pytest.mark.crawl
+
 POOL = "checked"
 
 

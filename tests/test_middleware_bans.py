@@ -17,6 +17,8 @@ from crawl_support import LinkSpider, assert_every_lease_released, crawl, stats_
 from scrapy_pharox.keeper import LeaseKeeper
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
+pytestmark = pytest.mark.crawl
+
 
 def storage_after(crawler: Crawler) -> Any:
     return LeaseKeeper.for_crawler(crawler).manager.storage

@@ -17,7 +17,7 @@ from crawl_support import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
-pytestmark = pytest.mark.usefixtures("site")
+pytestmark = [pytest.mark.crawl, pytest.mark.usefixtures("site")]
 
 PAGES_AND_ROOT = 31
 

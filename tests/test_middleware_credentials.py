@@ -21,6 +21,8 @@ from crawl_support import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
+pytestmark = pytest.mark.crawl
+
 PASSWORD = "pa:ss/w@rd-7431"
 
 

@@ -28,6 +28,8 @@ from scrapy_pharox import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
+pytestmark = pytest.mark.crawl
+
 STORAGE_DELAY = 0.2
 
 
@@ -133,7 +135,10 @@ class AnswerRootWithAFreshRequest:
     answered = False
 
     def process_response(
-        self, request: scrapy.Request, response: Response
+        self,
+        request: scrapy.Request,
+        response: Response,
+        spider: scrapy.Spider | None = None,
     ) -> Response | scrapy.Request:
         if AnswerRootWithAFreshRequest.answered:
             return response

@@ -22,6 +22,8 @@ from crawl_support import (
 )
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
+pytestmark = pytest.mark.crawl
+
 
 @pytest.fixture
 def countries(
@@ -204,7 +206,9 @@ def test_a_copied_request_gets_a_lease_of_its_own(
 class DropOddPages:
     """A downloader middleware after ours that drops some requests."""
 
-    def process_request(self, request: scrapy.Request) -> None:
+    def process_request(
+        self, request: scrapy.Request, spider: scrapy.Spider | None = None
+    ) -> None:
         if request.url.rstrip("/").split("/")[-1] in {"1", "3", "5"}:
             raise IgnoreRequest("dropped by the test")
 

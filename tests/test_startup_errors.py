@@ -65,6 +65,7 @@ def test_a_missing_database_is_told_as_missing() -> None:
     assert "s3cret-pw" not in message
 
 
+@pytest.mark.crawl
 def test_scrapy_crawl_with_its_database_out_of_reach_fails_in_one_line() -> None:
     url = f"postgresql+psycopg://bob:s3cret-pw@127.0.0.1:{free_port()}/db"
     result = run_scrapy(
