@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import process_context, sql_engine
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from scrapy_pharox import (
     SqlStorage,
@@ -139,3 +139,18 @@ def test_a_sql_storage_is_the_adapter_of_its_url_s_dialect(sql_url: str) -> None
             assert repr(storage).startswith(f"{expected.__name__}(")
         finally:
             storage.close()
+
+
+@pytest.mark.postgres
+def test_the_proxy_table_leaves_room_on_its_pages_for_hot_updates(
+    postgresql_url: str,
+) -> None:
+    open_storage(postgresql_url).close()
+    with sql_engine(postgresql_url) as engine, engine.connect() as conn:
+        options = conn.execute(
+            text(
+                "SELECT reloptions FROM pg_class"
+                " WHERE oid = to_regclass('pharox_proxy')"
+            )
+        ).scalar_one()
+    assert options == ["fillfactor=70"]

@@ -129,11 +129,12 @@ proxy_table = Table(
     Column("latency_ms", Double),
     # Not leased before this moment (database time); NULL: never cooled.
     Column("cooldown_until", UtcDateTime),
-    # Room on each page so the counter updates of acquire and release stay HOT
-    # (no index holds current_leases, the outcome counters or cooldown_until, so
-    # they never touch an index).
-    postgresql_with={"fillfactor": 70},
 )
+# Room on each page so the counter updates of acquire and release stay HOT (no
+# index holds current_leases, the outcome counters or cooldown_until, so they
+# never touch an index). Set after CREATE TABLE: SQLAlchemy 2.0 (the one Python
+# 3.10 gets) has no postgresql_with.
+_PROXY_FILLFACTOR = text("ALTER TABLE pharox_proxy SET (fillfactor = 70)")
 
 _ACTIVE_ONLY = text("status = 'active'")
 
@@ -250,6 +251,8 @@ def create_schema(dialect: Dialect, shown_url: str) -> Steps[None]:
             yield _query(CreateTable(table), dialect)
             for index in sorted(table.indexes, key=lambda index: str(index.name)):
                 yield _query(CreateIndex(index), dialect)
+        if dialect.name == "postgresql":
+            yield _query(_PROXY_FILLFACTOR, dialect)
         yield _query(
             schema_version_table.insert().values(id=1, version=SCHEMA_VERSION),
             dialect,
