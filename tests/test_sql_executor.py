@@ -73,3 +73,42 @@ def test_a_sqlite_release_whose_later_step_fails_leaves_the_lease_active(
         assert stats is not None and stats.total_leases == 1  # nothing half done
     finally:
         storage.close()
+
+
+def test_a_sqlite_commit_that_fails_leaves_neither_a_transaction_nor_a_lock(
+    sqlite_url: str,
+) -> None:
+    storage = SqlStorage(sqlite_url)
+    # A deferred foreign key is checked at COMMIT only: a real COMMIT that fails.
+    storage.connection_hooks.append(
+        lambda conn: conn.execute("PRAGMA foreign_keys = ON")
+    )
+    manager = ProxyManager(storage)
+    try:
+        storage.create_schema()
+        pool = bootstrap_pool(storage, name="pool")
+        bootstrap_proxy(storage, pool=pool, host="127.0.0.1", port=1)
+        with sql_engine(sqlite_url) as engine, engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE TABLE blocker (proxy_id CHAR(32) REFERENCES"
+                    " pharox_proxy (id) DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER block AFTER INSERT ON pharox_lease"
+                    " BEGIN INSERT INTO blocker VALUES ('nowhere'); END"
+                )
+            )
+        with pytest.raises(StorageError, match="FOREIGN KEY constraint failed"):
+            manager.acquire_proxy("pool")
+        # Another connection (another process, say) can write at once ...
+        with sql_engine(sqlite_url) as engine, engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER block"))
+        # ... and this storage goes on, the failed acquire undone.
+        assert manager.acquire_proxy("pool") is not None
+        (proxy,) = storage.list_proxies("pool")
+        assert proxy.current_leases == 1
+    finally:
+        storage.close()

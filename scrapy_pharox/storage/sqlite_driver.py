@@ -64,7 +64,11 @@ class SqliteDriver:
             raise
 
     def give_back(self, conn: Any) -> None:
-        self._lock.release()
+        try:
+            if conn.in_transaction:  # never hand on a transaction left open
+                self._drop(conn)
+        finally:
+            self._lock.release()
 
     def drive(
         self,
@@ -77,16 +81,25 @@ class SqliteDriver:
         conn.execute("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
         try:
             result = drive_steps(conn, steps, sqlite3.Error)
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                self._drop(conn)
             raise
-        conn.execute("COMMIT")
         return result
 
     def transient(self, exc: Exception) -> bool:
         text = str(exc).lower()
         return "locked" in text or "busy" in text
+
+    def _drop(self, conn: Any) -> None:
+        """Roll back; a connection that cannot is closed (the next one is new),
+        so its write lock never stays held."""
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._conn = None
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
