@@ -57,6 +57,7 @@ class ReleaseRetries:
         self._tally = tally
         self._released = released
         self._pending: dict[int, _Pending] = {}
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -68,6 +69,9 @@ class ReleaseRetries:
         self._schedule(pending)
 
     def _schedule(self, pending: _Pending) -> None:
+        if self._closed:  # a try that was out when the crawl ended: no more
+            return
+
         def due() -> None:
             pending.cancel = None
             deferred_from_coro(self._try(pending)).addErrback(self._failed)
@@ -95,10 +99,13 @@ class ReleaseRetries:
         self._pending.pop(lease.id.int, None)
         self._tally.inc("pharox/release/recovered")
         logger.info("scrapy-pharox released a lease the storage had refused before")
-        self._released()
+        if not self._closed:
+            self._released()
 
     def close(self) -> int:
-        """Stop trying (the crawl is over); how many were left undone."""
+        """Stop trying (the crawl is over); how many were left undone. A try
+        out now still finishes, and is not followed by another."""
+        self._closed = True
         pending, self._pending = list(self._pending.values()), {}
         for entry in pending:
             if entry.cancel is not None:

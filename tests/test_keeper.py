@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,3 +164,42 @@ def test_an_inline_release_that_fails_is_counted_and_the_lease_let_go(
     assert keeper.stats.get_value("pharox/release/error") == 1
     assert keeper.stats.get_value("pharox/release/response") == 1
     assert "could not release a lease: the store is down" in caplog.text
+
+
+class RefusesReleasesSlowly(InMemoryStorage):
+    """A far-away database that is down for releases: 0.3 s, then an error."""
+
+    blocking_io = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release_tries: list[float] = []
+
+    def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
+        self.release_tries.append(time.monotonic())
+        time.sleep(0.3)
+        raise StorageError("the store is down")
+
+
+def test_a_release_retry_out_at_close_is_the_last_one() -> None:
+    storage = RefusesReleasesSlowly()
+    crawler = get_crawler(
+        settings_dict={
+            "PHAROX_PROXIES": ["http://127.0.0.1:3128"],
+            "PHAROX_STORAGE": lambda: storage,
+        }
+    )
+    keeper = LeaseKeeper.for_crawler(crawler)
+
+    async def scenario() -> None:
+        lease = await keeper.lease_for(Request("http://127.0.0.1:8000/"))
+        await keeper.release(lease, "response")  # refused; tried again at 0.5 s
+        await asyncio.sleep(0.5 + 0.15)  # the second try is out now
+        await keeper.spider_closed(Spider(name="closing"))
+        await asyncio.sleep(2.5)  # a third would have come 1 s after the second
+
+    try:
+        run_on_a_loop(scenario())
+    finally:
+        keeper.shutdown()
+    assert len(storage.release_tries) == 2

@@ -154,6 +154,19 @@ def test_a_lease_of_the_longest_duration_is_stored_and_given_back(
     assert manager.acquire_proxy("pool") is not None
 
 
+def test_the_numbers_of_a_proxy_come_back_as_the_types_it_holds(
+    manager: ProxyManager, storage: IStorage
+) -> None:
+    add_proxies(storage, 1, latitude=52, longitude=13, asn=3320)
+    lease = manager.acquire_proxy("pool")
+    assert lease is not None and lease.proxy is not None
+    for seen in (lease.proxy, *storage.list_proxies("pool")):
+        assert (seen.latitude, seen.longitude, seen.asn) == (52.0, 13.0, 3320)
+        assert type(seen.latitude) is float and type(seen.longitude) is float
+        assert type(seen.asn) is int and type(seen.port) is int
+        assert isinstance(seen.id, UUID) and isinstance(seen.checked_at, datetime)
+
+
 # -- extending a lease -------------------------------------------------------------
 
 

@@ -91,7 +91,7 @@ class PsycopgDriver:
     def close(self, *, reopen: bool = False) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-            self._closed = not reopen
+            self._closed = self._closed or not reopen  # closed stays closed
         for conn in idle:
             conn.close()
 

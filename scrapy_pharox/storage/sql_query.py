@@ -18,6 +18,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.types import Float
 
 #: The dialects statements are compiled for, once each.
 POSTGRESQL: Dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
@@ -101,11 +102,18 @@ def _column_converters(
     if dialect.name != "sqlite":
         return None
     columns = getattr(statement, "exported_columns", ())
-    converters = [
-        column.type.dialect_impl(dialect).result_processor(dialect, None)
-        for column in columns
-    ]
+    converters = [_converter(column.type, dialect) for column in columns]
     return converters if any(converters) else None
+
+
+def _converter(column_type: Any, dialect: Dialect) -> Convert | None:
+    convert: Convert | None = column_type.dialect_impl(dialect).result_processor(
+        dialect, None
+    )
+    if convert is None and isinstance(column_type, Float):
+        # SQLite's RETURNING gives a REAL column's whole numbers back as int.
+        return float
+    return convert
 
 
 _compiled: dict[str, WeakKeyDictionary[ClauseElement, Prepared]] = {}
