@@ -15,7 +15,7 @@ from .callers import Target
 from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
 from .exceptions import PharoxError
 from .manager import ProxyManager
-from .models import ProxyPool
+from .models import ProxyPool, mask_url_password
 from .storage import IStorage, open_storage
 
 if TYPE_CHECKING:
@@ -163,6 +163,12 @@ def open_configured_storage(config: PharoxConfig) -> IStorage:
         except PharoxError as exc:
             raise PharoxSettingError(f"PHAROX_STORAGE_URL: {exc}") from None
     candidate = config.storage
+    if isinstance(candidate, str) and "://" in candidate:
+        raise PharoxSettingError(
+            "PHAROX_STORAGE takes an IStorage, a factory of one or its import path, "
+            f"got {mask_url_password(candidate)!r}: put a storage URL in "
+            "PHAROX_STORAGE_URL"
+        )
     if isinstance(candidate, str):
         try:
             candidate = load_object(candidate)

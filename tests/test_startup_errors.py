@@ -11,11 +11,14 @@ from sqlalchemy.engine import make_url
 from crawl_support import REPO, one_error_line, run_scrapy
 from pg_cluster import throwaway_cluster
 from scrapy_pharox import (
+    PharoxConfig,
+    PharoxSettingError,
     SqlStorage,
     StorageError,
     UnsupportedStorageURLError,
     open_storage,
 )
+from scrapy_pharox.crawl_setup import open_configured_storage
 from scrapy_pharox.playground import free_port
 
 
@@ -79,3 +82,16 @@ def test_scrapy_crawl_with_its_database_out_of_reach_fails_in_one_line() -> None
         "reach the database at 127.0.0.1:"
     ) in line
     assert "s3cret-pw" not in line
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg://bob:S3cretPW@127.0.0.1/db", "sqlite:///pool.db"]
+)
+def test_a_storage_url_in_pharox_storage_is_refused_pointing_to_the_url_setting(
+    url: str,
+) -> None:
+    with pytest.raises(PharoxSettingError) as raised:
+        open_configured_storage(PharoxConfig(storage=url))
+    message = str(raised.value)
+    assert "put a storage URL in PHAROX_STORAGE_URL" in message
+    assert "S3cretPW" not in message

@@ -69,10 +69,6 @@ def release_steps(
     return bool(row.released)
 
 
-def _taken_before(params: dict[str, Any]) -> Steps[Lease | None]:
-    return taken_before(POSTGRESQL, params)
-
-
 def extend_steps(params: dict[str, Any], lease_id: UUID) -> Steps[datetime | None]:
     """One extension (``sql_expiry.extend_steps``), in a round's order."""
     return expiry.extend_steps(POSTGRESQL, params, (_EXTEND, str(lease_id)))

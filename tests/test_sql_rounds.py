@@ -1,4 +1,4 @@
-"""The PostgreSQL lease lane on an asyncio loop: coroutines share round trips."""
+"""The PostgreSQL rounds (sql_rounds): many coroutines' statements, one pipeline."""
 
 from __future__ import annotations
 
