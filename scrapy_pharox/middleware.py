@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest
+from scrapy.utils.defer import deferred_from_coro
 
 from .keeper import LeaseKeeper
 from .models import Lease, LeaseOutcome
@@ -36,7 +38,26 @@ class PharoxProxyMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(LeaseKeeper.for_crawler(crawler), crawler)
+        middleware = cls(LeaseKeeper.for_crawler(crawler), crawler)
+        crawler.signals.connect(
+            middleware.request_scheduled, signal=signals.request_scheduled
+        )
+        return middleware
+
+    def request_scheduled(self, request: Request, spider: Spider | None = None) -> None:
+        """A request on its way into the scheduler (and to disk, with a JOBDIR)
+        carries no proxy credentials and holds no lease, whoever copied it: a
+        middleware after ours may answer with a copy of a request that went out
+        through a proxy."""
+        _forget_credentials(request)
+        ours = request.meta.get(OUR_PROXY_KEY)
+        if ours is not None and "proxy" in request.meta and self._set_by_us(request):
+            request.meta["proxy"] = ours  # the address, without credentials
+        lease = request.meta.get("pharox_lease")
+        if isinstance(lease, Lease) and self.keeper.holds(lease):
+            # A copy of a request that went out (a middleware after ours answered
+            # with it): its lease ends now, not once the copy is fetched.
+            deferred_from_coro(self.keeper.release(lease, "response"))
 
     # The unused ``spider`` parameters are for Scrapy 2.13, which passes one to
     # every process_* method; 2.14 and later pass none to methods that do not

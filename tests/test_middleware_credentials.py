@@ -114,3 +114,44 @@ def test_requests_kept_on_disk_for_a_resumed_crawl_hold_no_password(
     assert not first_leases & {page["lease_id"] for page in resumed.spider.seen}
     assert_every_lease_released(stats_of(first))
     assert_every_lease_released(stats_of(resumed))
+
+
+class AnswersWithACopy:
+    """A downloader middleware after ours (745) that answers the first page's
+    response with a copy of its request, to be fetched last: a copy that went
+    out through a proxy, on its way to the scheduler (and the JOBDIR)."""
+
+    answered = False
+
+    def process_response(self, request: Any, response: Any, spider: Any = None) -> Any:
+        if type(self).answered or "/page/" not in request.url:
+            return response
+        type(self).answered = True
+        return request.replace(priority=-100, dont_filter=True)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_copy_made_after_our_middleware_reaches_the_disk_without_credentials(
+    site: TargetSite, auth_proxy: ForwardProxy, tmp_path: Path
+) -> Any:
+    AnswersWithACopy.answered = False
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {
+            "PHAROX_PROXIES": [auth_proxy.auth_url],
+            "JOBDIR": str(tmp_path / "job"),
+            "CLOSESPIDER_PAGECOUNT": 4,
+            "DOWNLOADER_MIDDLEWARES": {f"{__name__}.AnswersWithACopy": 745},
+        },
+        start_url=site.url + "/",
+    )
+    assert AnswersWithACopy.answered
+    on_disk = jobdir_bytes(tmp_path / "job")
+    assert b"priority" in on_disk and b"pharox_lease" in on_disk  # the copy
+    basic = base64.b64encode(f"crawler:{PASSWORD}".encode())
+    for secret in (PASSWORD.encode(), quote(PASSWORD, safe="").encode(), basic):
+        assert secret not in on_disk
+    stats = stats_of(crawler)
+    # The copy gave its lease back when it was scheduled: no request waited on it.
+    assert "pharox/acquire/gave_up" not in stats or not stats["pharox/acquire/gave_up"]
+    assert_every_lease_released(stats)
