@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest
 
 from .keeper import LeaseKeeper
 from .models import Lease, LeaseOutcome
+from .stopping import HandBack, StopWaiting
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -33,22 +35,32 @@ class PharoxProxyMiddleware:
     def __init__(self, keeper: LeaseKeeper, crawler: Crawler) -> None:
         self.keeper = keeper
         self.crawler = crawler
+        self.hand_back = HandBack(keeper.stop_waiting)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(LeaseKeeper.for_crawler(crawler), crawler)
+        middleware = cls(LeaseKeeper.for_crawler(crawler), crawler)
+        crawler.signals.connect(middleware.spider_opened, signal=signals.spider_opened)
+        return middleware
 
-    async def process_request(self, request: Request) -> None:
+    def spider_opened(self) -> None:
+        assert self.crawler.engine is not None
+        self.hand_back.watch(self.crawler.engine)
+
+    async def process_request(self, request: Request) -> Request | None:
         meta = request.meta
         if "proxy" in meta and not self._set_by_us(request):
-            return
+            return None
         stale = meta.pop("pharox_lease", None)
         if isinstance(stale, Lease) and self.keeper.holds(stale):
             # A middleware after us answered the old request with a new one, so our
             # process_response never saw its response: give that lease back now.
             await self.keeper.release(stale, "response")
         meta.pop("proxy", None)
-        lease = await self.keeper.lease_for(request)
+        try:
+            lease = await self.keeper.lease_for(request)
+        except StopWaiting:
+            return self.hand_back.request_for(request)
         assert lease.proxy is not None
         proxy = lease.proxy
         url = proxy.url
@@ -56,6 +68,7 @@ class PharoxProxyMiddleware:
         meta["proxy"] = url
         # Without credentials the URL is the address: build the string once.
         meta[OUR_PROXY_KEY] = url if proxy.credentials is None else proxy.address
+        return None
 
     async def process_response(
         self, request: Request, response: Response
