@@ -35,7 +35,7 @@ class PharoxProxyMiddleware:
     def __init__(self, keeper: LeaseKeeper, crawler: Crawler) -> None:
         self.keeper = keeper
         self.crawler = crawler
-        self.hand_back = HandBack(keeper.stop_waiting)
+        self.hand_back = HandBack(crawler, keeper.stop_waiting)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:

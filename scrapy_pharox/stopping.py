@@ -16,6 +16,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 from weakref import WeakSet
 
+from scrapy import signals
 from scrapy.exceptions import IgnoreRequest
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 
     from scrapy import Request
     from scrapy.core.engine import ExecutionEngine
+    from scrapy.crawler import Crawler
+
+REQUEUED_KEY = "pharox/acquire/requeued"
 
 
 class StopWaiting(Exception):
@@ -32,9 +36,14 @@ class StopWaiting(Exception):
 class HandBack:
     """Ends the waits for a proxy when a stop begins; hands their requests back."""
 
-    def __init__(self, stop_waiting: Callable[[], None]) -> None:
+    def __init__(self, crawler: Crawler, stop_waiting: Callable[[], None]) -> None:
+        assert crawler.stats is not None
+        self.crawler = crawler
+        self.stats = crawler.stats
         self.stop_waiting = stop_waiting
         self._handed_back: WeakSet[Request] = WeakSet()
+        self._stopping = False
+        self.stats.set_value(REQUEUED_KEY, 0)
 
     def watch(self, engine: ExecutionEngine) -> None:
         """End the waits the moment ``engine`` begins to close the spider."""
@@ -48,7 +57,7 @@ class HandBack:
         close_spider_async = getattr(engine, "close_spider_async", None)
         if close_spider_async is None:
             return
-        stop = self.stop_waiting
+        stop = self._stop
 
         @functools.wraps(close_spider_async)
         async def ending_waits_first(*args: Any, **kwargs: Any) -> None:
@@ -56,6 +65,16 @@ class HandBack:
             await close_spider_async(*args, **kwargs)
 
         engine.close_spider_async = ending_waits_first  # type: ignore[method-assign]
+
+    def _stop(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            # Counted as the engine schedules them; connected only now, so the
+            # crawl does not pay for it on every request.
+            self.crawler.signals.connect(
+                self._scheduled, signal=signals.request_scheduled
+            )
+        self.stop_waiting()
 
     def request_for(self, request: Request) -> Request:
         """What process_request returns for a request whose wait a stop ended:
@@ -68,3 +87,7 @@ class HandBack:
         copy = request.replace(dont_filter=True)
         self._handed_back.add(copy)
         return copy
+
+    def _scheduled(self, request: Request) -> None:
+        if request in self._handed_back:
+            self.stats.inc_value(REQUEUED_KEY)

@@ -180,3 +180,14 @@ def test_a_robots_txt_request_waiting_for_a_proxy_does_not_hold_a_stop_up(
     # The first robots.txt, 3 s; not four downloads one by one, 12 s.
     assert elapsed < 8
     assert_every_lease_released(stats_of(crawler))
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_requests_a_stop_hands_back_to_the_scheduler_count_as_requeued(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    crawler: Crawler = yield crawl_two_slow_sites_with_ctrl_c(start_proxy())
+    stats = stats_of(crawler)
+    # The two indexes; not the robots.txt request that waited, which is dropped.
+    assert stats["pharox/acquire/requeued"] == 2
+    assert stats["scheduler/enqueued"] == 4
