@@ -27,6 +27,7 @@ from .models import (
 from .release_retries import ReleaseRetries
 from .renewal import LeaseRenewer
 from .routing import Routing
+from .stopping import StopWaiting
 from .tally import StatsTally
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class LeaseKeeper:
         self._close_problems: list[str] = []
         self._longest_wait_ms = 0
         self._closing = False
+        self._stopping = False
         self._giving_back: set[asyncio.Task[None]] = set()
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
         self._resting_pools: set[str] = set()
@@ -126,7 +128,8 @@ class LeaseKeeper:
         return self._wakeup.sleepers
 
     async def lease_for(self, request: Request) -> Lease:
-        """A lease for the request; IgnoreRequest when none frees up in time."""
+        """A lease for the request; IgnoreRequest when none frees up in time,
+        StopWaiting once the crawl stops."""
         target = self.routing.target_of(request)
         acquire_request = self.routing.acquire_request(request, target)
         caller = self.caller
@@ -138,6 +141,8 @@ class LeaseKeeper:
         while True:
             if self._closing:
                 raise IgnoreRequest("scrapy-pharox: the spider is closing")
+            if self._stopping:
+                raise StopWaiting
             if caller.inline:
                 lease = self._acquire_now(acquire_request)
             else:
@@ -156,6 +161,8 @@ class LeaseKeeper:
                 # Woken by a release we could not use: let the next waiter try.
                 baton.add(sleeper)
                 self._wakeup.wake_one(baton)
+            if self._stopping:  # the stop came while it looked: no sleep
+                raise StopWaiting
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._record_wait(started)
@@ -187,11 +194,13 @@ class LeaseKeeper:
         except PharoxError as exc:
             self._acquire_failed(exc)
             return None
-        if lease is not None and self._closing:
+        if lease is not None and (self._closing or self._stopping):
             # Counted as leased, then released, so leased == released still holds.
             self._hold(lease)
             await self.release(lease, "closed")
-            raise IgnoreRequest("scrapy-pharox: the spider is closing")
+            if self._closing:
+                raise IgnoreRequest("scrapy-pharox: the spider is closing")
+            raise StopWaiting
         return lease
 
     def _acquire_failed(self, exc: PharoxError) -> None:
@@ -305,6 +314,12 @@ class LeaseKeeper:
     def _wake_a_waiter(self) -> None:
         if self._wakeup.sleepers:
             self._wakeup.wake_one(set())
+
+    def stop_waiting(self) -> None:
+        """The crawl stops: every request waiting for a proxy stops now
+        (``lease_for`` raises StopWaiting), and no lease is taken any more."""
+        self._stopping = True
+        self._wakeup.wake_all()
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` at spider close, once every lease is back."""

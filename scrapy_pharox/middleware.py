@@ -11,6 +11,7 @@ from scrapy.utils.defer import deferred_from_coro
 
 from .keeper import LeaseKeeper
 from .models import Lease, LeaseOutcome
+from .stopping import HandBack, StopWaiting
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -35,6 +36,7 @@ class PharoxProxyMiddleware:
     def __init__(self, keeper: LeaseKeeper, crawler: Crawler) -> None:
         self.keeper = keeper
         self.crawler = crawler
+        self.hand_back = HandBack(crawler, keeper.stop_waiting)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -42,7 +44,12 @@ class PharoxProxyMiddleware:
         crawler.signals.connect(
             middleware.request_scheduled, signal=signals.request_scheduled
         )
+        crawler.signals.connect(middleware.spider_opened, signal=signals.spider_opened)
         return middleware
+
+    def spider_opened(self) -> None:
+        assert self.crawler.engine is not None
+        self.hand_back.watch(self.crawler.engine)
 
     def request_scheduled(self, request: Request, spider: Spider | None = None) -> None:
         """A request on its way into the scheduler (and to disk, with a JOBDIR)
@@ -64,10 +71,10 @@ class PharoxProxyMiddleware:
     # require it (Scrapy's own middlewares have the same signatures).
     async def process_request(
         self, request: Request, spider: Spider | None = None
-    ) -> None:
+    ) -> Request | None:
         meta = request.meta
         if "proxy" in meta and not self._set_by_us(request):
-            return
+            return None
         stale = meta.pop("pharox_lease", None)
         if isinstance(stale, Lease) and self.keeper.holds(stale):
             # A middleware after us answered the old request with a new one, so our
@@ -75,7 +82,10 @@ class PharoxProxyMiddleware:
             _forget_credentials(request)
             await self.keeper.release(stale, "response")
         meta.pop("proxy", None)
-        lease = await self.keeper.lease_for(request)
+        try:
+            lease = await self.keeper.lease_for(request)
+        except StopWaiting:
+            return self.hand_back.request_for(request)
         assert lease.proxy is not None
         proxy = lease.proxy
         url = proxy.url
@@ -83,6 +93,7 @@ class PharoxProxyMiddleware:
         meta["proxy"] = url
         # Without credentials the URL is the address: build the string once.
         meta[OUR_PROXY_KEY] = url if proxy.credentials is None else proxy.address
+        return None
 
     async def process_response(
         self, request: Request, response: Response, spider: Spider | None = None

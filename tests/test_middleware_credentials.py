@@ -77,10 +77,18 @@ def test_credentials_never_reach_the_target_site(
         assert not any("crawler" in value for value in request.headers.values())
 
 
+# Scrapy 2.13 leaves its JOBDIR queue files open at close (ResourceWarning).
+JOBDIR_FILES_LEFT_OPEN = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in.*requests.queue"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+
+
 def jobdir_bytes(jobdir: Path) -> bytes:
     return b"".join(path.read_bytes() for path in jobdir.rglob("*") if path.is_file())
 
 
+@JOBDIR_FILES_LEFT_OPEN
 @pytest_twisted.inlineCallbacks
 def test_requests_kept_on_disk_for_a_resumed_crawl_hold_no_password(
     site: TargetSite, start_proxy: Callable[..., ForwardProxy], tmp_path: Path
@@ -130,6 +138,7 @@ class AnswersWithACopy:
         return request.replace(priority=-100, dont_filter=True)
 
 
+@JOBDIR_FILES_LEFT_OPEN
 @pytest_twisted.inlineCallbacks
 def test_a_copy_made_after_our_middleware_reaches_the_disk_without_credentials(
     site: TargetSite, auth_proxy: ForwardProxy, tmp_path: Path
