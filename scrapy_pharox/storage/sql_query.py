@@ -51,7 +51,14 @@ class Prepared:
     run, which costs about as much as the round trip.
     """
 
-    __slots__ = ("_columns", "_converters", "_literals", "_make_row", "sql")
+    __slots__ = (
+        "_columns",
+        "_converters",
+        "_literals",
+        "_make_row",
+        "returns_rows",
+        "sql",
+    )
 
     def __init__(self, statement: ClauseElement, dialect: Dialect = POSTGRESQL):
         compiled = statement.compile(dialect=dialect)
@@ -68,6 +75,12 @@ class Prepared:
         self._literals = literals
         self._columns = _column_converters(statement, dialect)
         self._make_row: Callable[[Sequence[Any]], Any] | None = None
+        #: Whether a run gives rows (None: known from the cursor only, for text).
+        self.returns_rows: bool | None = (
+            bool(statement.exported_columns)
+            if hasattr(statement, "exported_columns")
+            else None
+        )
 
     def parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The statement's parameters: ``values``, converted, and its literals."""
@@ -77,13 +90,17 @@ class Prepared:
                 params[name] = convert(params[name])
         return params
 
-    def row(self, description: Any, values: Sequence[Any] | None) -> Any:
-        """A row of this statement with its columns as attributes, or None."""
+    def row(self, cursor: Any, values: Sequence[Any] | None) -> Any:
+        """A row of this statement with its columns as attributes, or None.
+
+        The cursor's description is read for the first row only: psycopg builds
+        it anew on every read, which costs more than the row.
+        """
         if values is None:
             return None
         make = self._make_row
         if make is None:
-            names = [column[0] for column in description]
+            names = [column[0] for column in cursor.description]
             row_type: Any = namedtuple("Row", names, rename=True)  # type: ignore[misc]
             make = self._make_row = row_type._make
         if self._columns is not None:
@@ -159,8 +176,9 @@ class Query:
     def run(self, conn: Any) -> Any:
         """Execute on a DB-API connection (psycopg's, sqlite3's); the result."""
         cursor = conn.execute(self.sql, self.params)
-        if cursor.description is None:  # a statement without rows
-            return None
+        returns_rows = self.statement.returns_rows
+        if returns_rows is False or (returns_rows is None and not cursor.description):
+            return None  # a statement without rows
         return self.result(
             cursor, cursor.fetchall() if self.rows is ALL else cursor.fetchone()
         )
@@ -168,5 +186,5 @@ class Query:
     def result(self, cursor: Any, fetched: Any) -> Any:
         """What the steps get: the row or rows ``fetched`` from ``cursor``."""
         if self.rows is ALL:
-            return [self.statement.row(cursor.description, one) for one in fetched]
-        return self.statement.row(cursor.description, fetched)
+            return [self.statement.row(cursor, one) for one in fetched]
+        return self.statement.row(cursor, fetched)
