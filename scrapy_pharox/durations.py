@@ -27,6 +27,9 @@ def check_seconds(
     """``value`` as a float when it is a number of seconds above 0 (or from 0,
     with ``zero``) up to ``MAX_SECONDS``; else ``error`` naming ``name`` and the
     value (a PharoxError and a ValueError)."""
+    kind = type(value)
+    if (kind is float or kind is int) and 0 < value <= MAX_SECONDS:  # type: ignore[operator]
+        return float(value)  # type: ignore[arg-type]  # the common case
     if (
         isinstance(value, (int, float))
         and not isinstance(value, bool)

@@ -328,7 +328,8 @@ class InMemoryStorage(IStorage):
         slot.proxy.current_leases += 1
         if not slot.proxy.has_capacity and slot.in_heap:
             pool.first_free(now)  # drops the now-full proxy from the top of the heap
-        lease = build_trusted(Lease, {**fields, "proxy": snapshot(slot.proxy)})
+        fields["proxy"] = snapshot(slot.proxy)
+        lease = build_trusted(Lease, fields)
         self._active[lease.id.int] = ActiveLease(pool, slot, expires_at)
         heapq.heappush(self._expiry_heap, (expires_at, lease.id.int))
         return lease
