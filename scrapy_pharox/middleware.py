@@ -66,9 +66,8 @@ class PharoxProxyMiddleware:
             # with it): its lease ends now, not once the copy is fetched.
             deferred_from_coro(self.keeper.release(lease, "response"))
 
-    # The unused ``spider`` parameters are for Scrapy 2.13, which passes one to
-    # every process_* method; 2.14 and later pass none to methods that do not
-    # require it (Scrapy's own middlewares have the same signatures).
+    # The optional, unused ``spider`` parameters are those of Scrapy's own
+    # middlewares (Scrapy before 2.14 passed one to every process_* method).
     async def process_request(
         self, request: Request, spider: Spider | None = None
     ) -> Request | None:

@@ -49,32 +49,22 @@ class HandBack:
         """End the waits the moment ``engine`` begins to close the spider."""
         # Scrapy sends no signal when a close begins: spider_closed comes only once
         # the downloader has drained, which is the wait to end. Every close goes
-        # through one engine method, looked up on the engine: Crawler.stop (via
-        # engine.stop), the CloseSpider extension, CloseSpider from a callback,
-        # MemoryUsage. It is close_spider_async from Scrapy 2.14 (close_spider,
-        # kept for callers, goes through it), close_spider in 2.13. So the
+        # through ExecutionEngine.close_spider_async (Scrapy 2.14 and later),
+        # looked up on the engine: Crawler.stop via engine.stop_async, the
+        # CloseSpider extension, CloseSpider from a callback, MemoryUsage. So the
         # engine's own attribute, wrapped, hears of a close first. Checked with
-        # Scrapy 2.13.4 and 2.19; without either, waits end at spider_closed.
-        stop = self._stop
+        # Scrapy 2.15.2 and 2.19; without the method, waits end at spider_closed.
         close_spider_async = getattr(engine, "close_spider_async", None)
-        if close_spider_async is not None:
-
-            @functools.wraps(close_spider_async)
-            async def ending_waits_first(*args: Any, **kwargs: Any) -> None:
-                stop()
-                await close_spider_async(*args, **kwargs)
-
-            engine.close_spider_async = ending_waits_first  # type: ignore[method-assign]
+        if close_spider_async is None:
             return
-        close_spider = getattr(engine, "close_spider", None)
-        if close_spider is not None:
+        stop = self._stop
 
-            @functools.wraps(close_spider)
-            def ending_waits_then(*args: Any, **kwargs: Any) -> Any:
-                stop()
-                return close_spider(*args, **kwargs)
+        @functools.wraps(close_spider_async)
+        async def ending_waits_first(*args: Any, **kwargs: Any) -> None:
+            stop()
+            await close_spider_async(*args, **kwargs)
 
-            engine.close_spider = ending_waits_then  # type: ignore[method-assign]
+        engine.close_spider_async = ending_waits_first  # type: ignore[method-assign]
 
     def _stop(self) -> None:
         if not self._stopping:

@@ -77,7 +77,7 @@ def test_credentials_never_reach_the_target_site(
         assert not any("crawler" in value for value in request.headers.values())
 
 
-# Scrapy 2.13 leaves its JOBDIR queue files open at close (ResourceWarning).
+# Scrapy 2.15 (the oldest admitted) leaves its JOBDIR queue files open at close.
 JOBDIR_FILES_LEFT_OPEN = pytest.mark.filterwarnings(
     "ignore:Exception ignored in.*requests.queue"
     ":pytest.PytestUnraisableExceptionWarning"

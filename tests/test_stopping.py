@@ -28,7 +28,7 @@ from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 pytestmark = [
     pytest.mark.crawl,
-    # Scrapy 2.13 leaves its JOBDIR queue files open at close (ResourceWarning).
+    # Scrapy 2.15 (the oldest admitted) leaves its JOBDIR queue files open at close.
     pytest.mark.filterwarnings(
         "ignore:Exception ignored in.*requests.queue"
         ":pytest.PytestUnraisableExceptionWarning"
