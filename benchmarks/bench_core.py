@@ -1,6 +1,7 @@
 """Acquire+release throughput of the in-memory core, side by side with pharox 0.11.
 
     python benchmarks/bench_core.py [--cycles 20000]
+    valgrind --tool=callgrind python benchmarks/bench_core.py --only-cycles --cycles N
 
 Runs, in this one process:
 1. the single-thread acquire -> release loop on a pool of 100 exclusive proxies,
@@ -98,8 +99,17 @@ def contention(manager: Any, threads: int, seconds: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20_000)
+    parser.add_argument(
+        "--only-cycles",
+        action="store_true",
+        help="only ours on 100 proxies, printing nothing: run it under callgrind "
+        "at two --cycles and divide the difference of the totals",
+    )
     args = parser.parse_args()
     cycles: int = args.cycles
+    if args.only_cycles:
+        cycles_per_second(our_manager(100), cycles)
+        return
 
     def row(name: str, make: Callable[[int], Any], proxies: int, count: int) -> float:
         manager = make(proxies)
