@@ -59,9 +59,6 @@ class ReleaseRetries:
         self._pending: dict[int, _Pending] = {}
         self._closed = False
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     def add(self, lease: Lease, report: OutcomeReport | None) -> None:
         """Try releasing ``lease`` again soon, until it goes through."""
         pending = _Pending(lease, report, FIRST_DELAY_SECONDS)

@@ -113,8 +113,7 @@ class Executor:
         """``run`` on the running loop, for single-statement steps: the loop
         serves others while it waits, and the steps of several coroutines
         share round trips."""
-        if self._pipeliner is None:
-            return await asyncio.to_thread(self.run, action, steps)
+        assert self._pipeliner is not None, "only a dialect with a pipeliner runs async"
         tries = Retry(self._retry_seconds)
         while True:
             try:
