@@ -15,7 +15,7 @@ from typing import Any
 
 from .backoff import same_parameters
 from .manager import ProxyManager
-from .models import Lease
+from .models import Lease, lease_or_none
 
 #: ``manager.acquire_proxy`` without blocking the event loop.
 acquire_proxy_async = ProxyManager.acquire_proxy_async
@@ -38,7 +38,7 @@ async def with_lease_async(
     manager: ProxyManager, *args: Any, **kwargs: Any
 ) -> AsyncIterator[Lease | None]:
     """Async ``with_lease``: the lease is released even when the block raises."""
-    lease = await manager.acquire_proxy_async(*args, **kwargs)
+    lease = lease_or_none(await manager.acquire_proxy_async(*args, **kwargs))
     try:
         yield lease
     finally:

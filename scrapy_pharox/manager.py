@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from .backoff import Backoff, same_parameters
@@ -15,9 +16,11 @@ from .models import (
     Lease,
     LeaseStatus,
     OutcomeReport,
+    Paced,
     ProxyFilters,
     ReleaseEventPayload,
     SelectorStrategy,
+    lease_or_none,
     utc_now,
 )
 from .storage.base import IStorage, check_lease_seconds
@@ -49,18 +52,33 @@ class ProxyManager:
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         """Lease an eligible proxy of the pool, or return None when there is none.
 
         The consumer is registered on first use; expired leases are reclaimed
         before the search. With ``domain``, proxies cooling down for that target
-        domain are passed over.
+        domain are passed over; with a ``reuse_delay`` too, proxies leased for
+        it less than that many seconds ago, and a miss for that reason only is
+        ``Paced`` (falsy, see ``IStorage``).
         """
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now() if self._acquire_callbacks else None
-        lease = self.storage.acquire(
-            pool_name, consumer, duration_seconds, filters, strategy, domain=domain
-        )
+        if reuse_delay:
+            lease = self.storage.acquire(
+                pool_name,
+                consumer,
+                duration_seconds,
+                filters,
+                strategy,
+                domain=domain,
+                reuse_delay=reuse_delay,
+            )
+        else:  # as storages written before reuse delays take it
+            lease = self.storage.acquire(
+                pool_name, consumer, duration_seconds, filters, strategy, domain=domain
+            )
         if started_at is not None:
             self._notify(
                 self._acquire_callbacks,
@@ -78,7 +96,9 @@ class ProxyManager:
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         """``acquire_proxy`` for a coroutine, never blocking the running loop.
 
         The storage waits on the loop itself when it can (``native_async``);
@@ -86,19 +106,33 @@ class ProxyManager:
         """
         if not self.storage.native_async:
             return await asyncio.to_thread(
-                self.acquire_proxy,
-                pool_name,
-                consumer_name,
-                duration_seconds,
-                filters,
-                selector,
-                domain,
+                partial(
+                    self.acquire_proxy,
+                    pool_name,
+                    consumer_name,
+                    duration_seconds,
+                    filters,
+                    selector,
+                    domain,
+                    reuse_delay=reuse_delay,
+                )
             )
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now() if self._acquire_callbacks else None
-        lease = await self.storage.acquire_async(
-            pool_name, consumer, duration_seconds, filters, strategy, domain
-        )
+        if reuse_delay:
+            lease = await self.storage.acquire_async(
+                pool_name,
+                consumer,
+                duration_seconds,
+                filters,
+                strategy,
+                domain,
+                reuse_delay=reuse_delay,
+            )
+        else:
+            lease = await self.storage.acquire_async(
+                pool_name, consumer, duration_seconds, filters, strategy, domain
+            )
         if started_at is not None:
             await asyncio.to_thread(
                 self._notify,
@@ -124,7 +158,7 @@ class ProxyManager:
 
     def _acquire_payload(
         self,
-        lease: Lease | None,
+        lease: Lease | Paced | None,
         pool_name: str,
         consumer: str,
         filters: ProxyFilters | None,
@@ -134,7 +168,7 @@ class ProxyManager:
         def build() -> AcquireEventPayload:
             completed_at = utc_now()
             return AcquireEventPayload(
-                lease=lease,
+                lease=lease or None,
                 pool_name=pool_name,
                 consumer_name=consumer,
                 filters=filters,
@@ -231,8 +265,10 @@ class ProxyManager:
         selector: SelectorStrategy | None = None,
     ) -> Iterator[Lease | None]:
         """Yield a lease (or None) and release it however the block ends."""
-        lease = self.acquire_proxy(
-            pool_name, consumer_name, duration_seconds, filters, selector
+        lease = lease_or_none(
+            self.acquire_proxy(
+                pool_name, consumer_name, duration_seconds, filters, selector
+            )
         )
         try:
             yield lease
@@ -269,8 +305,10 @@ class ProxyManager:
             )
         check_lease_seconds(duration_seconds)
         for wait in [*backoff.waits(), None]:
-            lease = self.acquire_proxy(
-                pool_name, consumer_name, duration_seconds, filters, selector
+            lease = lease_or_none(
+                self.acquire_proxy(
+                    pool_name, consumer_name, duration_seconds, filters, selector
+                )
             )
             if lease is not None or wait is None:
                 return lease

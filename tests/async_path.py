@@ -18,6 +18,7 @@ from uuid import UUID
 from scrapy_pharox import IStorage, Lease, OutcomeReport, Proxy, ProxyStatus
 from scrapy_pharox.models import (
     DomainCooldown,
+    Paced,
     PoolStatsSnapshot,
     ProxyFilters,
     ProxyPool,
@@ -48,10 +49,18 @@ class AsyncPath(IStorage):
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         return self._on_loop(
             self.inner.acquire_async(
-                pool_name, consumer_name, duration_seconds, filters, selector, domain
+                pool_name,
+                consumer_name,
+                duration_seconds,
+                filters,
+                selector,
+                domain,
+                reuse_delay=reuse_delay,
             )
         )
 

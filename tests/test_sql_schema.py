@@ -22,17 +22,6 @@ from scrapy_pharox.storage.sql_schema import (
     schema_version_table,
 )
 
-# What version 2 added to version 1: dropping them makes a version 1 database.
-VERSION_2_PROXY_COLUMNS = [
-    "successes",
-    "bans",
-    "failures",
-    "consecutive_bans",
-    "consecutive_failures",
-    "latency_ms",
-    "cooldown_until",
-]
-
 
 def stored_versions(url: str) -> list[int]:
     with sql_engine(url) as engine, engine.connect() as conn:
@@ -113,6 +102,28 @@ def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
             open_storage(sql_url)
         assert stored_versions(sql_url) == [version]
         assert [pool.name for pool in storage.list_pools()] == ["pool"]
+    finally:
+        storage.close()
+
+
+def test_a_version_2_schema_is_upgraded_in_place_keeping_its_data(
+    sql_url: str,
+) -> None:
+    storage = open_storage(sql_url)
+    assert isinstance(storage, SqlStorage)
+    try:
+        bootstrap_pool(storage, name="pool")
+        with sql_engine(sql_url) as engine, engine.begin() as conn:
+            # What version 3 added: without it, this is a version 2 database.
+            conn.execute(
+                text("ALTER TABLE pharox_domain_cooldown DROP COLUMN leased_at")
+            )
+            conn.execute(update(schema_version_table).values(version=2))
+        open_storage(sql_url).close()
+        assert stored_versions(sql_url) == [SCHEMA_VERSION] == [3]
+        assert [pool.name for pool in storage.list_pools()] == ["pool"]
+        with sql_engine(sql_url) as engine, engine.connect() as conn:
+            conn.execute(text("SELECT leased_at FROM pharox_domain_cooldown"))
     finally:
         storage.close()
 

@@ -28,11 +28,11 @@ STATEMENTS_DIR = (
 #: file name -> the statement it holds.
 HOT_STATEMENTS: dict[str, Callable[[], Prepared]] = {
     **{
-        f"acquire_{strategy.value}{'_by_domain' if by_domain else ''}.sql": (
-            lambda s=strategy, d=by_domain: sql_leasing.pg_acquire(s, None, d)
+        f"acquire_{strategy.value}{suffix}.sql": (
+            lambda s=strategy, c=check: sql_leasing.pg_acquire(s, None, c)
         )
         for strategy in SelectorStrategy
-        for by_domain in (False, True)
+        for check, suffix in enumerate(("", "_by_domain", "_paced"))
     },
     "release.sql": sql_leasing.pg_release,
     **{
@@ -70,8 +70,9 @@ WHY = {
         "UPDATE is the lock an UPDATE of non-key columns takes anyway."
     ),
     "cooldowns AS": (
-        "Proxies in a cooldown for the target domain now: one range of the\n"
-        "(domain, cooldown_until) index, hashed once for the whole search."
+        "Proxies held back from the target domain now (resting there; paced,\n"
+        "also leased for it within reuse_delay): one range of the (domain,\n"
+        "cooldown_until) index, hashed once for the whole search."
     ),
     "IS NOT true": "IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.",
     "AND NOT (EXISTS|FROM pharox_lease": (
@@ -100,7 +101,16 @@ WHY = {
         "Their proxies, locked in id order, so two reclaims never deadlock."
     ),
     "ON CONFLICT": (
-        "The (proxy, domain) row is created on the first ban, counted after."
+        "The (proxy, domain) row is created on its first ban, rest or paced\n"
+        "lease, updated after."
+    ),
+    "paced_use AS": (
+        "A paced lease stamps leased_at of its (proxy, domain) row: the next\n"
+        "paced acquire for that domain passes it over for reuse_delay seconds."
+    ),
+    "AS paced_in": (
+        "When nothing was claimed: the seconds until the first free proxy that\n"
+        "only its reuse delay holds back comes out of it (NULL: none does)."
     ),
 }
 

@@ -14,8 +14,10 @@ from .leases import (
     AcquireEventPayload,
     Lease,
     LeaseStatus,
+    Paced,
     PoolStatsSnapshot,
     ReleaseEventPayload,
+    lease_or_none,
 )
 from .outcomes import (
     LATENCY_SMOOTHING,
@@ -52,6 +54,7 @@ __all__ = [
     "LeaseStatus",
     "Model",
     "OutcomeReport",
+    "Paced",
     "PoolStatsSnapshot",
     "Proxy",
     "ProxyCredentials",
@@ -64,6 +67,7 @@ __all__ = [
     "build_trusted",
     "credentials_problem",
     "haversine_km",
+    "lease_or_none",
     "mask_url_password",
     "snapshot",
     "utc_now",

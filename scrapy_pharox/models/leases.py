@@ -46,6 +46,31 @@ class Lease(BaseModel):
         return (_unpickled_lease, (on_disk,))
 
 
+class Paced:
+    """An acquire's miss with a reuse delay: free proxies exist, but each one
+    was leased for the request's domain less than the delay ago.
+
+    Falsy, as the None of an ordinary miss; ``seconds`` is how long until the
+    first of them is out of its delay (by the storage's clock).
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = max(0.0, seconds)
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Paced(seconds={self.seconds!r})"
+
+
+def lease_or_none(result: Lease | Paced | None) -> Lease | None:
+    """An acquire's result without the reason of a miss."""
+    return result if isinstance(result, Lease) else None
+
+
 def _unpickled_lease(fields: dict[str, Any]) -> Lease:
     """A lease read back from a pickle: without its proxy's credentials."""
     return Lease.model_validate(fields)

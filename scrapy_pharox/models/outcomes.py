@@ -21,6 +21,9 @@ class LeaseOutcome(str, Enum):
     SUCCESS = "success"
     BAN = "ban"
     FAILURE = "failure"
+    #: Rate limited (a 429 or 503 with Retry-After): a rest for the domain, not
+    #: a ban; the ban and failure streaks stay as they are.
+    THROTTLED = "throttled"
 
 
 #: Weight of the newest latency in a proxy's moving average.
@@ -68,17 +71,26 @@ class CooldownPolicy(BaseModel):
             return max(0, consecutive - self.failures_before_cooldown + 1)
         return 0
 
+    def rest(self, asked: float | None) -> float:
+        """How long a throttled proxy rests when ``asked`` (Retry-After) seconds:
+        the base without one, never past the max."""
+        return min(self.max_seconds, self.base_seconds if asked is None else asked)
+
 
 class OutcomeReport(BaseModel):
     """What a lease's holder reports when it releases it.
 
     With ``domain`` set, a ban cools the proxy for that domain only; failures
-    always count against the proxy. ``draw`` picks the jitter.
+    always count against the proxy. ``draw`` picks the jitter. A THROTTLED
+    outcome rests the proxy for ``rest_seconds`` (the policy's base when not
+    given, capped by its max): for ``domain`` only, or the whole proxy without
+    one.
     """
 
     outcome: LeaseOutcome
     latency_ms: float | None = Field(default=None, ge=0)
     domain: str | None = None
+    rest_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
     policy: CooldownPolicy = CooldownPolicy()
     draw: float = Field(default_factory=random.random, ge=0, le=1)
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from datetime import datetime
+from functools import partial
 from typing import ClassVar
 from uuid import UUID
 
 from ..durations import MAX_SECONDS, check_seconds
-from ..exceptions import InvalidLeaseError, ProxyUnavailableError
+from ..exceptions import (
+    InvalidArgumentError,
+    InvalidLeaseError,
+    ProxyUnavailableError,
+)
 from ..models import (
     DomainCooldown,
     Lease,
     OutcomeReport,
+    Paced,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
@@ -48,6 +54,13 @@ class IStorage(ABC):
     active leases, then ``checked_at`` oldest first, then id; ROUND_ROBIN by id,
     starting after the proxy it handed out last, a cursor kept per pool in the
     storage so every manager on it shares one cycle.
+
+    Reuse delay: an acquire for a ``domain`` with ``reuse_delay`` seconds passes
+    over proxies leased for that domain, by an acquire with a reuse delay, less
+    than ``reuse_delay`` ago (by the storage's clock), and marks the proxy it
+    leases as leased for that domain now. When free proxies exist but every one
+    is inside its delay, it returns ``Paced`` (falsy, as None) with the seconds
+    until the first comes out.
     """
 
     #: True when calls wait on I/O (a database): callers on an event loop run
@@ -90,7 +103,10 @@ class IStorage(ABC):
         ``failures`` and ``consecutive_failures`` and cools the proxy once
         ``policy.strikes`` says so. With ``report.domain`` set, a ban's counters
         and cooldown are those of that (proxy, domain) pair instead, and a success
-        resets that pair's consecutive bans. A release that changed nothing
+        resets that pair's consecutive bans. A throttled outcome counts nothing
+        and strikes nothing: the (proxy, domain) pair, or without a domain the
+        proxy, rests ``policy.rest(report.rest_seconds)`` from now, unless it
+        already rests longer. A release that changed nothing
         records nothing.
         """
 
@@ -166,12 +182,20 @@ class IStorage(ABC):
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
-        """Reclaim expired leases, pick an eligible proxy and lease it, or None.
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
+        """Reclaim expired leases, pick an eligible proxy and lease it, or None
+        (``Paced`` with a reuse delay, see the class).
 
         This default composes the primitives above; adapters override it with one
-        atomic step, which the manager always calls.
+        atomic step, which the manager always calls. It knows no reuse delays.
         """
+        if reuse_delay:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} has no reuse delays: "
+                f"reuse_delay must be 0, got {reuse_delay!r}"
+            )
         self.ensure_consumer(consumer_name)
         self.cleanup_expired_leases()
         for _ in range(_COMPOSED_ACQUIRE_ATTEMPTS):
@@ -199,8 +223,23 @@ class IStorage(ABC):
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         """``acquire`` for a coroutine: it never blocks the running loop."""
+        if reuse_delay:
+            return await asyncio.to_thread(
+                partial(
+                    self.acquire,
+                    pool_name,
+                    consumer_name,
+                    duration_seconds,
+                    filters,
+                    selector,
+                    domain,
+                    reuse_delay=reuse_delay,
+                )
+            )
         return await asyncio.to_thread(
             self.acquire,
             pool_name,

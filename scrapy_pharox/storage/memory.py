@@ -16,12 +16,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from uuid import UUID, uuid4
 
+from ..durations import check_seconds
 from ..exceptions import PoolNotFoundError, ProxyNotFoundError, ProxyUnavailableError
 from ..models import (
     DomainCooldown,
     Lease,
     LeaseStatus,
     OutcomeReport,
+    Paced,
     PoolStatsSnapshot,
     Proxy,
     ProxyFilters,
@@ -120,9 +122,9 @@ class InMemoryStorage(IStorage):
     ) -> Proxy | None:
         with self._lock:
             slot = self._select(
-                pool_name, filters, selector, domain, self._clock(), advance=False
+                pool_name, filters, selector, domain, self._clock(), 0.0, advance=False
             )
-            return slot.proxy.model_copy() if slot is not None else None
+            return slot.proxy.model_copy() if isinstance(slot, Slot) else None
 
     def create_lease(
         self, proxy: Proxy, consumer_name: str, duration_seconds: float
@@ -145,14 +147,24 @@ class InMemoryStorage(IStorage):
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         check_lease_seconds(duration_seconds)
+        if reuse_delay:
+            reuse_delay = check_seconds(reuse_delay, "reuse_delay", zero=True)
+            if domain is None:
+                reuse_delay = 0.0  # a delay is per domain
         with self._lock:
             now = self._reclaim_expired()
-            slot = self._select(pool_name, filters, selector, domain, now, advance=True)
-            if slot is None:
+            slot = self._select(
+                pool_name, filters, selector, domain, now, reuse_delay, advance=True
+            )
+            if not isinstance(slot, Slot):
                 self._consumer_id(consumer_name)
-                return None
+                return slot
+            if reuse_delay:
+                slot.leased_for[domain] = now  # type: ignore[index]
             return self._lease(
                 self._pools[pool_name], slot, consumer_name, duration_seconds
             )
@@ -268,24 +280,38 @@ class InMemoryStorage(IStorage):
         selector: SelectorStrategy | None,
         domain: str | None,
         now: float,
+        reuse_delay: float,
         *,
         advance: bool,
-    ) -> Slot | None:
+    ) -> Slot | Paced | None:
+        """The slot to lease; with a reuse delay, Paced when every free slot
+        that would do is inside its delay for the domain."""
         pool = self._pools.get(pool_name)
         if pool is None:
             return None
         strategy = selector or SelectorStrategy.FIRST_AVAILABLE
         if strategy is SelectorStrategy.FIRST_AVAILABLE and filters is None:
             first = pool.first_free(now)
-            if first is None or not first.in_cooldown_for(domain, now):
+            if first is None or (
+                not first.in_cooldown_for(domain, now)
+                and (not reuse_delay or first.paced_until(domain, reuse_delay) <= now)  # type: ignore[arg-type]
+            ):
                 return first
+        paced: list[float] = []
 
         def usable(slot: Slot) -> bool:
-            return (
+            if not (
                 slot.eligible(now)
                 and not slot.in_cooldown_for(domain, now)
                 and (filters is None or filters.matches(slot.proxy))
-            )
+            ):
+                return False
+            if reuse_delay:
+                until = slot.paced_until(domain, reuse_delay)  # type: ignore[arg-type]
+                if until > now:
+                    paced.append(until)
+                    return False
+            return True
 
         if strategy is SelectorStrategy.ROUND_ROBIN:
             for slot in pool.from_round_robin_cursor():
@@ -293,10 +319,10 @@ class InMemoryStorage(IStorage):
                     if advance:
                         pool.round_robin_cursor = slot.proxy.id.int
                     return slot
-            return None
+            return Paced(min(paced) - now) if paced else None
         candidates = [slot for slot in pool.slots.values() if usable(slot)]
         if not candidates:
-            return None
+            return Paced(min(paced) - now) if paced else None
         if strategy is SelectorStrategy.LEAST_USED:
             return min(
                 candidates,

@@ -33,6 +33,8 @@ class Slot:
     in_heap: bool = False
     cooldown_until: float = 0.0
     domain_cooldowns: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: When an acquire with a reuse delay last leased it for each domain.
+    leased_for: dict[str, float] = field(default_factory=dict)
 
     def eligible(self, now: float) -> bool:
         return (
@@ -45,6 +47,10 @@ class Slot:
         if domain is None or domain not in self.domain_cooldowns:
             return False
         return self.domain_cooldowns[domain][1] > now
+
+    def paced_until(self, domain: str, reuse_delay: float) -> float:
+        """When its reuse delay for ``domain`` ends (in the past: it has)."""
+        return self.leased_for.get(domain, -reuse_delay) + reuse_delay
 
 
 @dataclass(slots=True)
@@ -125,6 +131,17 @@ def record_outcome(slot: Slot, report: OutcomeReport, now: float) -> float | Non
                 slot.domain_cooldowns[report.domain][1],
             )
         return None
+    if report.outcome is LeaseOutcome.THROTTLED:
+        until = now + policy.rest(report.rest_seconds)
+        if report.domain is not None:
+            strikes, resting = slot.domain_cooldowns.get(report.domain, (0, 0.0))
+            slot.domain_cooldowns[report.domain] = (strikes, max(resting, until))
+            return None
+        if until <= slot.cooldown_until:
+            return None
+        slot.cooldown_until = until
+        proxy.cooldown_until = datetime.fromtimestamp(until, timezone.utc)
+        return until
     if report.outcome is LeaseOutcome.BAN:
         proxy.bans += 1
         if report.domain is not None:

@@ -22,6 +22,7 @@ from ..exceptions import ProxyNotFoundError
 from ..models import (
     Lease,
     OutcomeReport,
+    Paced,
     Proxy,
     ProxyFilters,
     ProxyStatus,
@@ -32,6 +33,7 @@ from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import check_lease_seconds
 from .sql import SqlStorage, _unavailable
+from .sql_clauses import domain_check
 from .sql_psycopg import PsycopgDriver
 from .sql_query import POSTGRESQL, Prepared, Query, Steps
 from .sql_rounds import Pipeliner
@@ -81,11 +83,19 @@ class PostgresStorage(SqlStorage):
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         check_lease_seconds(duration_seconds)
         consumer_id = self.ensure_consumer(consumer_name)
         steps = _acquire(
-            pool_name, consumer_id, duration_seconds, filters, selector, domain
+            pool_name,
+            consumer_id,
+            duration_seconds,
+            filters,
+            selector,
+            domain,
+            reuse_delay,
         )
         return self._executor.run("acquiring a proxy", steps)
 
@@ -97,13 +107,21 @@ class PostgresStorage(SqlStorage):
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         check_lease_seconds(duration_seconds)
         consumer_id = self._consumer_ids.get(consumer_name)
         if consumer_id is None:  # once per consumer name
             consumer_id = await asyncio.to_thread(self.ensure_consumer, consumer_name)
         steps = _acquire(
-            pool_name, consumer_id, duration_seconds, filters, selector, domain
+            pool_name,
+            consumer_id,
+            duration_seconds,
+            filters,
+            selector,
+            domain,
+            reuse_delay,
         )
         return await self._executor.run_async("acquiring a proxy", steps)
 
@@ -196,11 +214,15 @@ def _acquire(
     filters: ProxyFilters | None,
     selector: SelectorStrategy | None,
     domain: str | None,
-) -> Callable[[bool], Steps[Lease | None]]:
+    reuse_delay: float,
+) -> Callable[[bool], Steps[Lease | Paced | None]]:
     """An acquire's steps, given whether they are a retry."""
     strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
-    params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
-    statement = leasing.pg_acquire(strategy, filters, domain is not None)
+    params = acquire_parameters(
+        pool_name, consumer_id, duration_seconds, domain, reuse_delay
+    )
+    check = domain_check(domain, params.get("reuse_delay", 0.0))
+    statement = leasing.pg_acquire(strategy, filters, check)
     return lambda retrying: acquire_steps(statement, params, retrying)
 
 

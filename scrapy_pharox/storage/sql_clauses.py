@@ -75,29 +75,40 @@ def _prepared(build: Callable[[], Select[Any]]) -> Callable[[], Prepared]:
     return cache(lambda: Prepared(build()))
 
 
+#: What an acquire checks of its target domain (the ``target_domain``
+#: parameter): nothing, the rests there, or also the reuse delay (the
+#: ``reuse_delay`` parameter). A bool works as the first two.
+NO_DOMAIN, BY_DOMAIN, PACED = 0, 1, 2
+
+
+def domain_check(domain: str | None, reuse_delay: float) -> int:
+    """The domain check of an acquire for ``domain`` with ``reuse_delay``."""
+    if domain is None:
+        return NO_DOMAIN
+    return PACED if reuse_delay else BY_DOMAIN
+
+
 def _cached_per_filters(
-    build: Callable[[SelectorStrategy, ProxyFilters | None, bool], S],
-) -> Callable[[SelectorStrategy, ProxyFilters | None, bool], S]:
+    build: Callable[[SelectorStrategy, ProxyFilters | None, int], S],
+) -> Callable[[SelectorStrategy, ProxyFilters | None, int], S]:
     """Build a statement once per selector, filters (their values are bound in)
-    and whether it checks a target domain (the ``target_domain`` parameter).
+    and domain check (``NO_DOMAIN``, ``BY_DOMAIN``, ``PACED``).
 
     Building a CTE costs milliseconds; reusing it does not.
     """
 
     @lru_cache(maxsize=256)
-    def cached(
-        strategy: SelectorStrategy, filters_json: str | None, by_domain: bool
-    ) -> S:
+    def cached(strategy: SelectorStrategy, filters_json: str | None, check: int) -> S:
         filters = None
         if filters_json is not None:
             filters = ProxyFilters.model_validate_json(filters_json)
-        return build(strategy, filters, by_domain)
+        return build(strategy, filters, check)
 
     def statement(
-        strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+        strategy: SelectorStrategy, filters: ProxyFilters | None, check: int
     ) -> S:
         filters_json = None if filters is None else _filters_key(filters)
-        return cached(strategy, filters_json, by_domain)
+        return cached(strategy, filters_json, int(check))
 
     return statement
 
@@ -120,6 +131,13 @@ class DbNowPlus(FunctionElement[datetime]):
     """The database's clock plus a number of seconds (a float)."""
 
     type = UtcDateTime()
+    inherit_cache = True
+
+
+class SecondsUntil(FunctionElement[float]):
+    """The seconds from the database's now to a time (negative: past)."""
+
+    type = Double()
     inherit_cache = True
 
 
@@ -152,6 +170,21 @@ def _now_plus_postgresql(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -
 def _now_plus_sqlite(element: DbNowPlus, compiler: SQLCompiler, **kw: Any) -> str:
     seconds = compiler.process(element.clauses, **kw)
     return f"({_SQLITE_NOW_US} + CAST(ROUND({seconds} * 1000000.0) AS INTEGER))"
+
+
+@compiles(SecondsUntil, "postgresql")
+def _seconds_until_postgresql(
+    element: SecondsUntil, compiler: SQLCompiler, **kw: Any
+) -> str:
+    return f"EXTRACT(EPOCH FROM ({compiler.process(element.clauses, **kw)} - now()))"
+
+
+@compiles(SecondsUntil, "sqlite")
+def _seconds_until_sqlite(
+    element: SecondsUntil, compiler: SQLCompiler, **kw: Any
+) -> str:
+    moment = compiler.process(element.clauses, **kw)
+    return f"(({moment} - {_SQLITE_NOW_US}) / 1000000.0)"
 
 
 @compiles(HaversineKm, "postgresql")
@@ -252,17 +285,46 @@ def domain_parameter() -> Any:
     return bindparam("target_domain", type_=String())
 
 
-def domain_cooldowns_now() -> Any:
-    """A CTE of the proxies cooling down for the ``target_domain`` now: one range
-    of the (domain, cooldown_until) index, which PostgreSQL hashes once for the
-    whole search instead of probing per proxy."""
+def reuse_delay_parameter() -> Any:
+    """The ``reuse_delay`` parameter, in seconds."""
+    return bindparam("reuse_delay", type_=Double())
+
+
+def domain_cooldowns_now(check: int = BY_DOMAIN) -> Any:
+    """A CTE of the proxies held back from the ``target_domain`` now: resting
+    there, and with ``PACED`` also leased for it within ``reuse_delay``. One
+    range of the (domain, cooldown_until) index, which PostgreSQL hashes once for
+    the whole search instead of probing per proxy."""
+    held_back: Any = domain_cooldown.cooldown_until > DbNow()
+    if check == PACED:
+        held_back = or_(held_back, in_reuse_delay())
     return (
         select(domain_cooldown.proxy_id)
+        .where(domain_cooldown.domain == domain_parameter(), held_back)
+        .cte("cooldowns")
+    )
+
+
+def in_reuse_delay() -> ColumnElement[bool]:
+    """The (proxy, domain) row was leased less than ``reuse_delay`` ago."""
+    return domain_cooldown.leased_at > DbNowPlus(-reuse_delay_parameter())
+
+
+def paced_in(pool_id: Any, filters: ProxyFilters | None) -> Any:
+    """The seconds until the first proxy that only its reuse delay for the
+    ``target_domain`` holds back comes out of it; NULL when there is none."""
+    ends = func.min(domain_cooldown.leased_at)
+    return (
+        select(SecondsUntil(ends) + reuse_delay_parameter())
+        .select_from(domain_cooldown_table)
+        .join(proxy_table, proxy.id == domain_cooldown.proxy_id)
         .where(
             domain_cooldown.domain == domain_parameter(),
-            domain_cooldown.cooldown_until > DbNow(),
+            in_reuse_delay(),
+            (domain_cooldown.cooldown_until > DbNow()).is_not(true()),
+            eligible(pool_id, filters),
         )
-        .cte("cooldowns")
+        .scalar_subquery()
     )
 
 

@@ -26,26 +26,32 @@ from sqlalchemy import (
     literal,
     literal_column,
     not_,
+    null,
     select,
     true,
     union_all,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningDelete
 
 from ..models import ProxyFilters, SelectorStrategy
 from .sql_clauses import (
     ACTIVE,
+    NO_DOMAIN,
+    PACED,
     DbNow,
     DbNowPlus,
     _cached_per_filters,
     _prepared,
     domain_cooldowns_now,
+    domain_parameter,
     eligible,
     expired_lease_exists,
     has_free_slot,
     lease,
     not_cooling,
+    paced_in,
     pool,
     pool_id_named,
     proxy,
@@ -53,6 +59,7 @@ from .sql_clauses import (
 )
 from .sql_query import Prepared
 from .sql_schema import (
+    domain_cooldown_table,
     lease_history_table,
     lease_table,
     pool_table,
@@ -72,25 +79,28 @@ def locked(query: Select[Any], *, skip_locked: bool) -> Select[Any]:
 
 @_cached_per_filters
 def pg_acquire(
-    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+    strategy: SelectorStrategy, filters: ProxyFilters | None, check: int
 ) -> Prepared:
     """``pg_acquire_statement``, compiled."""
-    return Prepared(pg_acquire_statement(strategy, filters, by_domain))
+    return Prepared(pg_acquire_statement(strategy, filters, check))
 
 
 def pg_acquire_statement(
-    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool = False
+    strategy: SelectorStrategy, filters: ProxyFilters | None, check: int = NO_DOMAIN
 ) -> Select[Any]:
     """Claim a slot, insert the lease, return the proxy row and the lease times.
 
-    Parameters: pool_name, lease_id, consumer_id, seconds, and target_domain
-    when ``by_domain``. Always one row. When
-    it claimed nothing, ``reclaim_needed`` says an expired lease exists (the
-    claim never runs past one, so reclaiming always comes before the search) and
-    ``contended`` says a free proxy existed that other transactions held locked,
-    so another try may get it.
+    Parameters: pool_name, lease_id, consumer_id, seconds; target_domain with a
+    domain ``check`` (``sql_clauses.domain_check``), and reuse_delay with
+    ``PACED``. Always one row. When it claimed nothing, ``reclaim_needed`` says
+    an expired lease exists (the claim never runs past one, so reclaiming always
+    comes before the search), ``contended`` says a free proxy existed that other
+    transactions held locked, so another try may get it, and with ``PACED``
+    ``paced_in`` says when the first free proxy held back by its reuse delay
+    only comes out of it (NULL: none is). A ``PACED`` claim stamps the (proxy,
+    domain) row's ``leased_at``.
     """
-    cooldowns = domain_cooldowns_now() if by_domain else None
+    cooldowns = domain_cooldowns_now(check) if check else None
     if strategy is SelectorStrategy.ROUND_ROBIN:
         # The pool row, locked: round-robin acquires of one pool take turns, and
         # each reads the cursor the one before it left.
@@ -152,7 +162,17 @@ def pg_acquire_statement(
         picked, advance_cursor=strategy is SelectorStrategy.ROUND_ROBIN
     )
     nothing_claimed = claimed.c.id.is_(None)
-    # Both flags are evaluated only when nothing was claimed.
+    if check == PACED:
+        statement = statement.add_cte(
+            mark_leased("postgresql", claimed.c.id, claimed)
+            .returning(domain_cooldown_table.c.proxy_id)
+            .cte("paced_use")
+        ).add_columns(
+            case((nothing_claimed, paced_in(pool_id, filters)), else_=null()).label(
+                "paced_in"
+            )
+        )
+    # The flags are evaluated only when nothing was claimed.
     return statement.add_columns(
         case((nothing_claimed, expired_lease_exists()), else_=false()).label(
             "reclaim_needed"
@@ -211,22 +231,61 @@ def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
     return claimed, statement
 
 
+def mark_leased(dialect_name: str, proxy_id: Any, source: Any = None) -> Any:
+    """The (proxy ``proxy_id``, ``target_domain``) row says it was leased now,
+    created on the first paced lease (``source``: where ``proxy_id`` comes
+    from, a claim that may hold no row)."""
+    dialect_insert = (
+        postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    )
+    new_row = select(proxy_id, domain_parameter(), literal_column("0"), DbNow())
+    if source is not None:
+        new_row = new_row.select_from(source)
+    # WHERE true keeps SQLite from reading ON CONFLICT as a join constraint.
+    new_row = new_row.where(true())
+    return (
+        dialect_insert(domain_cooldown_table)
+        .from_select(["proxy_id", "domain", "consecutive_bans", "leased_at"], new_row)
+        .on_conflict_do_update(
+            index_elements=[
+                domain_cooldown_table.c.proxy_id,
+                domain_cooldown_table.c.domain,
+            ],
+            set_={"leased_at": DbNow()},
+        )
+    )
+
+
 # -- acquire: SQLite -----------------------------------------------------------------
 
 
 @_cached_per_filters
 def find_proxy(
-    strategy: SelectorStrategy, filters: ProxyFilters | None, by_domain: bool
+    strategy: SelectorStrategy, filters: ProxyFilters | None, check: int
 ) -> Select[Any]:
     """The proxy the selector picks now, without leasing it."""
     cursor = select(pool.round_robin_cursor).where(pool.name == bindparam("pool_name"))
-    cooldowns = domain_cooldowns_now() if by_domain else None
+    cooldowns = domain_cooldowns_now(check) if check else None
     return (
         select(proxy_table)
         .where(eligible(pool_id_named(), filters, cooldowns))
         .order_by(*selector_order(strategy, cursor.scalar_subquery()))
         .limit(1)
     )
+
+
+@_cached_per_filters
+def sqlite_paced_in(
+    strategy: SelectorStrategy, filters: ProxyFilters | None, check: int
+) -> Select[Any]:
+    """``paced_in`` of a paced acquire that found nothing (``sql_clauses``)."""
+    return select(paced_in(pool_id_named(), filters).label("paced_in"))
+
+
+@cache
+def sqlite_mark_leased() -> Any:
+    """``mark_leased`` of proxy ``proxy_key``."""
+    return mark_leased("sqlite", bindparam("proxy_key", type_=proxy.id.type))
 
 
 @cache

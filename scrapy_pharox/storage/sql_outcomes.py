@@ -8,8 +8,8 @@ database itself just counted, and starts at the database's now.
 
 The outcome parameters: ``latency`` (may be NULL), ``target_domain``, and the
 policy: ``base_seconds``, ``max_seconds``, ``jitter``, ``draw``,
-``failures_before_cooldown``. Kept apart from ``sql_leasing`` for size only:
-the same conventions hold.
+``failures_before_cooldown``, ``rest_seconds`` (a throttled outcome's rest).
+Kept apart from ``sql_leasing`` for size only: the same conventions hold.
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ def outcome_values(outcome: LeaseOutcome, by_domain: bool) -> dict[str, Any]:
         values.update(
             successes=proxy.successes + 1, consecutive_bans=0, consecutive_failures=0
         )
+    elif outcome is LeaseOutcome.THROTTLED:
+        if not by_domain:  # with a domain, the rest is that domain's only
+            values["cooldown_until"] = longer_rest(proxy.cooldown_until)
     elif outcome is LeaseOutcome.BAN:
         values["bans"] = proxy.bans + 1
         if not by_domain:  # a ban with a domain strikes that domain only
@@ -171,6 +174,39 @@ def domain_ban(dialect_name: str, proxy_id: Any) -> Any:
     )
 
 
+def longer_rest(until: Any) -> Any:
+    """``until``, or the end of a rest of ``rest_seconds`` from now when that
+    is later (a NULL ``until``: no rest yet)."""
+    rest_ends = DbNowPlus(_number("rest_seconds"))
+    return case((until > rest_ends, until), else_=rest_ends)
+
+
+def domain_throttle(dialect_name: str, proxy_id: Any) -> Any:
+    """A throttled outcome with a domain: the (proxy ``proxy_id``,
+    ``target_domain``) pair rests ``rest_seconds``, its strikes as they were;
+    the row created on the first."""
+    dialect_insert = (
+        postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    )
+    # WHERE true keeps SQLite from reading ON CONFLICT as a join constraint.
+    new_row = select(
+        proxy_id,
+        domain_parameter(),
+        literal_column("0"),
+        DbNowPlus(_number("rest_seconds")),
+    ).where(true())
+    return (
+        dialect_insert(domain_cooldown_table)
+        .from_select(
+            ["proxy_id", "domain", "consecutive_bans", "cooldown_until"], new_row
+        )
+        .on_conflict_do_update(
+            index_elements=[domain_cooldown.proxy_id, domain_cooldown.domain],
+            set_={"cooldown_until": longer_rest(domain_cooldown.cooldown_until)},
+        )
+    )
+
+
 def domain_success(proxy_id: Any) -> ReturningUpdate[Any]:
     """A success with a domain: the pair's strikes start again (its cooldown, if
     one runs, stays)."""
@@ -218,6 +254,12 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
         )
     elif by_domain and outcome is LeaseOutcome.SUCCESS:
         changes.append(domain_success(gone.c.proxy_id).cte("domain_cleared"))
+    elif by_domain and outcome is LeaseOutcome.THROTTLED:
+        changes.append(
+            domain_throttle("postgresql", gone.c.proxy_id)
+            .returning(domain_cooldown.proxy_id)
+            .cte("domain_rested")
+        )
     return Prepared(
         select(exists(select(gone.c.id)).label("released")).add_cte(*changes)
     )
@@ -241,6 +283,12 @@ def record_outcome(outcome: LeaseOutcome, by_domain: bool) -> ReturningUpdate[An
 def sqlite_domain_ban() -> Any:
     """``domain_ban`` of proxy ``proxy_key``."""
     return domain_ban("sqlite", bindparam("proxy_key", type_=proxy.id.type))
+
+
+@cache
+def sqlite_domain_throttle() -> Any:
+    """``domain_throttle`` of proxy ``proxy_key``."""
+    return domain_throttle("sqlite", bindparam("proxy_key", type_=proxy.id.type))
 
 
 @cache

@@ -7,10 +7,12 @@ from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID, uuid4
 
+from ..durations import check_seconds
 from ..models import (
     Lease,
     LeaseStatus,
     OutcomeReport,
+    Paced,
     Proxy,
     ProxyCredentials,
     ProxyPool,
@@ -98,16 +100,35 @@ def build_lease(
 
 
 def acquire_parameters(
-    pool_name: str, consumer_id: UUID, duration_seconds: float, domain: str | None
+    pool_name: str,
+    consumer_id: UUID,
+    duration_seconds: float,
+    domain: str | None,
+    reuse_delay: float = 0.0,
 ) -> dict[str, Any]:
-    """An acquire's parameters, with the new lease's id (a retry finds it by it)."""
-    return {
+    """An acquire's parameters, with the new lease's id (a retry finds it by it).
+
+    A reuse delay counts with a domain only; a bad one raises before any I/O.
+    """
+    params = {
         "pool_name": pool_name,
         "lease_id": uuid4(),
         "consumer_id": consumer_id,
         "seconds": check_lease_seconds(duration_seconds),
         "target_domain": domain,
     }
+    if reuse_delay:
+        reuse_delay = check_seconds(reuse_delay, "reuse_delay", zero=True)
+        if reuse_delay and domain is not None:
+            params["reuse_delay"] = reuse_delay
+    return params
+
+
+def paced_or_none(row: Any) -> Paced | None:
+    """A miss: Paced when the row of a paced acquire says when a proxy comes
+    out of its reuse delay, else None."""
+    seconds = getattr(row, "paced_in", None)
+    return None if seconds is None else Paced(float(seconds))
 
 
 def release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str, Any]:
@@ -128,6 +149,7 @@ def outcome_parameters(report: OutcomeReport) -> dict[str, Any]:
         "jitter": float(policy.jitter),
         "draw": float(report.draw),
         "failures_before_cooldown": policy.failures_before_cooldown,
+        "rest_seconds": policy.rest(report.rest_seconds),
     }
 
 

@@ -12,11 +12,11 @@ from uuid import UUID
 
 import psycopg
 
-from ..models import Lease
+from ..models import Lease, Paced
 from . import sql_expiry as expiry
 from .sql_expiry import taken_before
 from .sql_query import POSTGRESQL, Prepared, Query, Steps
-from .sql_rows import lease_from_row
+from .sql_rows import lease_from_row, paced_or_none
 
 #: Tries of one acquire while its statement found only rows others hold locked.
 ACQUIRE_ROUNDS = 32
@@ -29,7 +29,7 @@ _RELEASE, _ACQUIRE, _EXTEND = 0, 1, 2
 
 def acquire_steps(
     statement: Prepared, params: dict[str, Any], retrying: bool
-) -> Steps[Lease | None]:
+) -> Steps[Lease | Paced | None]:
     """One acquire: the statement again while it found only rows others hold
     locked, after reclaiming expired leases when it says some block the way.
 
@@ -57,7 +57,7 @@ def acquire_steps(
         if row.reclaim_needed:
             yield Query(expiry.pg_reclaim(), {})
         elif not row.contended:
-            return None
+            return paced_or_none(row)
     return None
 
 

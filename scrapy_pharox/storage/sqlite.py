@@ -20,6 +20,7 @@ from ..models import (
     Lease,
     LeaseOutcome,
     OutcomeReport,
+    Paced,
     Proxy,
     ProxyFilters,
     ProxyStatus,
@@ -36,6 +37,7 @@ from .sql_query import ALL, SQLITE, Steps
 from .sql_rows import (
     acquire_parameters,
     build_lease,
+    paced_or_none,
     proxy_from_row,
     release_parameters,
 )
@@ -62,11 +64,15 @@ class SqliteStorage(SqlStorage):
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
         domain: str | None = None,
-    ) -> Lease | None:
+        *,
+        reuse_delay: float = 0.0,
+    ) -> Lease | Paced | None:
         strategy = SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
         check_lease_seconds(duration_seconds)
         consumer_id = self.ensure_consumer(consumer_name)
-        params = acquire_parameters(pool_name, consumer_id, duration_seconds, domain)
+        params = acquire_parameters(
+            pool_name, consumer_id, duration_seconds, domain, reuse_delay
+        )
         return self._executor.run(
             "acquiring a proxy",
             lambda retrying: self._acquire_steps(retrying, strategy, filters, params),
@@ -144,21 +150,30 @@ class SqliteStorage(SqlStorage):
         strategy: SelectorStrategy,
         filters: ProxyFilters | None,
         params: dict[str, Any],
-    ) -> Steps[Lease | None]:
+    ) -> Steps[Lease | Paced | None]:
         if retrying:
             lease = yield from expiry.taken_before(SQLITE, params)
             if lease is not None:
                 return lease
         if (yield self._query(_EXPIRED_LEASE_EXISTS, {}))[0]:
             yield from self._reclaim()
-        by_domain = params["target_domain"] is not None
-        picked = yield self._query(
-            leasing.find_proxy(strategy, filters, by_domain), params
+        check = clauses.domain_check(
+            params["target_domain"], params.get("reuse_delay", 0.0)
         )
+        picked = yield self._query(leasing.find_proxy(strategy, filters, check), params)
         if picked is None:
-            return None
+            if check != clauses.PACED:
+                return None
+            row = yield self._query(
+                leasing.sqlite_paced_in(strategy, filters, check), params
+            )
+            return paced_or_none(row)
         # The transaction holds the write lock: the pick is still free.
         claimed = yield self._query(leasing.claim_proxy(), {"proxy_id": picked.id})
+        if check == clauses.PACED:
+            yield self._query(
+                leasing.sqlite_mark_leased(), {**params, "proxy_key": picked.id}
+            )
         cursor = picked.id if strategy is SelectorStrategy.ROUND_ROBIN else None
         return (
             yield from self._insert_lease(claimed, params, params["pool_name"], cursor)
@@ -211,6 +226,8 @@ class SqliteStorage(SqlStorage):
             yield self._query(outcomes.sqlite_domain_ban(), outcome)
         elif by_domain and report.outcome is LeaseOutcome.SUCCESS:
             yield self._query(outcomes.sqlite_domain_success(), outcome)
+        elif by_domain and report.outcome is LeaseOutcome.THROTTLED:
+            yield self._query(outcomes.sqlite_domain_throttle(), outcome)
 
 
 # Whether an expired lease waits to be reclaimed; the name of pool ``pool_key``.

@@ -8,8 +8,9 @@ WITH locked_pool AS MATERIALIZED
    WHERE pharox_pool.name = %(pool_name)s::VARCHAR
      FOR NO KEY
      UPDATE),
--- Proxies in a cooldown for the target domain now: one range of the
--- (domain, cooldown_until) index, hashed once for the whole search.
+-- Proxies held back from the target domain now (resting there; paced,
+-- also leased for it within reuse_delay): one range of the (domain,
+-- cooldown_until) index, hashed once for the whole search.
 cooldowns AS
   (SELECT pharox_domain_cooldown.proxy_id AS proxy_id
    FROM pharox_domain_cooldown

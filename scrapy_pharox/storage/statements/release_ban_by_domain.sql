@@ -37,7 +37,8 @@ WITH gone AS
                                                                                                   -- Times are the database's: every process compares with one clock.
                                                                                                   (now() + make_interval(secs => (least(CAST(%(max_seconds)s AS DOUBLE PRECISION), CAST(%(base_seconds)s AS DOUBLE PRECISION) * power(CAST(2 AS float8), least(greatest(1, 1) - 1, 62))) * (1 + CAST(%(jitter)s AS DOUBLE PRECISION) * (2 * CAST(%(draw)s AS DOUBLE PRECISION) - 1))))) AS anon_4
    FROM gone
-   -- The (proxy, domain) row is created on the first ban, counted after.
+   -- The (proxy, domain) row is created on its first ban, rest or paced
+   -- lease, updated after.
    WHERE true ON CONFLICT (proxy_id,
                            domain) DO
      UPDATE

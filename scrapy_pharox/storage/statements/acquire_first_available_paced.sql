@@ -1,0 +1,152 @@
+-- Proxies held back from the target domain now (resting there; paced,
+-- also leased for it within reuse_delay): one range of the (domain,
+-- cooldown_until) index, hashed once for the whole search.
+WITH cooldowns AS
+  (SELECT pharox_domain_cooldown.proxy_id AS proxy_id
+   FROM pharox_domain_cooldown
+   WHERE pharox_domain_cooldown.domain = %(target_domain)s::VARCHAR
+     AND (pharox_domain_cooldown.cooldown_until > now()
+          -- Times are the database's: every process compares with one clock.
+          OR pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s)))),
+     -- The first free proxy in selector order. MATERIALIZED: the row lock is
+     -- taken once, here; inlined into the UPDATE it could lock other rows.
+     picked AS MATERIALIZED
+  (SELECT pharox_proxy.id AS id
+   FROM pharox_proxy
+   WHERE pharox_proxy.pool_id =
+       (SELECT pharox_pool.id
+        FROM pharox_pool
+        WHERE pharox_pool.name = %(pool_name)s::VARCHAR)
+     AND pharox_proxy.status = 'active'
+     AND (pharox_proxy.max_concurrency IS NULL
+          OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
+     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
+     AND (pharox_proxy.cooldown_until > now()) IS NOT true
+     AND (pharox_proxy.id NOT IN
+            (SELECT cooldowns.proxy_id
+             FROM cooldowns))
+     -- Nothing is picked while an expired lease waits: the caller reclaims
+     -- first (reclaim_needed), so a search never runs past a dead lease.
+     AND NOT (EXISTS
+                (SELECT *
+                 FROM pharox_lease
+                 WHERE pharox_lease.expires_at <= now()))
+   ORDER BY pharox_proxy.checked_at DESC,
+            pharox_proxy.id
+   LIMIT %(param_1)s::INTEGER
+   -- Rows other transactions hold are skipped, not waited for. NO KEY
+   -- UPDATE is the lock an UPDATE of non-key columns takes anyway.
+   FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
+claimed AS
+  (UPDATE pharox_proxy
+   SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
+   FROM picked
+   WHERE pharox_proxy.id = picked.id RETURNING pharox_proxy.id,
+                                               pharox_proxy.pool_id,
+                                               pharox_proxy.protocol,
+                                               pharox_proxy.host,
+                                               pharox_proxy.host_key,
+                                               pharox_proxy.port,
+                                               pharox_proxy.username,
+                                               pharox_proxy.password,
+                                               pharox_proxy.status,
+                                               pharox_proxy.checked_at,
+                                               pharox_proxy.source,
+                                               pharox_proxy.country,
+                                               pharox_proxy.city,
+                                               pharox_proxy.latitude,
+                                               pharox_proxy.longitude,
+                                               pharox_proxy.isp,
+                                               pharox_proxy.asn,
+                                               pharox_proxy.max_concurrency,
+                                               pharox_proxy.current_leases,
+                                               pharox_proxy.successes,
+                                               pharox_proxy.bans,
+                                               pharox_proxy.failures,
+                                               pharox_proxy.consecutive_bans,
+                                               pharox_proxy.consecutive_failures,
+                                               pharox_proxy.latency_ms,
+                                               pharox_proxy.cooldown_until),
+                                                   -- A paced lease stamps leased_at of its (proxy, domain) row: the next
+                                                   -- paced acquire for that domain passes it over for reuse_delay seconds.
+                                                   paced_use AS
+  (INSERT INTO pharox_domain_cooldown (proxy_id, domain, consecutive_bans, leased_at) SELECT claimed.id AS id,
+                                                                                             %(target_domain)s::VARCHAR AS anon_1,
+                                                                                             0,
+                                                                                             now() AS anon_2
+   FROM claimed
+   -- The (proxy, domain) row is created on its first ban, rest or paced
+   -- lease, updated after.
+   WHERE true ON CONFLICT (proxy_id,
+                           domain) DO
+     UPDATE
+     SET leased_at = now() RETURNING pharox_domain_cooldown.proxy_id),
+                                                   leased AS
+  (INSERT INTO pharox_lease (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at) SELECT %(lease_id)s::UUID AS anon_4,
+                                                                                                 claimed.id AS id,
+                                                                                                 claimed.pool_id AS pool_id,
+                                                                                                 %(consumer_id)s::UUID AS anon_5,
+                                                                                                 now() AS anon_6,
+                                                                                                 -- Times are the database's: every process compares with one clock.
+                                                                                                 (now() + make_interval(secs => %(seconds)s)) AS anon_7
+   FROM claimed RETURNING pharox_lease.acquired_at,
+                          pharox_lease.expires_at)
+-- claimed.*, not each column: spelled out, the round-robin acquire by
+-- domain would pass psycopg's 4096-byte cache of parsed queries.
+SELECT claimed.*,
+       leased.acquired_at,
+       leased.expires_at,
+       CASE
+           WHEN (claimed.id IS NULL) THEN
+                  (SELECT EXTRACT(EPOCH
+                                  FROM (min(pharox_domain_cooldown.leased_at) - now())) + %(reuse_delay)s AS anon_3
+                   FROM pharox_domain_cooldown
+                   JOIN pharox_proxy ON pharox_proxy.id = pharox_domain_cooldown.proxy_id
+                   WHERE pharox_domain_cooldown.domain = %(target_domain)s::VARCHAR
+                     -- Times are the database's: every process compares with one clock.
+                     AND pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s))
+                     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
+                     AND (pharox_domain_cooldown.cooldown_until > now()) IS NOT true
+                     AND pharox_proxy.pool_id =
+                       (SELECT pharox_pool.id
+                        FROM pharox_pool
+                        WHERE pharox_pool.name = %(pool_name)s::VARCHAR)
+                     AND pharox_proxy.status = 'active'
+                     AND (pharox_proxy.max_concurrency IS NULL
+                          OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
+                     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
+                     AND (pharox_proxy.cooldown_until > now()) IS NOT true)
+           ELSE NULL
+       -- When nothing was claimed: the seconds until the first free proxy that
+       -- only its reuse delay holds back comes out of it (NULL: none does).
+       END AS paced_in,
+       CASE
+           WHEN (claimed.id IS NULL) THEN EXISTS
+                  (SELECT *
+                   FROM pharox_lease
+                   WHERE pharox_lease.expires_at <= now())
+           ELSE false
+       END AS reclaim_needed,
+       CASE
+           WHEN (claimed.id IS NULL) THEN EXISTS
+                  (SELECT *
+                   FROM pharox_proxy
+                   WHERE pharox_proxy.pool_id =
+                       (SELECT pharox_pool.id
+                        FROM pharox_pool
+                        WHERE pharox_pool.name = %(pool_name)s::VARCHAR)
+                     AND pharox_proxy.status = 'active'
+                     AND (pharox_proxy.max_concurrency IS NULL
+                          OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
+                     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
+                     AND (pharox_proxy.cooldown_until > now()) IS NOT true
+                     AND (pharox_proxy.id NOT IN
+                            (SELECT cooldowns.proxy_id
+                             FROM cooldowns)))
+           ELSE false
+       END AS contended
+FROM
+  -- One row even when nothing was claimed, to carry the two flags.
+  (SELECT 1 AS one) AS one
+LEFT OUTER JOIN claimed ON true
+LEFT OUTER JOIN leased ON true

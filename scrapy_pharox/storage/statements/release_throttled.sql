@@ -1,0 +1,40 @@
+-- The lease leaves the active table. A second or late release matches
+-- no row, and everything below hangs off gone: it changes nothing.
+WITH gone AS
+  (DELETE
+   FROM pharox_lease
+   WHERE pharox_lease.id = %(lease_id)s::UUID RETURNING pharox_lease.id,
+                                                        pharox_lease.proxy_id,
+                                                        pharox_lease.pool_id,
+                                                        pharox_lease.consumer_id,
+                                                        pharox_lease.acquired_at,
+                                                        pharox_lease.expires_at),
+     freed AS
+  (UPDATE pharox_proxy
+   SET current_leases=(pharox_proxy.current_leases - %(current_leases_1)s::INTEGER),
+       latency_ms=CASE
+                      WHEN (CAST(%(latency)s AS DOUBLE PRECISION) IS NULL) THEN pharox_proxy.latency_ms
+                      WHEN (pharox_proxy.latency_ms IS NULL) THEN CAST(%(latency)s AS DOUBLE PRECISION)
+                      ELSE %(param_1)s * pharox_proxy.latency_ms + %(param_2)s * CAST(%(latency)s AS DOUBLE PRECISION)
+                  END,
+                  cooldown_until=CASE
+                                     -- Times are the database's: every process compares with one clock.
+                                     WHEN (pharox_proxy.cooldown_until > (now() + make_interval(secs => CAST(%(rest_seconds)s AS DOUBLE PRECISION)))) THEN pharox_proxy.cooldown_until
+                                     -- Times are the database's: every process compares with one clock.
+                                     ELSE (now() + make_interval(secs => CAST(%(rest_seconds)s AS DOUBLE PRECISION)))
+                                 END
+   FROM gone
+   WHERE pharox_proxy.id = gone.proxy_id RETURNING pharox_proxy.id),
+     logged_released AS
+  (INSERT INTO pharox_lease_history (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at, released_at, outcome) SELECT gone.id AS id,
+                                                                                                                               gone.proxy_id AS proxy_id,
+                                                                                                                               gone.pool_id AS pool_id,
+                                                                                                                               gone.consumer_id AS consumer_id,
+                                                                                                                               gone.acquired_at AS acquired_at,
+                                                                                                                               gone.expires_at AS expires_at,
+                                                                                                                               now() AS anon_1,
+                                                                                                                               %(param_3)s::VARCHAR AS anon_2
+   FROM gone RETURNING pharox_lease_history.id)
+SELECT EXISTS
+  (SELECT gone.id
+   FROM gone) AS released
