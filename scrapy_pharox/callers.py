@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from .manager import ProxyManager
-    from .models import Lease, OutcomeReport, SelectorStrategy
+    from .models import Lease, OutcomeReport, Paced, SelectorStrategy
 
 T = TypeVar("T")
 
@@ -29,6 +29,8 @@ class Target:
     pool: str
     filters: ProxyFilters | None
     selector: SelectorStrategy
+    #: Seconds between two leases of one proxy for one domain (0: none).
+    reuse_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class AcquireRequest:
     filters: ProxyFilters | None
     selector: SelectorStrategy
     domain: str | None
+    #: Seconds between two leases of a proxy for ``domain`` (0: none).
+    reuse_delay: float = 0.0
 
 
 def with_protocols(
@@ -77,7 +81,7 @@ class StorageCaller:
             return ThreadCaller(manager)
         return InlineCaller(manager)
 
-    def acquire_now(self, request: AcquireRequest) -> Lease | None:
+    def acquire_now(self, request: AcquireRequest) -> Lease | Paced | None:
         """Acquire right here, blocking until the storage answers."""
         return self.manager.acquire_proxy(
             request.pool,
@@ -86,6 +90,7 @@ class StorageCaller:
             request.filters,
             request.selector,
             request.domain,
+            reuse_delay=request.reuse_delay,
         )
 
     def release_now(self, lease: Lease, report: OutcomeReport | None) -> bool:
@@ -98,7 +103,9 @@ class StorageCaller:
 
     # acquire and release hand back the coroutine that does the work rather than
     # wrap it in one more: a frame less on every request.
-    def acquire(self, request: AcquireRequest) -> Coroutine[Any, Any, Lease | None]:
+    def acquire(
+        self, request: AcquireRequest
+    ) -> Coroutine[Any, Any, Lease | Paced | None]:
         """Acquire without blocking the reactor."""
         return self.call(self.acquire_now, request)
 
@@ -149,7 +156,9 @@ class LoopCaller(ThreadCaller):
     """Storage that waits on the running asyncio loop; under another Twisted
     reactor, where no asyncio loop runs, it falls back to worker threads."""
 
-    def acquire(self, request: AcquireRequest) -> Coroutine[Any, Any, Lease | None]:
+    def acquire(
+        self, request: AcquireRequest
+    ) -> Coroutine[Any, Any, Lease | Paced | None]:
         if running_loop() is None:
             return super().acquire(request)
         return self.manager.acquire_proxy_async(
@@ -159,6 +168,7 @@ class LoopCaller(ThreadCaller):
             request.filters,
             request.selector,
             request.domain,
+            reuse_delay=request.reuse_delay,
         )
 
     def release(

@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "PHAROX_ACQUIRE_TIMEOUT": 60,
     "PHAROX_STATS_INTERVAL": 60,
     "PHAROX_PROTOCOLS": ["http", "https"],
+    # Sharing over time
+    "PHAROX_REUSE_DELAY": 0,
+    "PHAROX_DOWNLOAD_SLOT": "domain",
     # Bans and cooldowns
     "PHAROX_BAN_STATUS_CODES": [403, 407, 429, 503],
     "PHAROX_BAN_SCOPE": "proxy",
@@ -55,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 BAN_SCOPES = ("proxy", "domain")
+DOWNLOAD_SLOTS = ("domain", "proxy")
 
 
 def _default_protocols() -> frozenset[ProxyProtocol]:
@@ -80,6 +84,8 @@ class PharoxConfig:
     protocols: frozenset[ProxyProtocol] = field(default_factory=_default_protocols)
     ban_status_codes: frozenset[int] = frozenset(DEFAULTS["PHAROX_BAN_STATUS_CODES"])
     ban_scope: str = DEFAULTS["PHAROX_BAN_SCOPE"]
+    reuse_delay: float = float(DEFAULTS["PHAROX_REUSE_DELAY"])
+    download_slot: str = DEFAULTS["PHAROX_DOWNLOAD_SLOT"]
     cooldown: CooldownPolicy = field(default_factory=CooldownPolicy)
     #: Scrapy's DOWNLOAD_TIMEOUT (a lease outlives it: renewal.LeaseRenewer).
     download_timeout: float = 180.0
@@ -122,6 +128,8 @@ class PharoxConfig:
             protocols=_protocols(settings),
             ban_status_codes=_status_codes(settings),
             ban_scope=_choice(settings, "PHAROX_BAN_SCOPE", BAN_SCOPES),
+            reuse_delay=_seconds(settings, "PHAROX_REUSE_DELAY", zero=True),
+            download_slot=_choice(settings, "PHAROX_DOWNLOAD_SLOT", DOWNLOAD_SLOTS),
             cooldown=_cooldown(settings),
             download_timeout=settings.getfloat("DOWNLOAD_TIMEOUT"),
             bot_name=str(settings.get("BOT_NAME")),

@@ -13,6 +13,7 @@ from scrapy.utils.misc import load_object
 
 from .callers import Target
 from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
+from .durations import check_seconds
 from .exceptions import PharoxError
 from .manager import ProxyManager
 from .models import ProxyPool, mask_url_password
@@ -112,6 +113,12 @@ def _default_target(config: PharoxConfig, spider: Spider | None) -> Target:
         selector=parse_selector(
             "spider attribute pharox_selector",
             _spider_setting(spider, "pharox_selector", config.selector),
+        ),
+        reuse_delay=check_seconds(
+            _spider_setting(spider, "pharox_reuse_delay", config.reuse_delay),
+            "spider attribute pharox_reuse_delay",
+            zero=True,
+            error=PharoxSettingError,
         ),
     )
 

@@ -23,6 +23,7 @@ from .models import (
     Lease,
     LeaseOutcome,
     OutcomeReport,
+    Paced,
 )
 from .release_retries import ReleaseRetries
 from .renewal import LeaseRenewer
@@ -46,6 +47,9 @@ logger = logging.getLogger(__name__)
 #: other processes or by expiry are seen; a release in this process wakes them.
 MAX_RECHECK_SECONDS = 2.0
 FIRST_RECHECK_SECONDS = 0.25
+#: A paced request tries again this long after its proxy's reuse delay ends, so
+#: that the storage's clock has passed it.
+PACED_SLACK_SECONDS = 0.005
 #: How often, at most, a pool that gives no lease is checked for "all cooling".
 RESTING_CHECK_SECONDS = 5.0
 
@@ -97,7 +101,7 @@ class LeaseKeeper:
         self._resting_checked: dict[str, float] = {}
         for key in RELEASE_KEYS.values():
             stats.set_value(key, 0)
-        for name in ("leased", "empty", "gave_up"):
+        for name in ("leased", "empty", "paced", "gave_up"):
             stats.set_value(f"pharox/acquire/{name}", 0)
         stats.set_value("pharox/leases/active", 0)
         stats.set_value("pharox/acquire/wait_ms/max", 0)
@@ -147,7 +151,7 @@ class LeaseKeeper:
                 lease = self._acquire_now(acquire_request)
             else:
                 lease = await self._acquire(acquire_request)
-            if lease is not None:
+            if isinstance(lease, Lease):
                 self._record_wait(started)
                 if target.pool in self._resting_pools:
                     self._resting_pools.discard(target.pool)
@@ -155,8 +159,13 @@ class LeaseKeeper:
                         "A proxy of pool %r is back from its cooldown", target.pool
                     )
                 return self._hold(lease)
-            self._tally.inc("pharox/acquire/empty")
-            await self._notice_resting_pool(target.pool)
+            if lease is None:
+                self._tally.inc("pharox/acquire/empty")
+                await self._notice_resting_pool(target.pool)
+                sleep = recheck
+            else:  # Paced: free proxies, each inside its reuse delay
+                self._tally.inc("pharox/acquire/paced")
+                sleep = lease.seconds + PACED_SLACK_SECONDS
             if baton is not None:
                 # Woken by a release we could not use: let the next waiter try.
                 baton.add(sleeper)
@@ -177,24 +186,24 @@ class LeaseKeeper:
                 raise IgnoreRequest(
                     f"scrapy-pharox: no free proxy in pool {target.pool!r}"
                 )
-            baton = await self._wakeup.sleep(sleeper, min(remaining, recheck))
-            if baton is None:
+            baton = await self._wakeup.sleep(sleeper, min(remaining, sleep))
+            if baton is None and lease is None:
                 recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
 
-    def _acquire_now(self, request: AcquireRequest) -> Lease | None:
+    def _acquire_now(self, request: AcquireRequest) -> Lease | Paced | None:
         try:
             return self.caller.acquire_now(request)
         except PharoxError as exc:
             self._acquire_failed(exc)
             return None
 
-    async def _acquire(self, request: AcquireRequest) -> Lease | None:
+    async def _acquire(self, request: AcquireRequest) -> Lease | Paced | None:
         try:
             lease = await self.caller.acquire(request)
         except PharoxError as exc:
             self._acquire_failed(exc)
             return None
-        if lease is not None and (self._closing or self._stopping):
+        if isinstance(lease, Lease) and (self._closing or self._stopping):
             # Counted as leased, then released, so leased == released still holds.
             self._hold(lease)
             await self.release(lease, "closed")
@@ -244,10 +253,14 @@ class LeaseKeeper:
             )
 
     def report(
-        self, request: Request, outcome: LeaseOutcome, latency_ms: float | None = None
+        self,
+        request: Request,
+        outcome: LeaseOutcome,
+        latency_ms: float | None = None,
+        rest_seconds: float | None = None,
     ) -> OutcomeReport:
         """The outcome of a request's lease (``Routing.report``)."""
-        return self.routing.report(request, outcome, latency_ms)
+        return self.routing.report(request, outcome, latency_ms, rest_seconds)
 
     async def release(
         self, lease: Lease, reason: ReleaseReason, report: OutcomeReport | None = None

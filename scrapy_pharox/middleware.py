@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.httpobj import urlparse_cached
 
 from .keeper import LeaseKeeper
 from .models import Lease, LeaseOutcome
@@ -23,6 +26,11 @@ if TYPE_CHECKING:
 #: request (retry, redirect, follow with the old meta) is told from one whose
 #: proxy someone else chose.
 OUR_PROXY_KEY = "_pharox_proxy"
+#: The download slot this middleware put in ``meta["download_slot"]`` (with
+#: PHAROX_DOWNLOAD_SLOT = "proxy"): a copy's next proxy gets a slot of its own.
+OUR_SLOT_KEY = "_pharox_slot"
+#: The statuses whose Retry-After makes them a rest (outcome THROTTLED).
+THROTTLE_CODES = frozenset({429, 503})
 
 
 class PharoxProxyMiddleware:
@@ -37,6 +45,7 @@ class PharoxProxyMiddleware:
         self.keeper = keeper
         self.crawler = crawler
         self.hand_back = HandBack(crawler, keeper.stop_waiting)
+        self._slot_per_proxy = keeper.config.download_slot == "proxy"
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -92,6 +101,11 @@ class PharoxProxyMiddleware:
         meta["proxy"] = url
         # Without credentials the URL is the address: build the string once.
         meta[OUR_PROXY_KEY] = url if proxy.credentials is None else proxy.address
+        if self._slot_per_proxy and meta.get("download_slot") == meta.get(OUR_SLOT_KEY):
+            # One download slot per (domain, proxy): Scrapy's delays and
+            # concurrency per slot apply per IP per site.
+            slot = f"{urlparse_cached(request).hostname} via {proxy.id}"
+            meta["download_slot"] = meta[OUR_SLOT_KEY] = slot
         return None
 
     async def process_response(
@@ -100,25 +114,35 @@ class PharoxProxyMiddleware:
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease) or not self.keeper.holds(lease):
             return response
-        banned = self._is_ban(response)
+        rest = retry_after(response) if response.status in THROTTLE_CODES else None
+        if rest is not None:
+            outcome = LeaseOutcome.THROTTLED
+        else:
+            outcome = (
+                LeaseOutcome.BAN if self._is_ban(response) else LeaseOutcome.SUCCESS
+            )
         latency = request.meta.get("download_latency")
         report = self.keeper.report(
             request,
-            LeaseOutcome.BAN if banned else LeaseOutcome.SUCCESS,
+            outcome,
             latency * 1000 if isinstance(latency, (int, float)) else None,
+            rest,
         )
         _forget_credentials(request)
         await self.keeper.release(lease, "response", report)
-        if not banned:
+        if outcome is LeaseOutcome.SUCCESS:
             return response
-        assert self.crawler.stats is not None
-        self.crawler.stats.inc_value(f"pharox/ban/status/{response.status}")
+        if outcome is LeaseOutcome.BAN:
+            assert self.crawler.stats is not None
+            self.crawler.stats.inc_value(f"pharox/ban/status/{response.status}")
         if request.meta.get("dont_retry"):
             return response
         # Through Scrapy's retry machinery: retry/* stats and max_retry_times apply.
         assert self.crawler.spider is not None
         retry = get_retry_request(
-            request, spider=self.crawler.spider, reason="pharox_ban"
+            request,
+            spider=self.crawler.spider,
+            reason="pharox_ban" if outcome is LeaseOutcome.BAN else "pharox_throttled",
         )
         return retry if retry is not None else response
 
@@ -149,6 +173,24 @@ class PharoxProxyMiddleware:
         if ours is None or not isinstance(lease, Lease) or lease.proxy is None:
             return False
         return request.meta["proxy"] in (ours, lease.proxy.url)
+
+
+def retry_after(response: Response) -> float | None:
+    """The seconds a response's Retry-After asks for (a number of seconds, or an
+    HTTP date from now), or None when it has none it can be read as."""
+    header = response.headers.get(b"Retry-After")
+    if not header:
+        return None
+    text = header.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # an HTTP date is GMT
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
 
 
 def _forget_credentials(request: Request) -> None:

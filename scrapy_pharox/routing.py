@@ -1,9 +1,11 @@
 """What one request asks its crawler's pool for, and how its outcome is told.
 
-A request leases from the spider's pool with its filters and selector, unless
-its meta names others (``pharox_pool``, ``pharox_filters``, ``pharox_selector``);
-with ``PHAROX_BAN_SCOPE = "domain"`` it also names its domain, so proxies
-resting for that domain are passed over and a ban rests a proxy there only.
+A request leases from the spider's pool with its filters, selector and reuse
+delay, unless its meta names others (``pharox_pool``, ``pharox_filters``,
+``pharox_selector``, ``pharox_reuse_delay``). It names its domain (the URL's
+host), so proxies resting there (a Retry-After, or a ban with
+``PHAROX_BAN_SCOPE = "domain"``) or inside their reuse delay for it are passed
+over. With ``PHAROX_BAN_SCOPE = "domain"`` a ban rests a proxy there only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from .callers import AcquireRequest, Target, with_protocols
 from .config import PharoxConfig, parse_filters, parse_selector
+from .durations import check_seconds
 from .models import LeaseOutcome, OutcomeReport, ProxyFilters, build_trusted
 
 if TYPE_CHECKING:
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
 
 #: The meta keys that route one request elsewhere than the spider's default.
 TARGET_META_KEYS = frozenset({"pharox_pool", "pharox_filters", "pharox_selector"})
+#: Acquire requests of the default target kept by (domain, reuse delay).
+_KEPT_REQUESTS = 4096
 
 
 class Routing:
@@ -39,8 +44,8 @@ class Routing:
         self.default_target = default_target
         self.pools_used: set[str] = {default_target.pool}
         self._default_filters = with_protocols(default_target.filters, config.protocols)
-        # With no domain scope, every request of the default target asks the same.
-        self._default_request = self._request(default_target, self._default_filters)
+        # The requests of the default target ask the same for one domain.
+        self._default_requests: dict[tuple[str | None, float], AcquireRequest] = {}
 
     def target_of(self, request: Request) -> Target:
         """The pool, filters and selector for one request (meta overrides spider)."""
@@ -68,17 +73,36 @@ class Routing:
 
     def acquire_request(self, request: Request, target: Target) -> AcquireRequest:
         """What the storage is asked for a lease for ``request`` from ``target``."""
-        if target is self.default_target and self.config.ban_scope != "domain":
-            return self._default_request
-        filters = (
-            self._default_filters
-            if target is self.default_target
-            else with_protocols(target.filters, self.config.protocols)
+        domain = urlparse_cached(request).hostname
+        meta = request.meta
+        reuse_delay = (
+            check_seconds(
+                meta["pharox_reuse_delay"],
+                "request.meta['pharox_reuse_delay']",
+                zero=True,
+            )
+            if meta.get("pharox_reuse_delay") is not None
+            else self.default_target.reuse_delay
         )
-        return self._request(target, filters, self.domain_of(request))
+        if target is not self.default_target:
+            filters = with_protocols(target.filters, self.config.protocols)
+            return self._request(target, filters, domain, reuse_delay)
+        key = (domain, reuse_delay)
+        found = self._default_requests.get(key)
+        if found is None:
+            if len(self._default_requests) >= _KEPT_REQUESTS:
+                self._default_requests.clear()
+            found = self._default_requests[key] = self._request(
+                target, self._default_filters, domain, reuse_delay
+            )
+        return found
 
     def _request(
-        self, target: Target, filters: ProxyFilters | None, domain: str | None = None
+        self,
+        target: Target,
+        filters: ProxyFilters | None,
+        domain: str | None,
+        reuse_delay: float,
     ) -> AcquireRequest:
         return AcquireRequest(
             target.pool,
@@ -87,6 +111,7 @@ class Routing:
             filters,
             target.selector,
             domain,
+            reuse_delay,
         )
 
     def domain_of(self, request: Request) -> str | None:
@@ -96,21 +121,30 @@ class Routing:
         return urlparse_cached(request).hostname
 
     def report(
-        self, request: Request, outcome: LeaseOutcome, latency_ms: float | None = None
+        self,
+        request: Request,
+        outcome: LeaseOutcome,
+        latency_ms: float | None = None,
+        rest_seconds: float | None = None,
     ) -> OutcomeReport:
         """The outcome of a request's lease, as the storage records it.
 
-        A latency below zero (the wall clock stepped back) counts as zero.
+        A latency below zero (the wall clock stepped back) counts as zero. A
+        throttled outcome always names the domain: it rests the proxy there.
         """
+        outcome = (
+            outcome if isinstance(outcome, LeaseOutcome) else LeaseOutcome(outcome)
+        )
         return build_trusted(
             OutcomeReport,
             {
-                "outcome": outcome
-                if isinstance(outcome, LeaseOutcome)
-                else LeaseOutcome(outcome),
+                "outcome": outcome,
                 "latency_ms": None if latency_ms is None else max(0.0, latency_ms),
-                "domain": self.domain_of(request),
+                "domain": urlparse_cached(request).hostname
+                if outcome is LeaseOutcome.THROTTLED
+                else self.domain_of(request),
                 "policy": self.config.cooldown,
                 "draw": random.random(),
+                "rest_seconds": rest_seconds,
             },
         )
