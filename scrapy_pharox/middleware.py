@@ -14,12 +14,14 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from .keeper import LeaseKeeper
 from .models import Lease, LeaseOutcome
+from .slot_gate import SlotGate
 from .stopping import HandBack, StopWaiting
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+    from scrapy.settings import BaseSettings
     from typing_extensions import Self
 
 #: The proxy address this middleware put in ``meta["proxy"]``: how a copied
@@ -46,6 +48,12 @@ class PharoxProxyMiddleware:
         self.crawler = crawler
         self.hand_back = HandBack(crawler, keeper.stop_waiting)
         self._slot_per_proxy = keeper.config.download_slot == "proxy"
+        #: Only where a slot may delay: Scrapy's per-domain slots with a delay.
+        self.gate = (
+            SlotGate(crawler)
+            if not self._slot_per_proxy and slots_may_delay(crawler.settings)
+            else None
+        )
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -54,6 +62,10 @@ class PharoxProxyMiddleware:
             middleware.request_scheduled, signal=signals.request_scheduled
         )
         crawler.signals.connect(middleware.spider_opened, signal=signals.spider_opened)
+        if middleware.gate is not None:
+            crawler.signals.connect(
+                middleware.gate.entered, signal=signals.request_reached_downloader
+            )
         return middleware
 
     def spider_opened(self) -> None:
@@ -90,10 +102,19 @@ class PharoxProxyMiddleware:
             _forget_credentials(request)
             await self.keeper.release(stale, "response")
         meta.pop("proxy", None)
+        gate = self.gate
         try:
+            if gate is not None:
+                await gate.wait_turn(request)
             lease = await self.keeper.lease_for(request)
         except StopWaiting:
+            if gate is not None:
+                gate.entered(request)
             return self.hand_back.request_for(request)
+        except BaseException:
+            if gate is not None:
+                gate.entered(request)  # it goes no further
+            raise
         assert lease.proxy is not None
         proxy = lease.proxy
         url = proxy.url
@@ -111,6 +132,8 @@ class PharoxProxyMiddleware:
     async def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Response | Request:
+        if self.gate is not None:
+            self.gate.entered(request)  # a later middleware answered, say
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease) or not self.keeper.holds(lease):
             return response
@@ -149,6 +172,8 @@ class PharoxProxyMiddleware:
     async def process_exception(
         self, request: Request, exception: Exception, spider: Spider | None = None
     ) -> None:
+        if self.gate is not None:
+            self.gate.entered(request)
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease):
             return
@@ -173,6 +198,17 @@ class PharoxProxyMiddleware:
         if ours is None or not isinstance(lease, Lease) or lease.proxy is None:
             return False
         return request.meta["proxy"] in (ours, lease.proxy.url)
+
+
+def slots_may_delay(settings: BaseSettings) -> bool:
+    """Whether a download slot of the crawl may have a delay: DOWNLOAD_DELAY,
+    AutoThrottle, or a DOWNLOAD_SLOTS entry with one."""
+    slots = settings.getdict("DOWNLOAD_SLOTS")
+    return (
+        settings.getfloat("DOWNLOAD_DELAY") > 0
+        or settings.getbool("AUTOTHROTTLE_ENABLED")
+        or any(isinstance(slot, dict) and slot.get("delay") for slot in slots.values())
+    )
 
 
 def retry_after(response: Response) -> float | None:

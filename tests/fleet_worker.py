@@ -2,12 +2,14 @@
 
     python tests/fleet_worker.py START_URL STORAGE_URL PROXY_URL...
 
-Prints the crawl's pharox stats as one JSON line.
+Prints the crawl's pharox stats as one JSON line. Settings in the environment
+variable FLEET_SETTINGS (a JSON object) are added to its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def main() -> None:
             "PHAROX_PROXIES": proxy_urls,
             "CONCURRENT_REQUESTS": 8,
             "CONCURRENT_REQUESTS_PER_DOMAIN": 8,
+            **json.loads(os.environ.get("FLEET_SETTINGS", "{}")),
         }
     )
     crawler = process.create_crawler(LinkSpider)

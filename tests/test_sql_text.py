@@ -105,8 +105,10 @@ WHY = {
         "lease, updated after."
     ),
     "paced_use AS": (
-        "A paced lease stamps leased_at of its (proxy, domain) row: the next\n"
-        "paced acquire for that domain passes it over for reuse_delay seconds."
+        "The pick stamps leased_at of its (proxy, domain) row, and is claimed\n"
+        "only if that row, read as committed now (ON CONFLICT reads the latest\n"
+        "row, waiting for an insert in flight), is out of its rest and delay:\n"
+        "the search's snapshot may predate another process's paced lease."
     ),
     "AS paced_in": (
         "When nothing was claimed: the seconds until the first free proxy that\n"

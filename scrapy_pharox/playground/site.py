@@ -2,13 +2,16 @@
 
 ``/`` links to every ``/page/<n>`` (1..pages); each page links back to ``/`` and
 to the next three pages (wrapping around), so every page is reachable. Also
-``/status/<code>`` answers with that status and ``/slow`` after a delay.
+``/status/<code>`` answers with that status and ``/slow`` after a delay. Each
+request is recorded with the moment it arrived, its host and the proxy that
+carried it.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +31,13 @@ class RecordedRequest:
     headers: dict[str, str]
     via_proxy_port: int | None
     peer: tuple[str, int]
+    #: When it arrived (time.monotonic()).
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def host(self) -> str:
+        """The Host header without its port."""
+        return self.headers.get("Host", "").rpartition(":")[0]
 
 
 class _SiteHandler(BaseHTTPRequestHandler):
@@ -60,15 +70,20 @@ class _SiteHandler(BaseHTTPRequestHandler):
         )
         with self.srv.cond:
             self.site.requests.append(record)
-        host = headers.get("Host", "").rpartition(":")[0]
+        host = record.host
+        retry_after = self.site.throttled_proxy_ports.get(record.via_proxy_port or 0)
         if record.via_proxy_port in self.site.banned_proxy_ports and (
             self.site.ban_host is None or host == self.site.ban_host
         ):
             status, html = 403, _html("Forbidden", [])
+        elif retry_after is not None:
+            status, html = 429, _html("Too Many Requests", [])
         else:
             status, html = self._route(urlsplit(self.path).path)
         data = html.encode("utf-8")
         self.send_response(status)
+        if status == 429 and retry_after:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -127,6 +142,9 @@ class TargetSite(Service):
         # (only those for ``ban_host``, when it is set).
         self.banned_proxy_ports: set[int] = set()
         self.ban_host: str | None = None
+        # Requests through these proxy ports get 429 Too Many Requests, with the
+        # port's Retry-After value (none for an empty one).
+        self.throttled_proxy_ports: dict[int, str] = {}
 
     def _handler(self) -> Handler:
         return functools.partial(_SiteHandler, site=self)

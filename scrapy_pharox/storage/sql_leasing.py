@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal_column,
     not_,
     null,
+    or_,
     select,
     true,
     union_all,
@@ -49,6 +50,7 @@ from .sql_clauses import (
     eligible,
     expired_lease_exists,
     has_free_slot,
+    in_reuse_delay,
     lease,
     not_cooling,
     paced_in,
@@ -158,16 +160,25 @@ def pg_acquire_statement(
             .cte("picked")
             .prefix_with("MATERIALIZED")
         )
+    contended: Any = exists().where(eligible(pool_id, filters, cooldowns))
+    if check == PACED:
+        # The pick is leased only if its (proxy, domain) row, read as it is
+        # now, says it is out of its delay: a search's snapshot may predate
+        # another process's paced lease of it (see ``mark_leased``).
+        picked_before = picked
+        picked = (
+            mark_leased("postgresql", picked.c.id, picked, only_if_out=True)
+            .returning(domain_cooldown_table.c.proxy_id.label("id"))
+            .cte("paced_use")
+        )
+        # A pick refused there: another try sees why, and passes it over.
+        contended = or_(contended, exists(select(picked_before.c.id)))
     claimed, statement = _claim(
         picked, advance_cursor=strategy is SelectorStrategy.ROUND_ROBIN
     )
     nothing_claimed = claimed.c.id.is_(None)
     if check == PACED:
-        statement = statement.add_cte(
-            mark_leased("postgresql", claimed.c.id, claimed)
-            .returning(domain_cooldown_table.c.proxy_id)
-            .cte("paced_use")
-        ).add_columns(
+        statement = statement.add_columns(
             case((nothing_claimed, paced_in(pool_id, filters)), else_=null()).label(
                 "paced_in"
             )
@@ -177,10 +188,7 @@ def pg_acquire_statement(
         case((nothing_claimed, expired_lease_exists()), else_=false()).label(
             "reclaim_needed"
         ),
-        case(
-            (nothing_claimed, exists().where(eligible(pool_id, filters, cooldowns))),
-            else_=false(),
-        ).label("contended"),
+        case((nothing_claimed, contended), else_=false()).label("contended"),
     )
 
 
@@ -231,10 +239,18 @@ def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
     return claimed, statement
 
 
-def mark_leased(dialect_name: str, proxy_id: Any, source: Any = None) -> Any:
+def mark_leased(
+    dialect_name: str, proxy_id: Any, source: Any = None, *, only_if_out: bool = False
+) -> Any:
     """The (proxy ``proxy_id``, ``target_domain``) row says it was leased now,
     created on the first paced lease (``source``: where ``proxy_id`` comes
-    from, a claim that may hold no row)."""
+    from, a pick that may hold no row).
+
+    ``only_if_out``: an existing row is stamped only while it is neither resting
+    nor inside ``reuse_delay``. ON CONFLICT reads the row as committed now, and
+    waits for a transaction that is inserting it, whatever the statement's
+    snapshot: two processes never both stamp it within the delay.
+    """
     dialect_insert = (
         postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     )
@@ -252,6 +268,12 @@ def mark_leased(dialect_name: str, proxy_id: Any, source: Any = None) -> Any:
                 domain_cooldown_table.c.domain,
             ],
             set_={"leased_at": DbNow()},
+            where=and_(
+                (domain_cooldown_table.c.cooldown_until > DbNow()).is_not(true()),
+                in_reuse_delay().is_not(true()),
+            )
+            if only_if_out
+            else None,
         )
     )
 

@@ -38,50 +38,56 @@ WITH cooldowns AS
    -- Rows other transactions hold are skipped, not waited for. NO KEY
    -- UPDATE is the lock an UPDATE of non-key columns takes anyway.
    FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
-claimed AS
-  (UPDATE pharox_proxy
-   SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
-   FROM picked
-   WHERE pharox_proxy.id = picked.id RETURNING pharox_proxy.id,
-                                               pharox_proxy.pool_id,
-                                               pharox_proxy.protocol,
-                                               pharox_proxy.host,
-                                               pharox_proxy.host_key,
-                                               pharox_proxy.port,
-                                               pharox_proxy.username,
-                                               pharox_proxy.password,
-                                               pharox_proxy.status,
-                                               pharox_proxy.checked_at,
-                                               pharox_proxy.source,
-                                               pharox_proxy.country,
-                                               pharox_proxy.city,
-                                               pharox_proxy.latitude,
-                                               pharox_proxy.longitude,
-                                               pharox_proxy.isp,
-                                               pharox_proxy.asn,
-                                               pharox_proxy.max_concurrency,
-                                               pharox_proxy.current_leases,
-                                               pharox_proxy.successes,
-                                               pharox_proxy.bans,
-                                               pharox_proxy.failures,
-                                               pharox_proxy.consecutive_bans,
-                                               pharox_proxy.consecutive_failures,
-                                               pharox_proxy.latency_ms,
-                                               pharox_proxy.cooldown_until),
-                                                   -- A paced lease stamps leased_at of its (proxy, domain) row: the next
-                                                   -- paced acquire for that domain passes it over for reuse_delay seconds.
-                                                   paced_use AS
-  (INSERT INTO pharox_domain_cooldown (proxy_id, domain, consecutive_bans, leased_at) SELECT claimed.id AS id,
-                                                                                             %(target_domain)s::VARCHAR AS anon_1,
+-- The pick stamps leased_at of its (proxy, domain) row, and is claimed
+-- only if that row, read as committed now (ON CONFLICT reads the latest
+-- row, waiting for an insert in flight), is out of its rest and delay:
+-- the search's snapshot may predate another process's paced lease.
+paced_use AS
+  (INSERT INTO pharox_domain_cooldown (proxy_id, domain, consecutive_bans, leased_at) SELECT picked.id AS id,
+                                                                                             %(target_domain)s::VARCHAR AS anon_2,
                                                                                              0,
-                                                                                             now() AS anon_2
-   FROM claimed
+                                                                                             now() AS anon_3
+   FROM picked
    -- The (proxy, domain) row is created on its first ban, rest or paced
    -- lease, updated after.
    WHERE true ON CONFLICT (proxy_id,
                            domain) DO
      UPDATE
-     SET leased_at = now() RETURNING pharox_domain_cooldown.proxy_id),
+     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
+     SET leased_at = now() WHERE (pharox_domain_cooldown.cooldown_until > now()) IS NOT true
+     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
+     -- Times are the database's: every process compares with one clock.
+     AND (pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s))) IS NOT true RETURNING pharox_domain_cooldown.proxy_id AS id),
+                                                   claimed AS
+  (UPDATE pharox_proxy
+   SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
+   FROM paced_use
+   WHERE pharox_proxy.id = paced_use.id RETURNING pharox_proxy.id,
+                                                  pharox_proxy.pool_id,
+                                                  pharox_proxy.protocol,
+                                                  pharox_proxy.host,
+                                                  pharox_proxy.host_key,
+                                                  pharox_proxy.port,
+                                                  pharox_proxy.username,
+                                                  pharox_proxy.password,
+                                                  pharox_proxy.status,
+                                                  pharox_proxy.checked_at,
+                                                  pharox_proxy.source,
+                                                  pharox_proxy.country,
+                                                  pharox_proxy.city,
+                                                  pharox_proxy.latitude,
+                                                  pharox_proxy.longitude,
+                                                  pharox_proxy.isp,
+                                                  pharox_proxy.asn,
+                                                  pharox_proxy.max_concurrency,
+                                                  pharox_proxy.current_leases,
+                                                  pharox_proxy.successes,
+                                                  pharox_proxy.bans,
+                                                  pharox_proxy.failures,
+                                                  pharox_proxy.consecutive_bans,
+                                                  pharox_proxy.consecutive_failures,
+                                                  pharox_proxy.latency_ms,
+                                                  pharox_proxy.cooldown_until),
                                                    leased AS
   (INSERT INTO pharox_lease (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at) SELECT %(lease_id)s::UUID AS anon_4,
                                                                                                  claimed.id AS id,
@@ -100,7 +106,7 @@ SELECT claimed.*,
        CASE
            WHEN (claimed.id IS NULL) THEN
                   (SELECT EXTRACT(EPOCH
-                                  FROM (min(pharox_domain_cooldown.leased_at) - now())) + %(reuse_delay)s AS anon_3
+                                  FROM (min(pharox_domain_cooldown.leased_at) - now())) + %(reuse_delay)s AS anon_1
                    FROM pharox_domain_cooldown
                    JOIN pharox_proxy ON pharox_proxy.id = pharox_domain_cooldown.proxy_id
                    WHERE pharox_domain_cooldown.domain = %(target_domain)s::VARCHAR
@@ -129,21 +135,24 @@ SELECT claimed.*,
            ELSE false
        END AS reclaim_needed,
        CASE
-           WHEN (claimed.id IS NULL) THEN EXISTS
-                  (SELECT *
-                   FROM pharox_proxy
-                   WHERE pharox_proxy.pool_id =
-                       (SELECT pharox_pool.id
-                        FROM pharox_pool
-                        WHERE pharox_pool.name = %(pool_name)s::VARCHAR)
-                     AND pharox_proxy.status = 'active'
-                     AND (pharox_proxy.max_concurrency IS NULL
-                          OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
-                     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
-                     AND (pharox_proxy.cooldown_until > now()) IS NOT true
-                     AND (pharox_proxy.id NOT IN
-                            (SELECT cooldowns.proxy_id
-                             FROM cooldowns)))
+           WHEN (claimed.id IS NULL) THEN (EXISTS
+                                             (SELECT *
+                                              FROM pharox_proxy
+                                              WHERE pharox_proxy.pool_id =
+                                                  (SELECT pharox_pool.id
+                                                   FROM pharox_pool
+                                                   WHERE pharox_pool.name = %(pool_name)s::VARCHAR)
+                                                AND pharox_proxy.status = 'active'
+                                                AND (pharox_proxy.max_concurrency IS NULL
+                                                     OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
+                                                -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
+                                                AND (pharox_proxy.cooldown_until > now()) IS NOT true
+                                                AND (pharox_proxy.id NOT IN
+                                                       (SELECT cooldowns.proxy_id
+                                                        FROM cooldowns))))
+                OR (EXISTS
+                      (SELECT picked.id
+                       FROM picked))
            ELSE false
        END AS contended
 FROM

@@ -1,0 +1,303 @@
+"""Sharing proxies over time in real crawls: reuse delays per IP and host,
+download slots per proxy, no lease held while a slot delays, Retry-After rests.
+
+The site records when each request arrived, for which host and through which
+proxy; the assertions read those records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import pytest_twisted
+import scrapy
+from scrapy.crawler import Crawler
+from twisted.internet import task
+
+from crawl_support import LinkSpider, assert_every_lease_released, crawl, stats_of
+from scrapy_pharox import InMemoryStorage
+from scrapy_pharox.keeper import LeaseKeeper
+from scrapy_pharox.playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground.site import RecordedRequest
+
+pytestmark = pytest.mark.crawl
+
+
+class TwoHostsSpider(LinkSpider):
+    """Crawls one site under two host names: 127.0.0.1 and localhost."""
+
+    async def start(self) -> AsyncIterator[Any]:
+        yield scrapy.Request(self.start_url)
+        yield scrapy.Request(self.start_url.replace("127.0.0.1", "localhost"))
+
+
+def closest_reuse(requests: list[RecordedRequest]) -> float:
+    """The shortest time between two requests of one proxy to one host."""
+    arrivals: dict[tuple[int | None, str], list[float]] = defaultdict(list)
+    for request in requests:
+        arrivals[(request.via_proxy_port, request.host)].append(request.at)
+    gaps = [
+        later - earlier
+        for times in arrivals.values()
+        for earlier, later in itertools.pairwise(sorted(times))
+    ]
+    return min(gaps)
+
+
+def storage_of(crawler: Crawler) -> Any:
+    return LeaseKeeper.for_crawler(crawler).manager.storage
+
+
+# -- the reuse delay ---------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reuse_delay_spaces_the_requests_of_each_proxy_to_each_host(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    proxies = [start_proxy() for _ in range(2)]
+    with TargetSite(pages=10) as site:
+        started = time.monotonic()
+        crawler: Crawler = yield crawl(
+            TwoHostsSpider,
+            {
+                "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+                "PHAROX_REUSE_DELAY": 0.4,
+            },
+            start_url=site.url + "/",
+        )
+        took = time.monotonic() - started
+        requests = list(site.requests)
+    stats = stats_of(crawler)
+    assert len(requests) == 22 == stats["pharox/outcome/success"]
+    assert {request.host for request in requests} == {"127.0.0.1", "localhost"}
+    # Measured at the site: the delay runs from one lease to the next, and a
+    # request's trip to the site varies by a few milliseconds.
+    assert closest_reuse(requests) >= 0.35
+    assert stats["pharox/acquire/paced"] > 0
+    # 11 requests per host over 2 proxies: at least 5 delays in a row.
+    assert took >= 5 * 0.4
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_spider_attribute_and_the_meta_key_override_the_reuse_delay(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    class PatientSpider(LinkSpider):
+        pharox_reuse_delay = 0.3
+
+        async def start(self) -> AsyncIterator[Any]:
+            for number in (1, 2, 3):
+                yield scrapy.Request(f"{self.start_url}page/{number}")
+            # No delay for this one: it may follow the others at once.
+            yield scrapy.Request(
+                f"{self.start_url}page/4", meta={"pharox_reuse_delay": 0}
+            )
+
+        def parse(self, response: Any) -> None:
+            self.seen.append({"url": response.url})
+
+    proxy = start_proxy()
+    crawler: Crawler = yield crawl(
+        PatientSpider,
+        {"PHAROX_PROXIES": [proxy.url], "CONCURRENT_REQUESTS": 1},
+        start_url=site.url + "/",
+    )
+    by_page = {request.path: request.at for request in site.requests}
+    assert by_page["/page/2"] - by_page["/page/1"] >= 0.25
+    assert by_page["/page/3"] - by_page["/page/2"] >= 0.25
+    assert by_page["/page/4"] - by_page["/page/3"] < 0.25
+    assert stats_of(crawler)["pharox/acquire/paced"] >= 2
+
+
+# -- download slots per proxy ------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_proxy_slots_apply_the_download_delay_per_proxy_not_per_site(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    proxies = [start_proxy() for _ in range(4)]
+    with TargetSite(pages=16) as site:
+        crawler: Crawler = yield crawl(
+            LinkSpider,
+            {
+                "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+                "PHAROX_DOWNLOAD_SLOT": "proxy",
+                "DOWNLOAD_DELAY": 0.5,
+                "CONCURRENT_REQUESTS": 16,
+            },
+            start_url=site.url + "/",
+        )
+        requests = sorted(site.requests, key=lambda request: request.at)
+    stats = stats_of(crawler)
+    assert len(requests) == 17 == stats["pharox/outcome/success"]
+    # Each IP keeps the delay (less Scrapy's jitter of up to half of it) ...
+    assert closest_reuse(requests) >= 0.5 * 0.5 - 0.05
+    # ... while the site sees requests closer than one per delay.
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    assert sum(gap < 0.2 for gap in gaps) >= 4
+    assert {request.via_proxy_port for request in requests} == {
+        proxy.port for proxy in proxies
+    }
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_request_that_names_its_download_slot_keeps_it(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    class SlotSpider(LinkSpider):
+        async def start(self) -> AsyncIterator[Any]:
+            yield scrapy.Request(self.start_url, meta={"download_slot": "mine"})
+
+        def parse(self, response: Any) -> None:
+            self.seen.append({"slot": response.meta["download_slot"]})
+
+    proxy = start_proxy()
+    crawler: Crawler = yield crawl(
+        SlotSpider,
+        {"PHAROX_PROXIES": [proxy.url], "PHAROX_DOWNLOAD_SLOT": "proxy"},
+        start_url=site.url + "/",
+    )
+    assert crawler.spider.seen == [{"slot": "mine"}]
+
+
+# -- no lease while the slot delays ------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_polite_crawl_holds_about_one_lease_while_its_requests_wait(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    proxies = [start_proxy() for _ in range(6)]
+    storage = InMemoryStorage()
+    held: list[int] = []
+
+    def count_leases() -> None:
+        stats = storage.get_pool_stats("default")
+        held.append(stats.total_leases if stats is not None else 0)
+
+    with TargetSite(pages=6) as site:
+        deferred = crawl(
+            LinkSpider,
+            {
+                "PHAROX_STORAGE": lambda: storage,  # settings copy values
+                "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+                "DOWNLOAD_DELAY": 0.3,
+                "CONCURRENT_REQUESTS": 16,
+            },
+            start_url=site.url + "/",
+        )
+        sampler = task.LoopingCall(count_leases)
+        sampler.start(0.02)
+        crawler: Crawler = yield deferred
+        sampler.stop()
+    stats = stats_of(crawler)
+    assert stats["pharox/outcome/success"] == 7
+    # Six pages wait their turn at once; without the gate each held a proxy.
+    assert max(held) <= 2
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_crawl_without_delay_is_served_while_a_polite_neighbour_waits(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    proxies = [start_proxy() for _ in range(6)]
+    shared = InMemoryStorage()
+    settings = {
+        "PHAROX_STORAGE": lambda: shared,  # settings copy values
+        "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+        "CONCURRENT_REQUESTS": 16,
+    }
+    polite_pages_when_busy_done: list[int] = []
+    with TargetSite(pages=20) as polite_site, TargetSite(pages=60) as busy_site:
+        polite = crawl(
+            LinkSpider,
+            {**settings, "DOWNLOAD_DELAY": 0.3},
+            start_url=polite_site.url + "/",
+        )
+        yield task.deferLater(_reactor(), 0.5, lambda: None)  # the polite one first
+        busy_crawler: Crawler = yield crawl(
+            LinkSpider, settings, start_url=busy_site.url + "/"
+        )
+        polite_pages_when_busy_done.append(len(polite_site.requests))
+        polite_crawler: Crawler = yield polite
+    assert stats_of(busy_crawler)["pharox/outcome/success"] == 61
+    assert stats_of(busy_crawler)["pharox/acquire/gave_up"] == 0
+    assert stats_of(polite_crawler)["pharox/outcome/success"] == 21
+    # The busy crawl did not wait for the polite one to drain: holding a proxy
+    # per waiting request, the polite one would keep all six until its last
+    # five pages.
+    assert polite_pages_when_busy_done[0] <= 10
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+# -- Retry-After ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+@pytest_twisted.inlineCallbacks
+def test_a_429_with_retry_after_rests_the_proxy_for_that_host_without_a_ban(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy], form: str
+) -> Any:
+    in_30_seconds = datetime.now(timezone.utc) + timedelta(seconds=30)
+    retry_after = "30" if form == "seconds" else format_datetime(in_30_seconds, True)
+    throttled, *others = [start_proxy() for _ in range(3)]
+    site.throttled_proxy_ports[throttled.port] = retry_after
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {"PHAROX_PROXIES": [p.url for p in (throttled, *others)]},
+        start_url=site.url + "/",
+    )
+    stats = stats_of(crawler)
+    assert {page["status"] for page in crawler.spider.seen} == {200}
+    assert len({page["url"] for page in crawler.spider.seen}) == 31
+    assert throttled.requests_count == 1
+    assert stats["pharox/outcome/throttled"] == 1
+    assert stats["retry/reason_count/pharox_throttled"] == 1
+    assert stats.get("pharox/outcome/ban", 0) == 0
+    assert not any(key.startswith("pharox/ban/status/") for key in stats)
+    (proxy,) = [
+        p
+        for p in storage_of(crawler).list_proxies("default")
+        if p.port == throttled.port
+    ]
+    assert (proxy.bans, proxy.consecutive_bans, proxy.cooldown_until) == (0, 0, None)
+    (rest,) = storage_of(crawler).list_domain_cooldowns("default")
+    assert rest.domain == "127.0.0.1" and rest.consecutive_bans == 0
+    assert rest.cooldown_until is not None
+    left = (rest.cooldown_until - datetime.now(timezone.utc)).total_seconds()
+    assert 15 < left <= 30
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_429_without_retry_after_is_a_ban_as_before(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    limited, *others = [start_proxy() for _ in range(3)]
+    site.throttled_proxy_ports[limited.port] = ""  # a 429, no header
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {"PHAROX_PROXIES": [p.url for p in (limited, *others)]},
+        start_url=site.url + "/",
+    )
+    stats = stats_of(crawler)
+    assert stats["pharox/outcome/ban"] == 1
+    assert stats["pharox/ban/status/429"] == 1
+    assert stats.get("pharox/outcome/throttled", 0) == 0
