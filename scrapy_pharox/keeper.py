@@ -19,6 +19,7 @@ from .bridge import Baton, Wakeup
 from .callers import AcquireRequest, StorageCaller, Target
 from .config import PharoxConfig
 from .exceptions import PharoxError
+from .fleet_wakeup import FleetWakeup
 from .models import (
     Lease,
     LeaseOutcome,
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Requests waiting for a proxy look again at least this often, so leases freed by
-#: other processes or by expiry are seen; a release in this process wakes them.
+#: expiry (or, without a fleet feed, by other processes) are seen; a release
+#: wakes the longest waiter (``fleet_wakeup``).
 MAX_RECHECK_SECONDS = 2.0
 FIRST_RECHECK_SECONDS = 0.25
 #: How often, at most, a pool that gives no lease is checked for "all cooling".
@@ -80,6 +82,9 @@ class LeaseKeeper:
         self.pools_used = self.routing.pools_used
         self._held: dict[int, Lease] = {}  # by lease.id.int: hashed in C
         self._wakeup = Wakeup()
+        #: Requests of each pool that missed and wait: a newcomer waits behind.
+        self._in_line: dict[str, int] = {}
+        self._fleet = FleetWakeup(manager.storage, self._wake_a_waiter)
         self.caller = caller or StorageCaller.for_manager(manager)
         self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
         self._renewer = LeaseRenewer(
@@ -138,48 +143,71 @@ class LeaseKeeper:
         recheck = FIRST_RECHECK_SECONDS
         sleeper = object()
         baton: Baton | None = None
-        while True:
-            if self._closing:
-                raise IgnoreRequest("scrapy-pharox: the spider is closing")
-            if self._stopping:
-                raise StopWaiting
-            if caller.inline:
-                lease = self._acquire_now(acquire_request)
-            else:
-                lease = await self._acquire(acquire_request)
-            if lease is not None:
-                self._record_wait(started)
-                if target.pool in self._resting_pools:
-                    self._resting_pools.discard(target.pool)
-                    logger.info(
-                        "A proxy of pool %r is back from its cooldown", target.pool
+        # Requests of this pool already wait: this one waits behind them (it
+        # looks when woken or at its first recheck), so a freed proxy goes to
+        # the longest waiter, not to a newcomer.
+        behind = self._in_line.get(target.pool, 0) > 0
+        in_line = False
+        try:
+            while True:
+                if self._closing:
+                    raise IgnoreRequest("scrapy-pharox: the spider is closing")
+                if self._stopping:
+                    raise StopWaiting
+                if not behind:
+                    if caller.inline:
+                        lease = self._acquire_now(acquire_request)
+                    else:
+                        lease = await self._acquire(acquire_request)
+                    if lease is not None:
+                        self._record_wait(started)
+                        if target.pool in self._resting_pools:
+                            self._resting_pools.discard(target.pool)
+                            logger.info(
+                                "A proxy of pool %r is back from its cooldown",
+                                target.pool,
+                            )
+                        return self._hold(lease)
+                    self._tally.inc("pharox/acquire/empty")
+                    await self._notice_resting_pool(target.pool)
+                behind = False
+                if not in_line:
+                    in_line = True
+                    self._in_line[target.pool] = self._in_line.get(target.pool, 0) + 1
+                if baton is not None:
+                    # Woken by a release we could not use: the next waiter that
+                    # asks for something else may (one like us would miss too).
+                    baton.add(sleeper)
+                    self._wakeup.wake_one(
+                        baton,
+                        lambda other: (
+                            other.pool == target.pool and other != acquire_request
+                        ),
                     )
-                return self._hold(lease)
-            self._tally.inc("pharox/acquire/empty")
-            await self._notice_resting_pool(target.pool)
-            if baton is not None:
-                # Woken by a release we could not use: let the next waiter try.
-                baton.add(sleeper)
-                self._wakeup.wake_one(baton)
-            if self._stopping:  # the stop came while it looked: no sleep
-                raise StopWaiting
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._record_wait(started)
-                self._tally.inc("pharox/acquire/gave_up")
-                logger.warning(
-                    "Dropped %s: no proxy of pool %r was free within "
-                    "PHAROX_ACQUIRE_TIMEOUT (%ss)",
-                    request,
-                    target.pool,
-                    self.config.acquire_timeout,
+                if self._stopping:  # the stop came while it looked: no sleep
+                    raise StopWaiting
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._record_wait(started)
+                    self._tally.inc("pharox/acquire/gave_up")
+                    logger.warning(
+                        "Dropped %s: no proxy of pool %r was free within "
+                        "PHAROX_ACQUIRE_TIMEOUT (%ss)",
+                        request,
+                        target.pool,
+                        self.config.acquire_timeout,
+                    )
+                    raise IgnoreRequest(
+                        f"scrapy-pharox: no free proxy in pool {target.pool!r}"
+                    )
+                baton = await self._wakeup.sleep(
+                    sleeper, min(remaining, recheck), started, acquire_request
                 )
-                raise IgnoreRequest(
-                    f"scrapy-pharox: no free proxy in pool {target.pool!r}"
-                )
-            baton = await self._wakeup.sleep(sleeper, min(remaining, recheck))
-            if baton is None:
-                recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
+                if baton is None:
+                    recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
+        finally:
+            if in_line:
+                self._in_line[target.pool] -= 1
 
     def _acquire_now(self, request: AcquireRequest) -> Lease | None:
         try:
@@ -290,7 +318,7 @@ class LeaseKeeper:
         except PharoxError as exc:
             self._release_failed(lease, report, exc)
             return
-        self._wake_a_waiter()
+        self._wake_a_waiter(lease.pool_name)
 
     async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
@@ -298,7 +326,8 @@ class LeaseKeeper:
         except PharoxError as exc:
             self._release_failed(lease, report, exc)
             return
-        self._wake_a_waiter()
+        if not self._fleet.live:  # else the fleet's notice wakes one, ours too
+            self._wake_a_waiter(lease.pool_name)
 
     def _release_failed(
         self, lease: Lease, report: OutcomeReport | None, exc: PharoxError
@@ -311,9 +340,13 @@ class LeaseKeeper:
         logger.warning("scrapy-pharox could not release a lease: %s; trying again", exc)
         self._retries.add(lease, report)
 
-    def _wake_a_waiter(self) -> None:
+    def _wake_a_waiter(self, pool_name: str | None = None) -> None:
+        """Wake the longest waiter for the pool (for any, without a name)."""
         if self._wakeup.sleepers:
-            self._wakeup.wake_one(set())
+            if pool_name is None:
+                self._wakeup.wake_one(set())
+            else:
+                self._wakeup.wake_one(set(), lambda other: other.pool == pool_name)
 
     def stop_waiting(self) -> None:
         """The crawl stops: every request waiting for a proxy stops now
@@ -326,8 +359,10 @@ class LeaseKeeper:
         self._close_hooks.append(hook)
 
     def spider_opened(self, spider: Spider) -> None:
-        """Start renewing the leases of requests still downloading."""
+        """Start renewing the leases of requests still downloading, and
+        hearing of the fleet's releases."""
         self._renewer.start()
+        self._fleet.start()
 
     async def spider_closed(self, spider: Spider) -> None:
         """Release whatever is still held, wake every waiter, run the close hooks."""
@@ -338,6 +373,7 @@ class LeaseKeeper:
             await self.release(lease, "closed")
         while self._giving_back:  # their failures are told by _given_back
             await asyncio.gather(*self._giving_back, return_exceptions=True)
+        await self._fleet.stop()
         left = self._retries.close()
         self.flush_stats()
         if self._failed_at_close or left:
@@ -372,5 +408,6 @@ class LeaseKeeper:
 
     def shutdown(self) -> None:
         """Free the storage and worker threads once the crawl is over."""
+        self._fleet.stop_now()
         self.caller.shutdown()
         self.manager.storage.close()
