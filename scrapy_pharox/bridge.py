@@ -71,21 +71,27 @@ Baton = set[object]
 class Wakeup:
     """Sleepers wait, up to a timeout, for a freed lease to be handed to them.
 
-    ``wake_one`` wakes the longest sleeper with a baton: the set of sleepers that
-    already had their try. A sleeper that cannot use the freed proxy (another took
-    it, or its filters do not match) passes the baton on to the next one, so one
-    release costs one try in the common case and never loops.
+    They stand in line by when they began to wait (``since``), not by when
+    their last sleep began: ``wake_one`` wakes the longest waiter that wants
+    the freed lease (``wanted``, asked of each sleeper's ``kind``), with a
+    baton: the set of sleepers that already had their try. A sleeper that
+    cannot use the freed proxy (another took it, or its filters do not match)
+    passes the baton on, so one release costs one try in the common case and
+    never loops.
     """
 
     def __init__(self) -> None:
-        self._wakers: dict[object, Callable[[Baton | None], None]] = {}
+        self._wakers: dict[object, tuple[float, Any, Callable[[Baton | None], None]]]
+        self._wakers = {}
 
     @property
     def sleepers(self) -> int:
         """How many coroutines are asleep here now."""
         return len(self._wakers)
 
-    async def sleep(self, sleeper: object, timeout: float) -> Baton | None:
+    async def sleep(
+        self, sleeper: object, timeout: float, since: float = 0.0, kind: Any = None
+    ) -> Baton | None:
         """Sleep up to ``timeout`` seconds; the baton when woken, else None."""
         loop = running_loop()
         if loop is not None:
@@ -108,7 +114,7 @@ class Wakeup:
 
             timer = cast(Any, reactor).callLater(timeout, wake, None)
             waiting = deferred
-        self._wakers[sleeper] = wake
+        self._wakers[sleeper] = (since, kind, wake)
         try:
             baton: Baton | None = await waiting
             return baton
@@ -117,16 +123,25 @@ class Wakeup:
             if loop is not None or timer.active():
                 timer.cancel()
 
-    def wake_one(self, baton: Baton) -> None:
-        """Hand the baton to the longest sleeper that has not had it yet."""
-        for sleeper, wake in list(self._wakers.items()):
-            if sleeper not in baton:
-                del self._wakers[sleeper]
-                wake(baton)
-                return
+    def wake_one(
+        self, baton: Baton, wanted: Callable[[Any], bool] | None = None
+    ) -> None:
+        """Hand the baton to the longest waiter that wants it and has not had it."""
+        chosen: object | None = None
+        first = 0.0
+        for sleeper, (since, kind, _) in self._wakers.items():
+            if (
+                (chosen is None or since < first)
+                and sleeper not in baton
+                and (wanted is None or wanted(kind))
+            ):
+                chosen, first = sleeper, since
+        if chosen is not None:
+            wake = self._wakers.pop(chosen)[2]
+            wake(baton)
 
     def wake_all(self) -> None:
         """End every current sleep now, without a baton."""
-        for wake in list(self._wakers.values()):
+        for _, _, wake in list(self._wakers.values()):
             wake(None)
         self._wakers.clear()

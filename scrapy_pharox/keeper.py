@@ -15,10 +15,11 @@ from weakref import WeakKeyDictionary
 
 from scrapy.exceptions import IgnoreRequest
 
-from .bridge import Baton, Wakeup
+from .bridge import Baton
 from .callers import AcquireRequest, StorageCaller, Target
 from .config import PharoxConfig
 from .exceptions import PharoxError
+from .fleet_wakeup import FleetWakeup
 from .models import (
     Lease,
     LeaseOutcome,
@@ -27,9 +28,11 @@ from .models import (
 )
 from .release_retries import ReleaseRetries
 from .renewal import LeaseRenewer
+from .resting import RestingPools
 from .routing import Routing
 from .stopping import StopWaiting
 from .tally import StatsTally
+from .waiting import WaitingLines
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -44,14 +47,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Requests waiting for a proxy look again at least this often, so leases freed by
-#: other processes or by expiry are seen; a release in this process wakes them.
+#: expiry (or, without a fleet feed, by other processes) are seen; a release
+#: wakes the longest waiter (``fleet_wakeup``).
 MAX_RECHECK_SECONDS = 2.0
 FIRST_RECHECK_SECONDS = 0.25
-#: A paced request tries again this long after its proxy's reuse delay ends, so
-#: that the storage's clock has passed it.
-PACED_SLACK_SECONDS = 0.005
-#: How often, at most, a pool that gives no lease is checked for "all cooling".
-RESTING_CHECK_SECONDS = 5.0
 
 ReleaseReason = Literal["response", "exception", "closed"]
 RELEASE_REASONS: tuple[ReleaseReason, ...] = get_args(ReleaseReason)
@@ -83,7 +82,8 @@ class LeaseKeeper:
         #: Every pool a request was routed to (the extension reports them).
         self.pools_used = self.routing.pools_used
         self._held: dict[int, Lease] = {}  # by lease.id.int: hashed in C
-        self._wakeup = Wakeup()
+        self._lines = WaitingLines(MAX_RECHECK_SECONDS)
+        self._fleet = FleetWakeup(manager.storage, self._wake_a_waiter)
         self.caller = caller or StorageCaller.for_manager(manager)
         self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
         self._renewer = LeaseRenewer(
@@ -97,8 +97,7 @@ class LeaseKeeper:
         self._stopping = False
         self._giving_back: set[asyncio.Task[None]] = set()
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []
-        self._resting_pools: set[str] = set()
-        self._resting_checked: dict[str, float] = {}
+        self._resting = RestingPools(self.pool_stats)
         for key in RELEASE_KEYS.values():
             stats.set_value(key, 0)
         for name in ("leased", "empty", "paced", "gave_up"):
@@ -129,7 +128,7 @@ class LeaseKeeper:
     @property
     def waiting(self) -> int:
         """Requests asleep until a proxy frees up."""
-        return self._wakeup.sleepers
+        return self._lines.sleepers
 
     async def lease_for(self, request: Request) -> Lease:
         """A lease for the request; IgnoreRequest when none frees up in time,
@@ -142,53 +141,67 @@ class LeaseKeeper:
         recheck = FIRST_RECHECK_SECONDS
         sleeper = object()
         baton: Baton | None = None
-        while True:
-            if self._closing:
-                raise IgnoreRequest("scrapy-pharox: the spider is closing")
-            if self._stopping:
-                raise StopWaiting
-            if caller.inline:
-                lease = self._acquire_now(acquire_request)
-            else:
-                lease = await self._acquire(acquire_request)
-            if isinstance(lease, Lease):
-                self._record_wait(started)
-                if target.pool in self._resting_pools:
-                    self._resting_pools.discard(target.pool)
-                    logger.info(
-                        "A proxy of pool %r is back from its cooldown", target.pool
+        line = (target.pool, acquire_request.domain)
+        lines = self._lines
+        behind = lines.has_waiters(line)  # then it waits behind them
+        in_line = False
+        try:
+            while True:
+                if self._closing:
+                    raise IgnoreRequest("scrapy-pharox: the spider is closing")
+                if self._stopping:
+                    raise StopWaiting
+                paced: Paced | None = None
+                if not behind:
+                    if caller.inline:
+                        lease = self._acquire_now(acquire_request)
+                    else:
+                        lease = await self._acquire(acquire_request)
+                    if isinstance(lease, Lease):
+                        self._record_wait(started)
+                        self._resting.served(target.pool)
+                        return self._hold(lease)
+                    if lease is None:
+                        self._tally.inc("pharox/acquire/empty")
+                        await self._resting.missed(target.pool)
+                    else:  # free proxies, each inside its reuse delay
+                        self._tally.inc("pharox/acquire/paced")
+                        paced = lease
+                behind = False
+                if not in_line:
+                    in_line = True
+                    lines.join(line)
+                if baton is not None:
+                    lines.pass_on(baton, sleeper, acquire_request)
+                if self._stopping:  # the stop came while it looked: no sleep
+                    raise StopWaiting
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._record_wait(started)
+                    self._tally.inc("pharox/acquire/gave_up")
+                    logger.warning(
+                        "Dropped %s: no proxy of pool %r was free within "
+                        "PHAROX_ACQUIRE_TIMEOUT (%ss)",
+                        request,
+                        target.pool,
+                        self.config.acquire_timeout,
                     )
-                return self._hold(lease)
-            if lease is None:
-                self._tally.inc("pharox/acquire/empty")
-                await self._notice_resting_pool(target.pool)
-                sleep = recheck
-            else:  # Paced: free proxies, each inside its reuse delay
-                self._tally.inc("pharox/acquire/paced")
-                sleep = lease.seconds + PACED_SLACK_SECONDS
-            if baton is not None:
-                # Woken by a release we could not use: let the next waiter try.
-                baton.add(sleeper)
-                self._wakeup.wake_one(baton)
-            if self._stopping:  # the stop came while it looked: no sleep
-                raise StopWaiting
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._record_wait(started)
-                self._tally.inc("pharox/acquire/gave_up")
-                logger.warning(
-                    "Dropped %s: no proxy of pool %r was free within "
-                    "PHAROX_ACQUIRE_TIMEOUT (%ss)",
-                    request,
-                    target.pool,
-                    self.config.acquire_timeout,
+                    raise IgnoreRequest(
+                        f"scrapy-pharox: no free proxy in pool {target.pool!r}"
+                    )
+                baton = await lines.sleep(
+                    sleeper,
+                    min(remaining, recheck),
+                    started,
+                    acquire_request,
+                    line,
+                    paced,
                 )
-                raise IgnoreRequest(
-                    f"scrapy-pharox: no free proxy in pool {target.pool!r}"
-                )
-            baton = await self._wakeup.sleep(sleeper, min(remaining, sleep))
-            if baton is None and lease is None:
-                recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
+                if baton is None and paced is None:
+                    recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
+        finally:
+            if in_line:
+                lines.leave(line, sleeper)
 
     def _acquire_now(self, request: AcquireRequest) -> Lease | Paced | None:
         try:
@@ -230,27 +243,6 @@ class LeaseKeeper:
     def holds(self, lease: Lease) -> bool:
         """True while this keeper still holds the lease."""
         return lease.id.int in self._held
-
-    async def _notice_resting_pool(self, pool_name: str) -> None:
-        # Looked at most every few seconds per pool, and only while requests wait.
-        now = time.monotonic()
-        if pool_name in self._resting_pools or (
-            now - self._resting_checked.get(pool_name, -RESTING_CHECK_SECONDS)
-            < RESTING_CHECK_SECONDS
-        ):
-            return
-        self._resting_checked[pool_name] = now
-        try:
-            snapshot = await self.pool_stats(pool_name)
-        except PharoxError:
-            return
-        if snapshot and 0 < snapshot.active_proxies == snapshot.cooling_proxies:
-            self._resting_pools.add(pool_name)
-            logger.warning(
-                "Every proxy of pool %r is cooling down after bans or failures: "
-                "requests wait for the first one to come back",
-                pool_name,
-            )
 
     def report(
         self,
@@ -303,7 +295,7 @@ class LeaseKeeper:
         except PharoxError as exc:
             self._release_failed(lease, report, exc)
             return
-        self._wake_a_waiter()
+        self._wake_a_waiter(lease.pool_name)
 
     async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
         try:
@@ -311,7 +303,8 @@ class LeaseKeeper:
         except PharoxError as exc:
             self._release_failed(lease, report, exc)
             return
-        self._wake_a_waiter()
+        if not self._fleet.live:  # else the fleet's notice wakes one, ours too
+            self._wake_a_waiter(lease.pool_name)
 
     def _release_failed(
         self, lease: Lease, report: OutcomeReport | None, exc: PharoxError
@@ -324,33 +317,36 @@ class LeaseKeeper:
         logger.warning("scrapy-pharox could not release a lease: %s; trying again", exc)
         self._retries.add(lease, report)
 
-    def _wake_a_waiter(self) -> None:
-        if self._wakeup.sleepers:
-            self._wakeup.wake_one(set())
+    def _wake_a_waiter(self, pool_name: str | None = None) -> None:
+        """Wake the longest waiter for the pool (for any, without a name)."""
+        self._lines.wake_for(pool_name)
 
     def stop_waiting(self) -> None:
         """The crawl stops: every request waiting for a proxy stops now
         (``lease_for`` raises StopWaiting), and no lease is taken any more."""
         self._stopping = True
-        self._wakeup.wake_all()
+        self._lines.wake_all()
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` at spider close, once every lease is back."""
         self._close_hooks.append(hook)
 
     def spider_opened(self, spider: Spider) -> None:
-        """Start renewing the leases of requests still downloading."""
+        """Start renewing the leases of requests still downloading, and
+        hearing of the fleet's releases."""
         self._renewer.start()
+        self._fleet.start()
 
     async def spider_closed(self, spider: Spider) -> None:
         """Release whatever is still held, wake every waiter, run the close hooks."""
         self._closing = True
         self._renewer.stop()
-        self._wakeup.wake_all()
+        self._lines.wake_all()
         for lease in list(self._held.values()):
             await self.release(lease, "closed")
         while self._giving_back:  # their failures are told by _given_back
             await asyncio.gather(*self._giving_back, return_exceptions=True)
+        await self._fleet.stop()
         left = self._retries.close()
         self.flush_stats()
         if self._failed_at_close or left:
@@ -385,5 +381,6 @@ class LeaseKeeper:
 
     def shutdown(self) -> None:
         """Free the storage and worker threads once the crawl is over."""
+        self._fleet.stop_now()
         self.caller.shutdown()
         self.manager.storage.close()

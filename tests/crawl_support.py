@@ -6,12 +6,14 @@ Test modules import the fixtures from here explicitly.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import scrapy
@@ -58,9 +60,25 @@ class LinkSpider(scrapy.Spider):
                 "lease_id": lease.id if lease else None,
                 "proxy": lease.proxy.address if lease else None,
                 "country": lease.proxy.country if lease else None,
+                "host": urlsplit(response.url).hostname,
+                # By the storage's clock: what a reuse delay is measured by.
+                "acquired_at": lease.acquired_at.timestamp() if lease else None,
             }
         )
         yield from response.follow_all(css="a", callback=self.parse)
+
+
+def closest_lease_reuse(seen: list[dict[str, Any]]) -> float:
+    """The shortest time, by the storage's clock, between two leases of one
+    proxy for one host, over the pages a LinkSpider saw."""
+    taken: dict[tuple[Any, Any], list[float]] = {}
+    for page in seen:
+        taken.setdefault((page["proxy"], page["host"]), []).append(page["acquired_at"])
+    return min(
+        later - earlier
+        for times in taken.values()
+        for earlier, later in itertools.pairwise(sorted(times))
+    )
 
 
 def crawl(

@@ -20,6 +20,7 @@ from scrapy_pharox import (
     OutcomeReport,
     StorageError,
 )
+from scrapy_pharox.bridge import Wakeup
 from scrapy_pharox.keeper import LeaseKeeper
 
 
@@ -203,3 +204,55 @@ def test_a_release_retry_out_at_close_is_the_last_one() -> None:
     finally:
         keeper.shutdown()
     assert len(storage.release_tries) == 2
+
+
+def test_a_freed_proxy_goes_to_the_longest_waiter_not_to_a_newcomer(
+    keeper: LeaseKeeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No recheck comes during the test: only releases hand the proxy on.
+    monkeypatch.setattr("scrapy_pharox.keeper.FIRST_RECHECK_SECONDS", 30.0)
+    served: list[str] = []
+
+    async def fetch(name: str) -> None:
+        lease = await keeper.lease_for(Request(f"http://127.0.0.1:8000/{name}"))
+        served.append(name)
+        await asyncio.sleep(0)
+        await keeper.release(lease, "response")
+
+    async def scenario() -> None:
+        held = await keeper.lease_for(Request("http://127.0.0.1:8000/"))
+        waiting = [asyncio.create_task(fetch("first"))]
+        await asyncio.sleep(0.01)
+        waiting.append(asyncio.create_task(fetch("second")))
+        await asyncio.sleep(0.01)
+        assert keeper.waiting == 2
+        # A request that comes as the proxy is freed waits behind them.
+        waiting.append(asyncio.create_task(fetch("newcomer")))
+        await keeper.release(held, "response")
+        await asyncio.wait_for(asyncio.gather(*waiting), 10)
+
+    run_on_a_loop(scenario())
+    assert served == ["first", "second", "newcomer"]
+
+
+def test_waiters_are_woken_by_when_they_began_to_wait() -> None:
+    async def scenario() -> list[str]:
+        wakeup, woken = Wakeup(), []
+
+        async def sleep(name: str, since: float) -> None:
+            if await wakeup.sleep(name, 10, since) is not None:
+                woken.append(name)
+
+        # "early" began to wait first, but its latest sleep began last.
+        sleeps = [
+            asyncio.create_task(sleep("late", 2.0)),
+            asyncio.create_task(sleep("early", 1.0)),
+        ]
+        await asyncio.sleep(0)
+        wakeup.wake_one(set())
+        await asyncio.sleep(0)
+        wakeup.wake_one(set())
+        await asyncio.gather(*sleeps)
+        return woken
+
+    assert run_on_a_loop(scenario()) == ["early", "late"]

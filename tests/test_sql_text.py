@@ -100,6 +100,10 @@ WHY = {
     "locked_proxies AS MATERIALIZED": (
         "Their proxies, locked in id order, so two reclaims never deadlock."
     ),
+    "(SELECT pg_notify": (
+        "A notice of the release, sent at commit, to the waiters of every\n"
+        "process (sql_leasing.RELEASE_CHANNEL); none when nothing was released."
+    ),
     "ON CONFLICT": (
         "The (proxy, domain) row is created on its first ban, rest or paced\n"
         "lease, updated after."

@@ -262,5 +262,32 @@ class IStorage(ABC):
         """``extend_lease`` for a coroutine: it never blocks the running loop."""
         return await asyncio.to_thread(self.extend_lease, lease, duration_seconds)
 
+    def release_feed(self) -> ReleaseFeed | None:
+        """A new feed of releases anywhere in the fleet, or None when the
+        storage has none: waiters in other processes then look again on their
+        own (polling)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Free connections and threads the adapter holds."""
+
+
+class ReleaseFeed(ABC):
+    """The pools of leases released anywhere on a storage, told as they commit.
+
+    Opened and read on one asyncio loop; a lost connection raises StorageError
+    (open a new feed later). Notices are hints: one may be missed while the
+    feed is down, so waiters still look again now and then.
+    """
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Start listening: every release that commits after this is told."""
+
+    @abstractmethod
+    async def next_release(self) -> str:
+        """The pool name of the next release (waits for it)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop listening and free the connection (idempotent, never raises)."""

@@ -5,7 +5,8 @@ Acquire, release and reclaim are one autocommitted statement each
 BEGIN and COMMIT round trips. They run on psycopg connections of the storage's
 own (``sql_psycopg``), which notice a connection the server closed without a
 round trip; awaited from a coroutine (``acquire_async``), they share round
-trips with other coroutines' (``sql_rounds``).
+trips with other coroutines' (``sql_rounds``). A release sends a notice at its
+commit, heard by the waiters of every process (``pg_release_feed``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import check_lease_seconds
+from .pg_release_feed import PgReleaseFeed
 from .sql import SqlStorage, _unavailable
 from .sql_clauses import domain_check
 from .sql_psycopg import PsycopgDriver
@@ -72,6 +74,11 @@ class PostgresStorage(SqlStorage):
     @property
     def native_async(self) -> bool:
         return True
+
+    def release_feed(self) -> PgReleaseFeed:
+        return PgReleaseFeed(
+            self._connect_options, self.connection_hooks, self._storage_error
+        )
 
     # -- leasing --------------------------------------------------------------
 

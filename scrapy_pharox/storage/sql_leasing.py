@@ -15,6 +15,7 @@ from sqlalchemy import (
     Double,
     Insert,
     Select,
+    Text,
     Update,
     and_,
     bindparam,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     delete,
     exists,
     false,
+    func,
     insert,
     literal,
     literal_column,
@@ -406,7 +408,28 @@ def pg_release() -> Select[Any]:
     )
     # ... and it is kept in the history.
     logged = logged_leases(gone, "released")
-    return select(exists(select(gone.c.id)).label("released")).add_cte(freed, logged)
+    return released_and_told(gone).add_cte(freed, logged)
+
+
+#: The channel of release notices: every process listening there hears of a
+#: release at its commit (``pg_release_feed``).
+RELEASE_CHANNEL = "pharox_release"
+
+
+def released_and_told(gone: Any) -> Select[Any]:
+    """Whether the lease ``gone`` was released and, when it was, a notice of it
+    on ``RELEASE_CHANNEL``, sent at commit: ``[schema, pool name, lease id]``.
+
+    The lease id keeps each notice apart: PostgreSQL folds identical notices of
+    one transaction into one, and a round releases several leases of a pool.
+    """
+    notice = func.json_build_array(func.current_schema(), pool.name, gone.c.id)
+    told = (
+        select(func.pg_notify(RELEASE_CHANNEL, notice.cast(Text)))
+        .where(pool.id == gone.c.pool_id)
+        .scalar_subquery()
+    )
+    return select(exists(select(gone.c.id)).label("released"), told.label("told"))
 
 
 def removed_lease() -> Any:

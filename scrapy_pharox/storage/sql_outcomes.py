@@ -27,7 +27,6 @@ from sqlalchemy import (
     case,
     cast,
     delete,
-    exists,
     literal,
     literal_column,
     null,
@@ -49,7 +48,7 @@ from .sql_clauses import (
     pool_id_named,
     selector_order,
 )
-from .sql_leasing import logged_leases, removed_lease
+from .sql_leasing import logged_leases, released_and_told, removed_lease
 from .sql_query import Prepared
 from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
@@ -260,9 +259,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
             .returning(domain_cooldown.proxy_id)
             .cte("domain_rested")
         )
-    return Prepared(
-        select(exists(select(gone.c.id)).label("released")).add_cte(*changes)
-    )
+    return Prepared(released_and_told(gone).add_cte(*changes))
 
 
 # -- SQLite: the same clauses after the lease left, in its transaction -------------

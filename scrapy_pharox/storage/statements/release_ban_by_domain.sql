@@ -47,4 +47,11 @@ WITH gone AS
          cooldown_until = (now() + make_interval(secs => (least(CAST(%(max_seconds)s AS DOUBLE PRECISION), CAST(%(base_seconds)s AS DOUBLE PRECISION) * power(CAST(2 AS float8), least(greatest(pharox_domain_cooldown.consecutive_bans + %(consecutive_bans_1)s::INTEGER, 1) - 1, 62))) * (1 + CAST(%(jitter)s AS DOUBLE PRECISION) * (2 * CAST(%(draw)s AS DOUBLE PRECISION) - 1))))) RETURNING pharox_domain_cooldown.proxy_id)
 SELECT EXISTS
   (SELECT gone.id
-   FROM gone) AS released
+   FROM gone) AS released,
+
+  -- A notice of the release, sent at commit, to the waiters of every
+  -- process (sql_leasing.RELEASE_CHANNEL); none when nothing was released.
+  (SELECT pg_notify(%(pg_notify_2)s::VARCHAR, CAST(json_build_array(current_schema(), pharox_pool.name, gone.id) AS TEXT)) AS pg_notify_1
+   FROM pharox_pool,
+        gone
+   WHERE pharox_pool.id = gone.pool_id) AS told

@@ -38,4 +38,11 @@ WITH gone AS
    FROM gone RETURNING pharox_lease_history.id)
 SELECT EXISTS
   (SELECT gone.id
-   FROM gone) AS released
+   FROM gone) AS released,
+
+  -- A notice of the release, sent at commit, to the waiters of every
+  -- process (sql_leasing.RELEASE_CHANNEL); none when nothing was released.
+  (SELECT pg_notify(%(pg_notify_2)s::VARCHAR, CAST(json_build_array(current_schema(), pharox_pool.name, gone.id) AS TEXT)) AS pg_notify_1
+   FROM pharox_pool,
+        gone
+   WHERE pharox_pool.id = gone.pool_id) AS told
