@@ -1,7 +1,7 @@
-"""Rounds: the PostgreSQL statements of many coroutines, one pipeline each.
+"""Rounds: the PostgreSQL statements of many coroutines, one query each.
 
 See ``Pipeliner``. The connection is one psycopg ``AsyncConnection`` on the
-running loop; a round is one ``AsyncConnection.pipeline()`` block.
+running loop; a round is one simple-protocol query (``sql_batch``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import psycopg
 
 from ..models import Lease
 from . import sql_leasing as leasing
+from .sql_batch import Batcher
 from .sql_psycopg import connection_lost, usable
 from .sql_query import Query, Steps
 from .sql_steps import release_steps
@@ -36,10 +37,11 @@ class Pipeliner:
     """One connection on the running loop, shared by every coroutine's steps.
 
     While a round trip is out, the queries that coroutines queue wait; then
-    they all go in the next round: one psycopg pipeline
-    (``AsyncConnection.pipeline()``), one round trip, one transaction
-    (PostgreSQL commits at the pipeline's sync). A crawl has several acquires
-    and releases in flight at any moment, so a round carries several of them.
+    they all go in the next round: one simple-protocol query of their
+    statements (``sql_batch.Batcher``), one round trip, one transaction
+    (PostgreSQL runs a query's statements in one implicit transaction). A
+    crawl has several acquires and releases in flight at any moment, so a
+    round carries several of them.
 
     One transaction for a round cannot deadlock with another process's round:
     releases come first, in proxy id order (they wait for proxy rows), then
@@ -48,8 +50,8 @@ class Pipeliner:
     lease up) run on their own. A round that fails for a statement's error
     rolls back as a whole: each of its queries then runs on its own, so the
     error reaches the coroutine whose query caused it, and only that one; a
-    query psycopg refuses to send (a NUL byte in a text value) fails alone,
-    and the connection stays as good as new.
+    query psycopg refuses to quote (a NUL byte in a text value) fails alone,
+    nothing of it sent, and the connection stays as good as new.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class Pipeliner:
         self._hooks = hooks
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._batcher: Batcher | None = None
         self._queue: list[_Pending] = []
         self._worker: asyncio.Task[None] | None = None
 
@@ -82,7 +85,7 @@ class Pipeliner:
 
     def close(self) -> None:
         """Close the connection now, from any thread, loop running or not."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._batcher = self._conn, None, None
         if conn is not None:
             _close_now(conn)
 
@@ -115,7 +118,7 @@ class Pipeliner:
 
     async def _round(self, batch: list[_Pending]) -> None:
         try:
-            conn = await self._connection()
+            rounds = await self._connection()
         except psycopg.Error as exc:
             _fail(batch, exc)
             return
@@ -124,67 +127,48 @@ class Pipeliner:
             key=lambda p: p.query.order,  # type: ignore[arg-type,return-value]
         )
         alone = [p for p in batch if p.query.order is None]
-        if len(together) == 1:
-            alone.insert(0, together.pop())  # a pipeline of one saves nothing
         if together:
-            try:
-                sent = await self._pipelined(conn, together)
-            except psycopg.Error as exc:
-                if connection_lost(conn):
-                    self.close()
-                    _fail(batch, exc)
+            error = await self._send(rounds, together)
+            if error is not None:
+                if self._lost(error, batch):
                     return
                 # A statement failed on the server: the round's transaction
                 # rolled back as a whole. Each runs again on its own, so the
                 # error reaches the coroutine whose statement caused it only.
-                alone += together
-            else:
-                for pending, outcome in sent:
-                    if isinstance(outcome, psycopg.Error):
-                        self._advance(pending, None, outcome)
-                    else:
-                        self._advance(pending, outcome, None)
-        for index, pending in enumerate(alone):
-            try:
-                cursor = await conn.execute(pending.query.sql, pending.query.params)
-                row = pending.query.result(cursor, await cursor.fetchone())
-            except psycopg.Error as exc:
-                if connection_lost(conn):
-                    self.close()
-                    _fail(alone[index:], exc)
-                    return
-                self._advance(pending, None, exc)
-            else:
-                self._advance(pending, row, None)
-
-    async def _pipelined(
-        self, conn: psycopg.AsyncConnection[Any], together: list[_Pending]
-    ) -> list[tuple[_Pending, Any]]:
-        """Send the statements in one psycopg pipeline: one write, one read, one
-        transaction (it commits at the pipeline's sync). Each pending comes back
-        with its row, or with the error of a statement psycopg refused to send
-        (a parameter it cannot encode, such as a NUL byte: nothing went out, so
-        it is that statement's own). A server's error raises."""
-        cursors: list[tuple[_Pending, Any]] = []
-        async with conn.pipeline():
-            for pending in together:
-                cursor = conn.cursor()
-                try:
-                    await cursor.execute(pending.query.sql, pending.query.params)
-                except psycopg.Error as exc:
-                    if _from_server(exc) or connection_lost(conn):
-                        raise
-                    cursors.append((pending, exc))
+                if len(together) == 1:
+                    self._advance(together[0], None, error)
                 else:
-                    cursors.append((pending, cursor))
-        sent: list[tuple[_Pending, Any]] = []
-        for pending, cursor in cursors:
-            if isinstance(cursor, psycopg.Error):
-                sent.append((pending, cursor))
+                    alone += together
+        for index, pending in enumerate(alone):
+            error = await self._send(rounds, [pending])
+            if error is not None:
+                if self._lost(error, alone[index:]):
+                    return
+                self._advance(pending, None, error)
+
+    async def _send(
+        self, rounds: Batcher, pendings: list[_Pending]
+    ) -> psycopg.Error | None:
+        """The pendings' queries in one round trip, each pending advanced with
+        its result; or the server's error, nothing advanced (rolled back)."""
+        try:
+            outcomes = await rounds.run([pending.query for pending in pendings])
+        except psycopg.Error as exc:
+            return exc
+        for pending, outcome in zip(pendings, outcomes, strict=True):
+            if isinstance(outcome, psycopg.Error):
+                self._advance(pending, None, outcome)
             else:
-                row = pending.query.result(cursor, await cursor.fetchone())
-                sent.append((pending, row))
-        return sent
+                self._advance(pending, outcome, None)
+        return None
+
+    def _lost(self, error: psycopg.Error, pendings: list[_Pending]) -> bool:
+        """Whether the connection died: then the pendings fail with ``error``."""
+        if self._conn is None or not connection_lost(self._conn):
+            return False
+        self.close()
+        _fail(pendings, error)
+        return True
 
     def _advance(
         self, pending: _Pending, row: Any, error: psycopg.Error | None
@@ -215,27 +199,21 @@ class Pipeliner:
         loop = self._loop or asyncio.get_running_loop()
         self._queue.append(_Pending(steps, next(steps), loop.create_future()))
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is not None and usable(self._conn):
-            return self._conn
+    async def _connection(self) -> Batcher:
+        if self._conn is not None and self._batcher is not None and usable(self._conn):
+            return self._batcher
         self.close()
         conn = await psycopg.AsyncConnection.connect(**self._options)
         for hook in self._hooks:
             hook(conn)
-        self._conn = conn
-        return conn
+        self._conn, self._batcher = conn, Batcher(conn)
+        return self._batcher
 
 
 def _fail(batch: list[_Pending], exc: psycopg.Error) -> None:
     for pending in batch:
         if not pending.future.done():
             pending.future.set_exception(exc)
-
-
-def _from_server(exc: psycopg.Error) -> bool:
-    """Whether the server answered with this error (it has a SQLSTATE), rather
-    than psycopg refusing the statement before sending it."""
-    return exc.sqlstate is not None or isinstance(exc, psycopg.errors.PipelineAborted)
 
 
 def _close_now(conn: psycopg.AsyncConnection[Any]) -> None:
