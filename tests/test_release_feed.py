@@ -4,7 +4,9 @@ release, and a lost connection that costs nothing but a pause."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+import uuid
 from collections.abc import Callable
 
 import psycopg
@@ -19,17 +21,38 @@ from scrapy_pharox.storage.postgresql import PostgresStorage
 
 pytestmark = pytest.mark.postgres
 
-LISTENERS = "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN pharox_release'"
+#: The feed connections of these tests only: the application name is theirs
+#: (``feed_url``); other listeners on the server are left alone.
+LISTENERS = (
+    "SELECT pid FROM pg_stat_activity"
+    " WHERE query = 'LISTEN pharox_release' AND application_name = %s"
+)
+
+
+@pytest.fixture
+def feed_url(postgresql_url: str) -> str:
+    """The test's PostgreSQL URL, its connections named for this test."""
+    separator = "&" if "?" in postgresql_url else "?"
+    return f"{postgresql_url}{separator}application_name={application_name()}"
+
+
+@functools.cache
+def application_name() -> str:
+    return f"pharox-feed-test-{uuid.uuid4().hex[:12]}"
 
 
 def listeners(url: str) -> list[int]:
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        return [row[0] for row in conn.execute(LISTENERS).fetchall()]
+        rows = conn.execute(LISTENERS, (application_name(),)).fetchall()
+        return [row[0] for row in rows]
 
 
 def end_listeners(url: str) -> None:
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({LISTENERS}) AS l")
+        conn.execute(
+            f"SELECT pg_terminate_backend(pid) FROM ({LISTENERS}) AS l",
+            (application_name(),),
+        )
 
 
 def pool_with_one_proxy(storage: PostgresStorage, name: str = "default") -> None:
@@ -47,9 +70,9 @@ async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
 
 
 def test_every_release_is_told_with_its_pool_and_only_to_its_schema(
-    postgresql_url: str,
+    feed_url: str,
 ) -> None:
-    storage = open_storage(postgresql_url)
+    storage = open_storage(feed_url)
     assert isinstance(storage, PostgresStorage)
     pool_with_one_proxy(storage)
     manager = ProxyManager(storage)
@@ -75,15 +98,15 @@ def test_every_release_is_told_with_its_pool_and_only_to_its_schema(
     assert InMemoryStorage().release_feed() is None
 
 
-def test_a_lost_feed_connection_raises_a_storage_error(postgresql_url: str) -> None:
-    storage = open_storage(postgresql_url)
+def test_a_lost_feed_connection_raises_a_storage_error(feed_url: str) -> None:
+    storage = open_storage(feed_url)
 
     async def scenario() -> None:
         feed = storage.release_feed()
         assert feed is not None
         await feed.open()
         try:
-            await asyncio.to_thread(end_listeners, postgresql_url)
+            await asyncio.to_thread(end_listeners, feed_url)
             with pytest.raises(StorageError):
                 await asyncio.wait_for(feed.next_release(), 10)
         finally:
@@ -96,10 +119,10 @@ def test_a_lost_feed_connection_raises_a_storage_error(postgresql_url: str) -> N
 
 
 def test_the_fleet_wakeup_listens_again_after_a_lost_connection_and_stops_cleanly(
-    postgresql_url: str, monkeypatch: pytest.MonkeyPatch
+    feed_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("scrapy_pharox.fleet_wakeup.FIRST_RETRY_SECONDS", 0.05)
-    storage = open_storage(postgresql_url)
+    storage = open_storage(feed_url)
     assert isinstance(storage, PostgresStorage)
     pool_with_one_proxy(storage)
     manager = ProxyManager(storage)
@@ -116,7 +139,7 @@ def test_the_fleet_wakeup_listens_again_after_a_lost_connection_and_stops_cleanl
         await until(lambda: fleet.live)
         await release_one()
         await until(lambda: heard == ["default"])
-        await asyncio.to_thread(end_listeners, postgresql_url)
+        await asyncio.to_thread(end_listeners, feed_url)
         await until(lambda: not fleet.live)
         await until(lambda: fleet.live)  # listening again, on a new connection
         await release_one()
@@ -127,6 +150,6 @@ def test_the_fleet_wakeup_listens_again_after_a_lost_connection_and_stops_cleanl
 
     try:
         run_on_a_loop(scenario())
-        assert listeners(postgresql_url) == []  # the feed's connection is closed
+        assert listeners(feed_url) == []  # the feed's connection is closed
     finally:
         storage.close()

@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
     exists,
     false,
     func,
@@ -286,8 +287,9 @@ def domain_parameter() -> Any:
 
 
 def reuse_delay_parameter() -> Any:
-    """The ``reuse_delay`` parameter, in seconds."""
-    return bindparam("reuse_delay", type_=Double())
+    """The ``reuse_delay`` parameter, in seconds (cast: a prepared statement
+    cannot infer the type of ``-$n``)."""
+    return cast(bindparam("reuse_delay"), Double())
 
 
 def domain_cooldowns_now(check: int = BY_DOMAIN) -> Any:

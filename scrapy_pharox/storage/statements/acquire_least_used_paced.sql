@@ -7,7 +7,7 @@ WITH cooldowns AS
    WHERE pharox_domain_cooldown.domain = %(target_domain)s::VARCHAR
      AND (pharox_domain_cooldown.cooldown_until > now()
           -- Times are the database's: every process compares with one clock.
-          OR pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s)))),
+          OR pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -CAST(%(reuse_delay)s AS DOUBLE PRECISION))))),
      -- The first free proxy in selector order. MATERIALIZED: the row lock is
      -- taken once, here; inlined into the UPDATE it could lock other rows.
      picked AS MATERIALIZED
@@ -57,7 +57,7 @@ paced_use AS
      SET leased_at = now() WHERE (pharox_domain_cooldown.cooldown_until > now()) IS NOT true
      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      -- Times are the database's: every process compares with one clock.
-     AND (pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s))) IS NOT true RETURNING pharox_domain_cooldown.proxy_id AS id),
+     AND (pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -CAST(%(reuse_delay)s AS DOUBLE PRECISION)))) IS NOT true RETURNING pharox_domain_cooldown.proxy_id AS id),
                                                    claimed AS
   (UPDATE pharox_proxy
    SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
@@ -106,12 +106,12 @@ SELECT claimed.*,
        CASE
            WHEN (claimed.id IS NULL) THEN
                   (SELECT EXTRACT(EPOCH
-                                  FROM (min(pharox_domain_cooldown.leased_at) - now())) + %(reuse_delay)s AS anon_1
+                                  FROM (min(pharox_domain_cooldown.leased_at) - now())) + CAST(%(reuse_delay)s AS DOUBLE PRECISION) AS anon_1
                    FROM pharox_domain_cooldown
                    JOIN pharox_proxy ON pharox_proxy.id = pharox_domain_cooldown.proxy_id
                    WHERE pharox_domain_cooldown.domain = %(target_domain)s::VARCHAR
                      -- Times are the database's: every process compares with one clock.
-                     AND pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s))
+                     AND pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -CAST(%(reuse_delay)s AS DOUBLE PRECISION)))
                      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
                      AND (pharox_domain_cooldown.cooldown_until > now()) IS NOT true
                      AND pharox_proxy.pool_id =

@@ -17,7 +17,7 @@ cooldowns AS
    WHERE pharox_domain_cooldown.domain = %(target_domain)s::VARCHAR
      AND (pharox_domain_cooldown.cooldown_until > now()
           -- Times are the database's: every process compares with one clock.
-          OR pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s)))),
+          OR pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -CAST(%(reuse_delay)s AS DOUBLE PRECISION))))),
               -- The first free proxy after the cursor, in id order (an index walk).
               -- MATERIALIZED: its row lock is taken here, once; inlined, the planner
               -- could evaluate it again in from_start and in picked.
@@ -102,7 +102,7 @@ picked AS
      SET leased_at = now() WHERE (pharox_domain_cooldown.cooldown_until > now()) IS NOT true
      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      -- Times are the database's: every process compares with one clock.
-     AND (pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s))) IS NOT true RETURNING pharox_domain_cooldown.proxy_id AS id),
+     AND (pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -CAST(%(reuse_delay)s AS DOUBLE PRECISION)))) IS NOT true RETURNING pharox_domain_cooldown.proxy_id AS id),
                                                    claimed AS
   (UPDATE pharox_proxy
    SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
@@ -156,12 +156,12 @@ SELECT claimed.*,
        CASE
            WHEN (claimed.id IS NULL) THEN
                   (SELECT EXTRACT(EPOCH
-                                  FROM (min(pharox_domain_cooldown.leased_at) - now())) + %(reuse_delay)s AS anon_3
+                                  FROM (min(pharox_domain_cooldown.leased_at) - now())) + CAST(%(reuse_delay)s AS DOUBLE PRECISION) AS anon_3
                    FROM pharox_domain_cooldown
                    JOIN pharox_proxy ON pharox_proxy.id = pharox_domain_cooldown.proxy_id
                    WHERE pharox_domain_cooldown.domain = %(target_domain)s::VARCHAR
                      -- Times are the database's: every process compares with one clock.
-                     AND pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -%(reuse_delay)s))
+                     AND pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -CAST(%(reuse_delay)s AS DOUBLE PRECISION)))
                      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
                      AND (pharox_domain_cooldown.cooldown_until > now()) IS NOT true
                      AND pharox_proxy.pool_id =
