@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
-from .durations import check_seconds
+from .durations import MAX_SECONDS, check_seconds
 from .exceptions import PharoxSettingError as PharoxSettingError  # re-exported
 from .models import (
     CooldownPolicy,
@@ -86,6 +86,10 @@ class PharoxConfig:
     ban_scope: str = DEFAULTS["PHAROX_BAN_SCOPE"]
     reuse_delay: float = float(DEFAULTS["PHAROX_REUSE_DELAY"])
     download_slot: str = DEFAULTS["PHAROX_DOWNLOAD_SLOT"]
+    #: With slots per proxy: the shortest delay Scrapy's slot keeps between two
+    #: requests (DOWNLOAD_DELAY less its jitter), so a proxy is leased for a
+    #: host only once its slot there would send at once.
+    proxy_slot_delay: float = 0.0
     cooldown: CooldownPolicy = field(default_factory=CooldownPolicy)
     #: Scrapy's DOWNLOAD_TIMEOUT (a lease outlives it: renewal.LeaseRenewer).
     download_timeout: float = 180.0
@@ -129,7 +133,10 @@ class PharoxConfig:
             ban_status_codes=_status_codes(settings),
             ban_scope=_choice(settings, "PHAROX_BAN_SCOPE", BAN_SCOPES),
             reuse_delay=_seconds(settings, "PHAROX_REUSE_DELAY", zero=True),
-            download_slot=_choice(settings, "PHAROX_DOWNLOAD_SLOT", DOWNLOAD_SLOTS),
+            download_slot=(
+                slot := _choice(settings, "PHAROX_DOWNLOAD_SLOT", DOWNLOAD_SLOTS)
+            ),
+            proxy_slot_delay=_shortest_slot_delay(settings) if slot == "proxy" else 0.0,
             cooldown=_cooldown(settings),
             download_timeout=settings.getfloat("DOWNLOAD_TIMEOUT"),
             bot_name=str(settings.get("BOT_NAME")),
@@ -141,6 +148,16 @@ class PharoxConfig:
                 )
             ),
         )
+
+
+def _shortest_slot_delay(settings: BaseSettings) -> float:
+    """DOWNLOAD_DELAY less the most its jitter takes off (DOWNLOAD_DELAY_JITTER;
+    an older Scrapy: RANDOMIZE_DOWNLOAD_DELAY, +-50%)."""
+    jitter = settings.get("DOWNLOAD_DELAY_JITTER")
+    if jitter is None:
+        jitter = 0.5 if settings.getbool("RANDOMIZE_DOWNLOAD_DELAY", True) else 0.0
+    delay = settings.getfloat("DOWNLOAD_DELAY") * max(0.0, 1 - float(jitter))
+    return min(delay, MAX_SECONDS)
 
 
 def parse_selector(source: str, value: Any) -> SelectorStrategy:

@@ -46,6 +46,7 @@ class Routing:
         self._default_filters = with_protocols(default_target.filters, config.protocols)
         # The requests of the default target ask the same for one domain.
         self._default_requests: dict[tuple[str | None, float], AcquireRequest] = {}
+        self._slot_delay = config.proxy_slot_delay
 
     def target_of(self, request: Request) -> Target:
         """The pool, filters and selector for one request (meta overrides spider)."""
@@ -84,6 +85,8 @@ class Routing:
             if meta.get("pharox_reuse_delay") is not None
             else self.default_target.reuse_delay
         )
+        if reuse_delay < self._slot_delay:  # a proxy slot's delay is a floor
+            reuse_delay = self._slot_delay
         if target is not self.default_target:
             filters = with_protocols(target.filters, self.config.protocols)
             return self._request(target, filters, domain, reuse_delay)

@@ -158,6 +158,50 @@ def test_proxy_slots_apply_the_download_delay_per_proxy_not_per_site(
     assert_every_lease_released(stats)
 
 
+def no_jitter() -> dict[str, Any]:
+    """The settings of an exact DOWNLOAD_DELAY on this Scrapy."""
+    from scrapy.settings import default_settings
+
+    if hasattr(default_settings, "DOWNLOAD_DELAY_JITTER"):
+        return {"DOWNLOAD_DELAY_JITTER": 0}
+    return {"RANDOMIZE_DOWNLOAD_DELAY": False}
+
+
+class HoldSpider(LinkSpider):
+    """Notes how long each request held its lease before it was sent."""
+
+    def parse(self, response: Any) -> Any:
+        lease = response.meta["pharox_lease"]
+        sent = time.time() - response.meta["download_latency"]
+        self.seen.append({"held": sent - lease.acquired_at.timestamp()})
+        yield from response.follow_all(css="a", callback=self.parse)
+
+
+@pytest_twisted.inlineCallbacks
+def test_with_proxy_slots_a_proxy_is_leased_when_its_slot_would_send(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    proxies = [start_proxy() for _ in range(2)]
+    with TargetSite(pages=10) as site:
+        crawler: Crawler = yield crawl(
+            HoldSpider,
+            {
+                "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+                "PHAROX_DOWNLOAD_SLOT": "proxy",
+                "DOWNLOAD_DELAY": 0.4,
+                "CONCURRENT_REQUESTS": 16,
+                **no_jitter(),
+            },
+            start_url=site.url + "/",
+        )
+    held = sorted(page["held"] for page in crawler.spider.seen)
+    assert len(held) == 11
+    # Leased into a slot that still delays, a request would hold its proxy
+    # for most of the 0.4 s; leased when the slot would send, for none of it.
+    assert held[len(held) * 3 // 4] < 0.15
+    assert stats_of(crawler)["pharox/acquire/paced"] > 0
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_request_that_names_its_download_slot_keeps_it(
     site: TargetSite, start_proxy: Callable[..., ForwardProxy]

@@ -41,3 +41,7 @@ ADDONS = {"scrapy_pharox.Addon": 300}
 # PHAROX_ACQUIRE_TIMEOUT = 60             # seconds to wait for a free proxy
 # PHAROX_STATS_INTERVAL = 60              # seconds between pharox log lines
 # PHAROX_PROTOCOLS = ["http", "https"]    # proxies the download handler can use
+
+# Sharing proxies over time (the README's "Sharing a pool over time").
+# PHAROX_REUSE_DELAY = 0          # seconds between two requests of one IP to one host
+# PHAROX_DOWNLOAD_SLOT = "domain" # or "proxy": Scrapy's slots per (host, proxy)
