@@ -28,9 +28,12 @@ MAX_RETRY_SECONDS = 30.0
 
 
 class FleetWakeup:
-    """Calls ``on_release(pool_name)`` for each release the storage's feed tells."""
+    """Calls ``on_release(pool_name)`` for each release the storage's feed tells
+    (None: of a pool it cannot tell)."""
 
-    def __init__(self, storage: IStorage, on_release: Callable[[str], None]) -> None:
+    def __init__(
+        self, storage: IStorage, on_release: Callable[[str | None], None]
+    ) -> None:
         self._storage = storage
         self._on_release = on_release
         self._task: asyncio.Task[None] | None = None

@@ -63,15 +63,13 @@ def test_two_crawls_on_one_postgresql_pool_never_share_an_exclusive_proxy(
         assert stats["pharox/acquire/empty"] > 0
 
 
-@pytest.mark.postgres
 def test_three_crawls_on_three_exclusive_proxies_share_them_fairly(
-    postgresql_url: str, start_proxy: Callable[..., ForwardProxy]
+    sql_url: str, start_proxy: Callable[..., ForwardProxy]
 ) -> None:
+    """On PostgreSQL and on a SQLite file alike."""
     proxies = [start_proxy() for _ in range(3)]
     with TargetSite(pages=150, delay=0.01) as site:
-        results = run_fleet(
-            postgresql_url, site, [proxy.url for proxy in proxies], crawls=3
-        )
+        results = run_fleet(sql_url, site, [proxy.url for proxy in proxies], crawls=3)
     assert [proxy.max_active_requests for proxy in proxies] == [1, 1, 1]
     for stats in results:
         assert stats["response_received_count"] == 151

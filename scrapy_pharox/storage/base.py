@@ -285,8 +285,9 @@ class ReleaseFeed(ABC):
         """Start listening: every release that commits after this is told."""
 
     @abstractmethod
-    async def next_release(self) -> str:
-        """The pool name of the next release (waits for it)."""
+    async def next_release(self) -> str | None:
+        """The pool name of the next release (waits for it); None for a
+        feed that cannot tell the pool."""
 
     @abstractmethod
     async def close(self) -> None:

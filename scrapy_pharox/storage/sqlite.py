@@ -43,6 +43,7 @@ from .sql_rows import (
 )
 from .sql_schema import pool_table
 from .sqlite_driver import SqliteDriver
+from .sqlite_release_feed import SqliteReleaseFeed
 
 
 class SqliteStorage(SqlStorage):
@@ -53,6 +54,12 @@ class SqliteStorage(SqlStorage):
     def _driver(self, connect_args: dict[str, Any]) -> SqliteDriver:
         database = self._url.database or ":memory:"
         return SqliteDriver(database, connect_args, self.connection_hooks)
+
+    def release_feed(self) -> SqliteReleaseFeed | None:
+        database = self._url.database or ":memory:"
+        if database == ":memory:" or database.startswith("file::memory:"):
+            return None  # one connection: no other process to hear
+        return SqliteReleaseFeed(database, self._storage_error)
 
     # -- leasing --------------------------------------------------------------
 
