@@ -115,3 +115,19 @@ def test_a_failed_round_leaves_the_statements_it_prepared_known(
         7,
         7,
     ]
+
+
+def test_statements_deallocated_behind_its_back_are_prepared_again(
+    postgresql_url: str,
+) -> None:
+    fine = Prepared(select(literal_column("7").label("value")))
+
+    async def scenario(batcher: Batcher, conn: Any) -> list[Any]:
+        first = (await batcher.run([Query(fine, {})]))[0]
+        await conn.execute("DEALLOCATE ALL")  # a connection reset, say
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            await batcher.run([Query(fine, {})])
+        # The failure says the statement is gone: the next round prepares it.
+        return [first, (await batcher.run([Query(fine, {})]))[0]]
+
+    assert [row.value for row in on_a_batcher(postgresql_url, scenario)] == [7, 7]

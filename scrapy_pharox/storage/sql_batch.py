@@ -29,6 +29,14 @@ from .sql_query import ALL, Query
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
 
+#: The errors of a statement the server does not hold (26000), or holds
+#: already (42P05): the statements it holds are not those we think.
+_PREPARED_STATEMENTS_CHANGED = (
+    psycopg.errors.InvalidSqlStatementName,
+    psycopg.errors.DuplicatePreparedStatement,
+)
+
+
 class ServerStatement:
     """A statement as PostgreSQL prepares it: its name on every connection,
     its PREPARE (parameters as $n), and the start of an EXECUTE of it."""
@@ -102,10 +110,14 @@ class Batcher:
         cursor = self._cursor
         try:
             await cursor.execute(";".join([*prepares.values(), *texts]))
-        except psycopg.Error:
-            if prepares and not connection_lost(cursor.connection):
+        except psycopg.Error as exc:
+            if (
+                prepares or isinstance(exc, _PREPARED_STATEMENTS_CHANGED)
+            ) and not connection_lost(cursor.connection):
                 # PREPARE is not undone by the rollback: the ones before the
-                # failing statement stand. Ask the server which.
+                # failing statement stand. And a DEALLOCATE (a DISCARD ALL of a
+                # connection reset) may have dropped some behind our back. Ask
+                # the server which it holds.
                 await self._prepared_on_server()
             raise
         self._prepared.update(prepares)
