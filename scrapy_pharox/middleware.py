@@ -46,7 +46,6 @@ class PharoxProxyMiddleware:
     def __init__(self, keeper: LeaseKeeper, crawler: Crawler) -> None:
         self.keeper = keeper
         self.crawler = crawler
-        self.hand_back = HandBack(crawler, keeper.stop_waiting)
         self._slot_per_proxy = keeper.config.download_slot == "proxy"
         #: Only where a slot may delay: Scrapy's per-domain slots with a delay.
         self.gate = (
@@ -54,6 +53,7 @@ class PharoxProxyMiddleware:
             if not self._slot_per_proxy and slots_may_delay(crawler.settings)
             else None
         )
+        self.hand_back = HandBack(crawler, self._stop_waiting)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -67,6 +67,12 @@ class PharoxProxyMiddleware:
                 middleware.gate.entered, signal=signals.request_reached_downloader
             )
         return middleware
+
+    def _stop_waiting(self) -> None:
+        """The crawl stops: no request waits for a proxy, nor for its turn."""
+        self.keeper.stop_waiting()
+        if self.gate is not None:
+            self.gate.stop_waiting()
 
     def spider_opened(self) -> None:
         assert self.crawler.engine is not None

@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .bridge import Wakeup
+from .stopping import StopWaiting
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -39,6 +40,7 @@ class SlotGate:
         self.crawler = crawler
         self._entering: dict[str, int] = {}  # slot key -> requests let through
         self._wakeup = Wakeup()
+        self._stopping = False
 
     def slot_of(self, request: Request) -> tuple[str, Any] | None:
         """The request's slot key and slot, when the slot exists and delays."""
@@ -61,6 +63,8 @@ class SlotGate:
         key, slot = found
         sleeper = object()
         while True:
+            if self._stopping:
+                raise StopWaiting  # handed back to the scheduler, holding nothing
             wait = self._wait_for(key, slot)
             if wait <= 0:
                 break
@@ -78,6 +82,11 @@ class SlotGate:
             self._entering[key] = left
         else:
             self._entering.pop(key, None)
+        self._wakeup.wake_all()
+
+    def stop_waiting(self) -> None:
+        """The crawl stops: every request held back goes (StopWaiting), now."""
+        self._stopping = True
         self._wakeup.wake_all()
 
     def _wait_for(self, key: str, slot: Any) -> float:

@@ -352,3 +352,39 @@ def test_a_429_without_retry_after_is_a_ban_as_before(
     assert stats["pharox/outcome/ban"] == 1
     assert stats["pharox/ban/status/429"] == 1
     assert stats.get("pharox/outcome/throttled", 0) == 0
+
+
+class CtrlCAfterIndex(LinkSpider):
+    """Stops the crawl (as Ctrl-C does) half a second after the index came."""
+
+    def __init__(self, ctrl_c: Callable[[], Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ctrl_c = ctrl_c
+
+    def parse(self, response: Any) -> Any:
+        if not self.seen:
+            _reactor().callLater(0.5, self.ctrl_c)
+        yield from super().parse(response)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stop_hands_back_the_requests_waiting_for_their_slot_at_once(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    from test_stopping import crawl_with_ctrl_c
+
+    proxies = [start_proxy() for _ in range(3)]
+    started = time.monotonic()
+    crawler: Crawler = yield crawl_with_ctrl_c(
+        CtrlCAfterIndex,
+        {"PHAROX_PROXIES": [p.url for p in proxies], "DOWNLOAD_DELAY": 10},
+        start_url=site.url + "/",
+    )
+    elapsed = time.monotonic() - started
+    stats = stats_of(crawler)
+    assert stats["finish_reason"] == "shutdown"
+    # The downloader's other 7 requests waited their turn (the next one 5 to
+    # 15 s after the index): handed back at the stop, not let through first.
+    assert elapsed < 4
+    assert stats["pharox/acquire/requeued"] >= 7
+    assert_every_lease_released(stats)
