@@ -84,6 +84,10 @@ class PharoxProxyMiddleware:
         middleware after ours may answer with a copy of a request that went out
         through a proxy."""
         _forget_credentials(request)
+        if self.gate is not None:
+            # A copy of a request let through to its slot, which it never
+            # reached (a middleware after ours answered with this copy).
+            self.gate.entered(request)
         ours = request.meta.get(OUR_PROXY_KEY)
         if ours is not None and "proxy" in request.meta and self._set_by_us(request):
             request.meta["proxy"] = ours  # the address, without credentials
@@ -113,13 +117,11 @@ class PharoxProxyMiddleware:
             if gate is not None:
                 await gate.wait_turn(request)
             lease = await self.keeper.lease_for(request)
-        except StopWaiting:
-            if gate is not None:
-                gate.entered(request)
-            return self.hand_back.request_for(request)
-        except BaseException:
+        except BaseException as exc:
             if gate is not None:
                 gate.entered(request)  # it goes no further
+            if isinstance(exc, StopWaiting):
+                return self.hand_back.request_for(request)
             raise
         assert lease.proxy is not None
         proxy = lease.proxy

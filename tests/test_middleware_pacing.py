@@ -388,3 +388,38 @@ def test_a_stop_hands_back_the_requests_waiting_for_their_slot_at_once(
     assert elapsed < 4
     assert stats["pharox/acquire/requeued"] >= 7
     assert_every_lease_released(stats)
+
+
+class ReplacesPageOne:
+    """A downloader middleware after ours that answers /page/1 with a copy of
+    it (as a middleware that rewrites URLs does): the original never reaches
+    its download slot."""
+
+    def process_request(self, request: Any, spider: Any = None) -> Any:
+        if request.url.endswith("/page/1") and not request.meta.get("replaced"):
+            return request.replace(
+                meta={**request.meta, "replaced": True}, dont_filter=True
+            )
+        return None
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_request_answered_with_a_copy_does_not_hold_up_its_slot(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    proxy = start_proxy()
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {
+            "PHAROX_PROXIES": [proxy.url],
+            "DOWNLOAD_DELAY": 0.05,
+            "DOWNLOADER_MIDDLEWARES": {f"{__name__}.ReplacesPageOne": 745},
+            "CLOSESPIDER_TIMEOUT": 20,
+        },
+        start_url=site.url + "/",
+    )
+    stats = stats_of(crawler)
+    # Every page, the copy of /page/1 included, not the 20 s timeout.
+    assert stats["finish_reason"] == "finished"
+    assert len({page["url"] for page in crawler.spider.seen}) == 31
+    assert_every_lease_released(stats)
