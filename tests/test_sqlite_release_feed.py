@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
 
 from loop_support import run_on_a_loop
-from scrapy_pharox import ProxyManager, open_storage
+from scrapy_pharox import ProxyManager, SqlStorage, open_storage
 from scrapy_pharox.models import Proxy, ProxyPool
 
 
@@ -40,3 +45,32 @@ def test_a_sqlite_file_feed_tells_a_release_made_by_another_connection(
         storage.close()
         other.close()
     assert open_storage("sqlite://").release_feed() is None
+
+
+def test_a_sqlite_feed_never_waits_for_a_lock_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    # A file in rollback-journal mode, another connection holding it exclusively:
+    # a read there waits for the lock (a WAL file, as the storage makes, never).
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    feed = SqlStorage(f"sqlite:///{path}").release_feed()
+    assert feed is not None
+
+    async def scenario() -> float:
+        await feed.open()
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        try:
+            with pytest.raises(asyncio.TimeoutError):  # nothing told, no error
+                await asyncio.wait_for(feed.next_release(), 0.3)
+            return time.monotonic() - started
+        finally:
+            holder.execute("ROLLBACK")
+            await feed.close()
+
+    try:
+        assert run_on_a_loop(scenario()) < 1.0  # not the default 5 s busy wait
+    finally:
+        holder.close()

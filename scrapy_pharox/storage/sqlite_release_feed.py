@@ -2,7 +2,8 @@
 
 SQLite has no notices. ``PRAGMA data_version`` on a connection of the feed's
 own changes whenever another connection, of this process or another, commits
-to the file: a look costs microseconds and no lock. A change is told as a
+to the file: a look costs a few microseconds (3.8 measured) and never waits for
+a lock, so it runs on the event loop. A change is told as a
 release of some pool (the feed cannot tell which, nor tell a release from an
 acquire), so each process wakes its longest waiter within ``LOOK_SECONDS`` of
 any commit, the releasing process too: no process's waiters get a head start.
@@ -34,8 +35,14 @@ class SqliteReleaseFeed(ReleaseFeed):
 
     async def open(self) -> None:
         try:
+            # timeout=0: it runs on the event loop, so it never waits for a
+            # lock; a look that finds the file busy tells nothing, and the
+            # next one looks again.
             self._conn = sqlite3.connect(
-                self._database, isolation_level=None, check_same_thread=False
+                self._database,
+                timeout=0,
+                isolation_level=None,
+                check_same_thread=False,
             )
             self._version = self._data_version()
         except sqlite3.Error as exc:
@@ -47,6 +54,10 @@ class SqliteReleaseFeed(ReleaseFeed):
             await asyncio.sleep(LOOK_SECONDS)
             try:
                 version = self._data_version()
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    continue
+                raise self._describe("looking for releases", exc) from exc
             except sqlite3.Error as exc:
                 raise self._describe("looking for releases", exc) from exc
             if version != self._version:
