@@ -203,15 +203,19 @@ def test_with_proxy_slots_a_proxy_is_leased_when_its_slot_would_send(
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_request_that_names_its_download_slot_keeps_it(
+def test_proxy_slots_name_host_and_proxy_unless_the_request_names_its_own(
     site: TargetSite, start_proxy: Callable[..., ForwardProxy]
 ) -> Any:
     class SlotSpider(LinkSpider):
         async def start(self) -> AsyncIterator[Any]:
             yield scrapy.Request(self.start_url, meta={"download_slot": "mine"})
+            yield scrapy.Request(self.start_url + "page/1")
 
         def parse(self, response: Any) -> None:
-            self.seen.append({"slot": response.meta["download_slot"]})
+            lease = response.meta["pharox_lease"]
+            self.seen.append(
+                {"slot": response.meta["download_slot"], "proxy_id": lease.proxy_id}
+            )
 
     proxy = start_proxy()
     crawler: Crawler = yield crawl(
@@ -219,7 +223,9 @@ def test_a_request_that_names_its_download_slot_keeps_it(
         {"PHAROX_PROXIES": [proxy.url], "PHAROX_DOWNLOAD_SLOT": "proxy"},
         start_url=site.url + "/",
     )
-    assert crawler.spider.seen == [{"slot": "mine"}]
+    slots = sorted(page["slot"] for page in crawler.spider.seen)
+    (proxy_id,) = {page["proxy_id"] for page in crawler.spider.seen}
+    assert slots == [f"127.0.0.1 via {proxy_id}", "mine"]
 
 
 # -- no lease while the slot delays ------------------------------------------------
