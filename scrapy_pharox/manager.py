@@ -23,7 +23,7 @@ from .models import (
     lease_or_none,
     utc_now,
 )
-from .storage.base import IStorage, check_lease_seconds
+from .storage.base import IStorage, check_lease_seconds, reuse_keyword
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +65,15 @@ class ProxyManager:
         """
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now() if self._acquire_callbacks else None
-        if reuse_delay:
-            lease = self.storage.acquire(
-                pool_name,
-                consumer,
-                duration_seconds,
-                filters,
-                strategy,
-                domain=domain,
-                reuse_delay=reuse_delay,
-            )
-        else:  # as storages written before reuse delays take it
-            lease = self.storage.acquire(
-                pool_name, consumer, duration_seconds, filters, strategy, domain=domain
-            )
+        lease = self.storage.acquire(
+            pool_name,
+            consumer,
+            duration_seconds,
+            filters,
+            strategy,
+            domain=domain,
+            **reuse_keyword(reuse_delay),
+        )
         if started_at is not None:
             self._notify(
                 self._acquire_callbacks,
@@ -119,20 +114,15 @@ class ProxyManager:
             )
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now() if self._acquire_callbacks else None
-        if reuse_delay:
-            lease = await self.storage.acquire_async(
-                pool_name,
-                consumer,
-                duration_seconds,
-                filters,
-                strategy,
-                domain,
-                reuse_delay=reuse_delay,
-            )
-        else:
-            lease = await self.storage.acquire_async(
-                pool_name, consumer, duration_seconds, filters, strategy, domain
-            )
+        lease = await self.storage.acquire_async(
+            pool_name,
+            consumer,
+            duration_seconds,
+            filters,
+            strategy,
+            domain,
+            **reuse_keyword(reuse_delay),
+        )
         if started_at is not None:
             await asyncio.to_thread(
                 self._notify,

@@ -6,7 +6,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from datetime import datetime
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, TypedDict
 from uuid import UUID
 
 from ..durations import MAX_SECONDS, check_seconds
@@ -30,6 +30,16 @@ from ..models import (
 
 #: The longest lease a storage takes (``durations.MAX_SECONDS``, seven days).
 MAX_LEASE_SECONDS = MAX_SECONDS
+
+
+class ReuseKeyword(TypedDict, total=False):
+    reuse_delay: float
+
+
+def reuse_keyword(reuse_delay: float) -> ReuseKeyword:
+    """The ``reuse_delay`` keyword of an acquire, or none for no delay: an
+    adapter written before reuse delays takes every acquire without one."""
+    return {"reuse_delay": reuse_delay} if reuse_delay else {}
 
 
 def check_lease_seconds(duration_seconds: float) -> float:
@@ -227,27 +237,17 @@ class IStorage(ABC):
         reuse_delay: float = 0.0,
     ) -> Lease | Paced | None:
         """``acquire`` for a coroutine: it never blocks the running loop."""
-        if reuse_delay:
-            return await asyncio.to_thread(
-                partial(
-                    self.acquire,
-                    pool_name,
-                    consumer_name,
-                    duration_seconds,
-                    filters,
-                    selector,
-                    domain,
-                    reuse_delay=reuse_delay,
-                )
-            )
         return await asyncio.to_thread(
-            self.acquire,
-            pool_name,
-            consumer_name,
-            duration_seconds,
-            filters,
-            selector,
-            domain,
+            partial(
+                self.acquire,
+                pool_name,
+                consumer_name,
+                duration_seconds,
+                filters,
+                selector,
+                domain,
+                **reuse_keyword(reuse_delay),
+            )
         )
 
     async def release_lease_async(
