@@ -10,7 +10,7 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from scrapy.http import Response
 from twisted.internet.defer import Deferred
 
 from scrapy_pharox.playground import ForwardProxy, TargetSite
+from scrapy_pharox.playground.site import RecordedRequest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,17 +69,28 @@ class LinkSpider(scrapy.Spider):
         yield from response.follow_all(css="a", callback=self.parse)
 
 
-def closest_lease_reuse(seen: list[dict[str, Any]]) -> float:
-    """The shortest time, by the storage's clock, between two leases of one
-    proxy for one host, over the pages a LinkSpider saw."""
-    taken: dict[tuple[Any, Any], list[float]] = {}
-    for page in seen:
-        taken.setdefault((page["proxy"], page["host"]), []).append(page["acquired_at"])
+def closest_gap(moments: Iterable[tuple[Hashable, float]]) -> float:
+    """The shortest time between two moments of one key."""
+    by_key: dict[Hashable, list[float]] = {}
+    for key, moment in moments:
+        by_key.setdefault(key, []).append(moment)
     return min(
         later - earlier
-        for times in taken.values()
+        for times in by_key.values()
         for earlier, later in itertools.pairwise(sorted(times))
     )
+
+
+def closest_reuse(requests: Iterable[RecordedRequest]) -> float:
+    """The shortest time between two requests of one proxy to one host, as
+    the site received them."""
+    return closest_gap(((r.via_proxy_port, r.host), r.at) for r in requests)
+
+
+def closest_lease_reuse(seen: Iterable[dict[str, Any]]) -> float:
+    """The shortest time, by the storage's clock, between two leases of one
+    proxy for one host, over the pages a LinkSpider saw."""
+    return closest_gap(((p["proxy"], p["host"]), p["acquired_at"]) for p in seen)
 
 
 def crawl(

@@ -11,9 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_middleware_pacing import closest_reuse
 
-from crawl_support import assert_every_lease_released, closest_lease_reuse
+from crawl_support import (
+    assert_every_lease_released,
+    closest_lease_reuse,
+    closest_reuse,
+)
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 pytestmark = [pytest.mark.crawl, pytest.mark.postgres]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -25,13 +24,13 @@ from crawl_support import (
     LinkSpider,
     assert_every_lease_released,
     closest_lease_reuse,
+    closest_reuse,
     crawl,
     stats_of,
 )
 from scrapy_pharox import InMemoryStorage
 from scrapy_pharox.keeper import LeaseKeeper
 from scrapy_pharox.playground import ForwardProxy, TargetSite
-from scrapy_pharox.playground.site import RecordedRequest
 
 pytestmark = pytest.mark.crawl
 
@@ -42,19 +41,6 @@ class TwoHostsSpider(LinkSpider):
     async def start(self) -> AsyncIterator[Any]:
         yield scrapy.Request(self.start_url)
         yield scrapy.Request(self.start_url.replace("127.0.0.1", "localhost"))
-
-
-def closest_reuse(requests: list[RecordedRequest]) -> float:
-    """The shortest time between two requests of one proxy to one host."""
-    arrivals: dict[tuple[int | None, str], list[float]] = defaultdict(list)
-    for request in requests:
-        arrivals[(request.via_proxy_port, request.host)].append(request.at)
-    gaps = [
-        later - earlier
-        for times in arrivals.values()
-        for earlier, later in itertools.pairwise(sorted(times))
-    ]
-    return min(gaps)
 
 
 def storage_of(crawler: Crawler) -> Any:
