@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnClause
@@ -304,6 +305,37 @@ def domain_cooldowns_now(check: int = BY_DOMAIN) -> Any:
         select(domain_cooldown.proxy_id)
         .where(domain_cooldown.domain == domain_parameter(), held_back)
         .cte("cooldowns")
+    )
+
+
+def upsert_domain_row(
+    dialect_name: str,
+    proxy_id: Any,
+    first: dict[str, Any],
+    again: dict[str, Any],
+    *,
+    source: Any = None,
+    where: Any = None,
+) -> Any:
+    """The (proxy ``proxy_id``, ``target_domain``) row of
+    ``pharox_domain_cooldown``: created with ``first`` (column: value), or,
+    where it exists (and ``where`` holds), updated with ``again``. ``source``:
+    where ``proxy_id`` comes from (a CTE that may hold no row)."""
+    dialect_insert = (
+        postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    )
+    new_row = select(proxy_id, domain_parameter(), *first.values())
+    if source is not None:
+        new_row = new_row.select_from(source)
+    # WHERE true keeps SQLite from reading ON CONFLICT as a join constraint.
+    return (
+        dialect_insert(domain_cooldown_table)
+        .from_select(["proxy_id", "domain", *first], new_row.where(true()))
+        .on_conflict_do_update(
+            index_elements=[domain_cooldown.proxy_id, domain_cooldown.domain],
+            set_=again,
+            where=where,
+        )
     )
 
 

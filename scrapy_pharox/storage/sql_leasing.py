@@ -35,7 +35,6 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningDelete
 
 from ..models import ProxyFilters, SelectorStrategy
@@ -48,7 +47,6 @@ from .sql_clauses import (
     _cached_per_filters,
     _prepared,
     domain_cooldowns_now,
-    domain_parameter,
     eligible,
     expired_lease_exists,
     has_free_slot,
@@ -60,6 +58,7 @@ from .sql_clauses import (
     pool_id_named,
     proxy,
     selector_order,
+    upsert_domain_row,
 )
 from .sql_query import Prepared
 from .sql_schema import (
@@ -253,30 +252,18 @@ def mark_leased(
     waits for a transaction that is inserting it, whatever the statement's
     snapshot: two processes never both stamp it within the delay.
     """
-    dialect_insert = (
-        postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    )
-    new_row = select(proxy_id, domain_parameter(), literal_column("0"), DbNow())
-    if source is not None:
-        new_row = new_row.select_from(source)
-    # WHERE true keeps SQLite from reading ON CONFLICT as a join constraint.
-    new_row = new_row.where(true())
-    return (
-        dialect_insert(domain_cooldown_table)
-        .from_select(["proxy_id", "domain", "consecutive_bans", "leased_at"], new_row)
-        .on_conflict_do_update(
-            index_elements=[
-                domain_cooldown_table.c.proxy_id,
-                domain_cooldown_table.c.domain,
-            ],
-            set_={"leased_at": DbNow()},
-            where=and_(
-                (domain_cooldown_table.c.cooldown_until > DbNow()).is_not(true()),
-                in_reuse_delay().is_not(true()),
-            )
-            if only_if_out
-            else None,
+    return upsert_domain_row(
+        dialect_name,
+        proxy_id,
+        {"consecutive_bans": literal_column("0"), "leased_at": DbNow()},
+        {"leased_at": DbNow()},
+        source=source,
+        where=and_(
+            (domain_cooldown_table.c.cooldown_until > DbNow()).is_not(true()),
+            in_reuse_delay().is_not(true()),
         )
+        if only_if_out
+        else None,
     )
 
 

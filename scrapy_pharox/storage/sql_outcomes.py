@@ -31,10 +31,8 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
-    true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import ReturningUpdate
@@ -47,6 +45,7 @@ from .sql_clauses import (
     domain_parameter,
     pool_id_named,
     selector_order,
+    upsert_domain_row,
 )
 from .sql_leasing import logged_leases, released_and_told, removed_lease
 from .sql_query import Prepared
@@ -149,27 +148,19 @@ def outcome_values(outcome: LeaseOutcome, by_domain: bool) -> dict[str, Any]:
 def domain_ban(dialect_name: str, proxy_id: Any) -> Any:
     """A ban with a domain: one more strike of the (proxy ``proxy_id``,
     ``target_domain``) pair and its cooldown, the row created on the first."""
-    dialect_insert = (
-        postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    )
     first: Any = literal_column("1")
-    # WHERE true keeps SQLite from reading ON CONFLICT as a join constraint.
-    new_row = select(
-        proxy_id, domain_parameter(), first, DbNowPlus(cooldown_seconds(first))
-    ).where(true())
     again = domain_cooldown.consecutive_bans + 1
-    return (
-        dialect_insert(domain_cooldown_table)
-        .from_select(
-            ["proxy_id", "domain", "consecutive_bans", "cooldown_until"], new_row
-        )
-        .on_conflict_do_update(
-            index_elements=[domain_cooldown.proxy_id, domain_cooldown.domain],
-            set_={
-                "consecutive_bans": again,
-                "cooldown_until": DbNowPlus(cooldown_seconds(again)),
-            },
-        )
+    return upsert_domain_row(
+        dialect_name,
+        proxy_id,
+        {
+            "consecutive_bans": first,
+            "cooldown_until": DbNowPlus(cooldown_seconds(first)),
+        },
+        {
+            "consecutive_bans": again,
+            "cooldown_until": DbNowPlus(cooldown_seconds(again)),
+        },
     )
 
 
@@ -184,25 +175,14 @@ def domain_throttle(dialect_name: str, proxy_id: Any) -> Any:
     """A throttled outcome with a domain: the (proxy ``proxy_id``,
     ``target_domain``) pair rests ``rest_seconds``, its strikes as they were;
     the row created on the first."""
-    dialect_insert = (
-        postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    )
-    # WHERE true keeps SQLite from reading ON CONFLICT as a join constraint.
-    new_row = select(
+    return upsert_domain_row(
+        dialect_name,
         proxy_id,
-        domain_parameter(),
-        literal_column("0"),
-        DbNowPlus(_number("rest_seconds")),
-    ).where(true())
-    return (
-        dialect_insert(domain_cooldown_table)
-        .from_select(
-            ["proxy_id", "domain", "consecutive_bans", "cooldown_until"], new_row
-        )
-        .on_conflict_do_update(
-            index_elements=[domain_cooldown.proxy_id, domain_cooldown.domain],
-            set_={"cooldown_until": longer_rest(domain_cooldown.cooldown_until)},
-        )
+        {
+            "consecutive_bans": literal_column("0"),
+            "cooldown_until": DbNowPlus(_number("rest_seconds")),
+        },
+        {"cooldown_until": longer_rest(domain_cooldown.cooldown_until)},
     )
 
 
