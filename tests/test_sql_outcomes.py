@@ -33,6 +33,7 @@ from scrapy_pharox.storage import (
     sql_leasing,
     sql_outcomes,
     sql_query,
+    sql_release,
 )
 from wire_support import WireTrace
 
@@ -204,7 +205,7 @@ def test_hot_statements_stay_within_the_psycopg_query_cache() -> None:
         for by_domain in (False, True)
     ]
     others = [
-        sql_leasing.pg_release(),
+        sql_release.pg_release(),
         sql_leasing.pg_lease_proxy(),
         sql_expiry.pg_reclaim(),
     ]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from scrapy_pharox.models import LeaseOutcome, SelectorStrategy
-from scrapy_pharox.storage import sql_expiry, sql_leasing, sql_outcomes
+from scrapy_pharox.storage import sql_expiry, sql_leasing, sql_outcomes, sql_release
 from scrapy_pharox.storage.sql_query import Prepared
 
 STATEMENTS_DIR = (
@@ -34,7 +34,7 @@ HOT_STATEMENTS: dict[str, Callable[[], Prepared]] = {
         for strategy in SelectorStrategy
         for check, suffix in enumerate(("", "_by_domain", "_paced"))
     },
-    "release.sql": sql_leasing.pg_release,
+    "release.sql": sql_release.pg_release,
     **{
         f"release_{outcome.value}{'_by_domain' if by_domain else ''}.sql": (
             lambda o=outcome, d=by_domain: sql_outcomes.pg_release_reported(o, d)
@@ -102,7 +102,7 @@ WHY = {
     ),
     "(SELECT pg_notify": (
         "A notice of the release, sent at commit, to the waiters of every\n"
-        "process (sql_leasing.RELEASE_CHANNEL); none when nothing was released."
+        "process (sql_release.RELEASE_CHANNEL); none when nothing was released."
     ),
     "ON CONFLICT": (
         "The (proxy, domain) row is created on its first ban, rest or paced\n"

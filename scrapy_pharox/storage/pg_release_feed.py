@@ -1,6 +1,6 @@
 """PostgreSQL's release feed: LISTEN on a connection of its own.
 
-Every release statement sends a notice at its commit (``sql_leasing.
+Every release statement sends a notice at its commit (``sql_release.
 released_and_told``); the feed hears them all, keeps those of its own schema
 (tests and fleets may share one database) and tells their pool names.
 """
@@ -16,7 +16,7 @@ import psycopg
 
 from ..exceptions import StorageError
 from .base import ReleaseFeed
-from .sql_leasing import RELEASE_CHANNEL
+from .sql_release import RELEASE_CHANNEL
 
 #: A quiet feed checks its connection this often: a server gone without a word
 #: (a cable pulled) would otherwise leave it waiting for ever.

@@ -32,6 +32,7 @@ from ..models import (
 from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
+from . import sql_release as releasing
 from .base import check_lease_seconds
 from .pg_release_feed import PgReleaseFeed
 from .sql import SqlStorage, _unavailable
@@ -235,5 +236,5 @@ def _acquire(
 
 def _release_statement(report: OutcomeReport | None) -> Prepared:
     if report is None:
-        return leasing.pg_release()
+        return releasing.pg_release()
     return outcomes.pg_release_reported(report.outcome, report.domain is not None)

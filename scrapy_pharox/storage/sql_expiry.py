@@ -28,8 +28,9 @@ from .sql_clauses import (
     lease,
     proxy,
 )
-from .sql_leasing import locked, logged_leases
+from .sql_leasing import locked
 from .sql_query import Query, Steps, prepared
+from .sql_release import logged_leases
 from .sql_rows import lease_from_row, utc
 from .sql_schema import (
     lease_table,

@@ -47,8 +47,8 @@ from .sql_clauses import (
     selector_order,
     upsert_domain_row,
 )
-from .sql_leasing import logged_leases, released_and_told, removed_lease
 from .sql_query import Prepared
+from .sql_release import logged_leases, released_and_told, removed_lease
 from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
 proxy, lease = proxy_table.c, lease_table.c

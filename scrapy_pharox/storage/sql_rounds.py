@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from ..models import Lease
-from . import sql_leasing as leasing
+from . import sql_release as releasing
 from .sql_batch import Batcher
 from .sql_psycopg import connection_lost, usable
 from .sql_query import Query, Steps
@@ -194,7 +194,7 @@ class Pipeliner:
         """Release a lease whose coroutine stopped waiting for it (cancelled
         while its acquire was out): nobody else would, before it expires."""
         steps = release_steps(
-            leasing.pg_release(), {"lease_id": lease.id}, lease.proxy_id
+            releasing.pg_release(), {"lease_id": lease.id}, lease.proxy_id
         )
         loop = self._loop or asyncio.get_running_loop()
         self._queue.append(_Pending(steps, next(steps), loop.create_future()))

@@ -31,6 +31,7 @@ from . import sql_clauses as clauses
 from . import sql_expiry as expiry
 from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
+from . import sql_release as releasing
 from .base import check_lease_seconds
 from .sql import SqlStorage, _unavailable
 from .sql_query import ALL, SQLITE, Steps
@@ -108,7 +109,7 @@ class SqliteStorage(SqlStorage):
         params = release_parameters(lease, report)
 
         def steps(_: bool) -> Steps[bool]:
-            gone = yield self._query(leasing.remove_lease(), params, rows=ALL)
+            gone = yield self._query(releasing.remove_lease(), params, rows=ALL)
             yield from self._end_leases(gone, "released")
             if gone and report is not None:
                 yield from self._record_outcome(gone[0].proxy_id, report, params)
@@ -217,10 +218,10 @@ class SqliteStorage(SqlStorage):
             slots[row.proxy_id] = slots.get(row.proxy_id, 0) + 1
         for key, count in slots.items():
             yield self._query(
-                leasing.give_back_slots(), {"proxy_key": key, "slots": count}
+                releasing.give_back_slots(), {"proxy_key": key, "slots": count}
             )
         for row in gone:
-            yield self._query(leasing.log_leases(outcome), row._asdict())
+            yield self._query(releasing.log_leases(outcome), row._asdict())
 
     def _record_outcome(
         self, proxy_id: UUID, report: OutcomeReport, params: dict[str, Any]

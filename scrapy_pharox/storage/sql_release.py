@@ -1,0 +1,137 @@
+"""The statements that end a lease: PostgreSQL's release (one statement, which
+also tells the fleet through a notice), the pieces the outcome and reclaim
+statements share (the lease leaving the active table, its history row), and
+SQLite's release steps. Split from ``sql_leasing`` for size; its conventions
+hold.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from sqlalchemy import (
+    Insert,
+    Select,
+    Text,
+    Update,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.sql.dml import ReturningDelete
+
+from .sql_clauses import DbNow, _prepared, lease, pool, proxy
+from .sql_leasing import _bound
+from .sql_schema import lease_history_table, lease_table, proxy_table
+
+# -- release ------------------------------------------------------------------------
+
+
+@_prepared
+def pg_release() -> Select[Any]:
+    """Release the lease ``lease_id`` if it is still active; whether it was.
+
+    A lease leaves the active table when it is released or reclaimed, so a
+    second or late release matches no row and changes nothing.
+    """
+    gone = removed_lease()
+    # Its slot is given back ...
+    freed = (
+        update(proxy_table)
+        .where(proxy.id == gone.c.proxy_id)
+        .values(current_leases=proxy.current_leases - 1)
+        .returning(proxy.id)
+        .cte("freed")
+    )
+    # ... and it is kept in the history.
+    logged = logged_leases(gone, "released")
+    return released_and_told(gone).add_cte(freed, logged)
+
+
+#: The channel of release notices: every process listening there hears of a
+#: release at its commit (``pg_release_feed``).
+RELEASE_CHANNEL = "pharox_release"
+
+
+def released_and_told(gone: Any) -> Select[Any]:
+    """Whether the lease ``gone`` was released and, when it was, a notice of it
+    on ``RELEASE_CHANNEL``, sent at commit: ``[schema, pool name, lease id]``.
+
+    The lease id keeps each notice apart: PostgreSQL folds identical notices of
+    one transaction into one, and a round releases several leases of a pool.
+    """
+    notice = func.json_build_array(func.current_schema(), pool.name, gone.c.id)
+    told = (
+        select(func.pg_notify(RELEASE_CHANNEL, notice.cast(Text)))
+        .where(pool.id == gone.c.pool_id)
+        .scalar_subquery()
+    )
+    return select(exists(select(gone.c.id)).label("released"), told.label("told"))
+
+
+def removed_lease() -> Any:
+    """The lease ``lease_id`` leaving the active table, returned (a CTE). A
+    lease leaves it when released or reclaimed: a second or late release
+    matches no row, and every change that hangs off it changes nothing."""
+    return (
+        delete(lease_table)
+        .where(lease.id == bindparam("lease_id"))
+        .returning(*lease_table.c)
+        .cte("gone")
+    )
+
+
+def logged_leases(gone: Any, outcome: str) -> Any:
+    """The history rows of the leases ``gone`` returned (a CTE)."""
+    return (
+        insert(lease_history_table)
+        .from_select(
+            [*_LEASE_COLUMNS, "released_at", "outcome"],
+            select(
+                *(gone.c[name] for name in _LEASE_COLUMNS),
+                DbNow(),
+                literal(outcome),
+            ),
+        )
+        .returning(lease_history_table.c.id)
+        .cte(f"logged_{outcome}")
+    )
+
+
+_LEASE_COLUMNS = [column.name for column in lease_table.c]
+
+
+@cache
+def remove_lease() -> ReturningDelete[Any]:
+    """The active lease ``lease_id`` leaves the active table, returned."""
+    return (
+        delete(lease_table)
+        .where(lease.id == bindparam("lease_id"))
+        .returning(*lease_table.c)
+    )
+
+
+@cache
+def give_back_slots() -> Update:
+    """Proxy ``proxy_key`` gets ``slots`` slots back."""
+    return (
+        update(proxy_table)
+        .where(proxy.id == bindparam("proxy_key", type_=proxy.id.type))
+        .values(current_leases=proxy.current_leases - bindparam("slots"))
+    )
+
+
+@cache
+def log_leases(outcome: str) -> Insert:
+    """History rows (parameters: the lease columns), ended now with ``outcome``."""
+    return insert(lease_history_table).values(
+        **_bound(lease_history_table, *_LEASE_COLUMNS),
+        released_at=DbNow(),
+        outcome=outcome,
+    )
