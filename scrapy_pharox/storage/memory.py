@@ -151,10 +151,9 @@ class InMemoryStorage(IStorage):
         reuse_delay: float = 0.0,
     ) -> Lease | Paced | None:
         check_lease_seconds(duration_seconds)
-        if reuse_delay:
+        if reuse_delay:  # checked; it counts with a domain only
             reuse_delay = check_seconds(reuse_delay, "reuse_delay", zero=True)
-            if domain is None:
-                reuse_delay = 0.0  # a delay is per domain
+            reuse_delay = reuse_delay if domain is not None else 0.0
         with self._lock:
             now = self._reclaim_expired()
             slot = self._select(
