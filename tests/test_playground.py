@@ -104,6 +104,41 @@ def test_plain_request_through_proxy_marks_and_strips(site: TargetSite) -> None:
     assert record.peer[1] in proxy.upstream_ports
 
 
+def test_flow_cookie_is_kept_through_the_proxy_it_was_issued_to(
+    site: TargetSite,
+) -> None:
+    with ForwardProxy() as proxy:
+        status, headers, body = fetch(proxy.port, f"{site.url}/flow/1")
+        assert status == 200
+        assert b'href="/flow/2"' in body
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert site.visitors == {cookie.split("=")[1]: proxy.port}
+        status, headers, _ = fetch(proxy.port, f"{site.url}/flow/2", {"Cookie": cookie})
+    assert status == 200
+    assert "Set-Cookie" not in headers
+    assert site.refused == []
+
+
+def test_flow_cookie_through_another_proxy_is_refused(site: TargetSite) -> None:
+    with ForwardProxy() as first, ForwardProxy() as second:
+        _, headers, _ = fetch(first.port, f"{site.url}/flow/1")
+        cookie = headers["Set-Cookie"].split(";")[0]
+        status, headers, _ = fetch(
+            second.port, f"{site.url}/flow/2", {"Cookie": cookie}
+        )
+    assert status == 403
+    assert "Set-Cookie" not in headers
+    (refused,) = site.refused
+    assert (refused.path, refused.via_proxy_port) == ("/flow/2", second.port)
+
+
+def test_flow_without_a_known_cookie_issues_a_new_one(site: TargetSite) -> None:
+    status, headers, _ = fetch(site.port, "/flow/3", {"Cookie": "visitor=forged"})
+    assert status == 200
+    assert headers["Set-Cookie"] == "visitor=v1; Path=/"
+    assert fetch(site.port, f"/flow/{site.flow_pages + 1}")[0] == 404
+
+
 def test_auth_proxy_rejects_then_accepts(site: TargetSite) -> None:
     with ForwardProxy(username="us er", password="p@ss:w") as proxy:
         assert proxy.url == f"http://127.0.0.1:{proxy.port}"

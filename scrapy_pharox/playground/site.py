@@ -5,13 +5,20 @@ to the next three pages (wrapping around), so every page is reachable. Also
 ``/status/<code>`` answers with that status and ``/slow`` after a delay. Each
 request is recorded with the moment it arrived, its host and the proxy that
 carried it.
+
+``/flow/<n>`` (1..flow_pages, each linking to the next) is a site that ties its
+visitor cookie to an IP: a request without a cookie it knows gets a new one,
+issued to the proxy that carried it, and a cookie that comes back through
+another proxy is refused (403, recorded in ``refused``).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +27,8 @@ from scrapy_pharox.playground.server import Handler, Server, Service
 
 # Set by a ForwardProxy on what it forwards, so the site knows which proxy it was.
 PROXY_HEADER = "X-Playground-Proxy"
+#: The cookie of the ``/flow/<n>`` pages, tied to the proxy it was issued through.
+VISITOR_COOKIE = "visitor"
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,16 @@ class RecordedRequest:
     def host(self) -> str:
         """The Host header without its port."""
         return self.headers.get("Host", "").rpartition(":")[0]
+
+    @property
+    def visitor(self) -> str | None:
+        """The value of the visitor cookie it carried, if any."""
+        try:
+            cookies = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            return None
+        morsel = cookies.get(VISITOR_COOKIE)
+        return morsel.value if morsel is not None else None
 
 
 class _SiteHandler(BaseHTTPRequestHandler):
@@ -71,6 +90,7 @@ class _SiteHandler(BaseHTTPRequestHandler):
         with self.srv.cond:
             self.site.requests.append(record)
         host = record.host
+        issued: str | None = None
         retry_after = self.site.throttled_proxy_ports.get(record.via_proxy_port or 0)
         if record.via_proxy_port in self.site.banned_proxy_ports and (
             self.site.ban_host is None or host == self.site.ban_host
@@ -79,9 +99,15 @@ class _SiteHandler(BaseHTTPRequestHandler):
         elif retry_after is not None:
             status, html = 429, _html("Too Many Requests", [])
         else:
-            status, html = self._route(urlsplit(self.path).path)
+            path = urlsplit(self.path).path
+            if path.startswith("/flow/"):
+                status, html, issued = self._flow(path, record)
+            else:
+                status, html = self._route(path)
         data = html.encode("utf-8")
         self.send_response(status)
+        if issued is not None:
+            self.send_header("Set-Cookie", f"{VISITOR_COOKIE}={issued}; Path=/")
         if status == 429 and retry_after:
             self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -91,6 +117,27 @@ class _SiteHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_HEAD = do_POST = do_GET
+
+    def _flow(self, path: str, record: RecordedRequest) -> tuple[int, str, str | None]:
+        """A ``/flow/<n>`` page: its status, its HTML and a visitor cookie to
+        issue (None when the request's own is good)."""
+        site = self.site
+        number = path.removeprefix("/flow/")
+        if not number.isdigit() or not 1 <= int(number) <= site.flow_pages:
+            return 404, _html("Not found", ["/"]), None
+        with self.srv.cond:
+            visitor = record.visitor
+            issued_to = site.visitors.get(visitor) if visitor else None
+            if issued_to is not None and issued_to != record.via_proxy_port:
+                site.refused.append(record)
+                return 403, _html("Cookie from another IP", []), None
+            issued = None
+            if issued_to is None:
+                issued = f"v{next(site._visitor_numbers)}"
+                site.visitors[issued] = record.via_proxy_port
+        following = int(number) + 1
+        links = [f"/flow/{following}"] if following <= site.flow_pages else []
+        return 200, _html(f"Flow {number}", links), issued
 
     def _route(self, path: str) -> tuple[int, str]:
         site = self.site
@@ -128,6 +175,7 @@ class TargetSite(Service):
         self,
         pages: int = 50,
         *,
+        flow_pages: int = 6,
         tls: bool = False,
         delay: float = 0.0,
         host: str = "127.0.0.1",
@@ -136,7 +184,7 @@ class TargetSite(Service):
         super().__init__(host, port, tls)
         if pages < 1:
             raise ValueError("pages must be >= 1")
-        self.pages, self.delay = pages, delay
+        self.pages, self.delay, self.flow_pages = pages, delay, flow_pages
         self.requests: list[RecordedRequest] = []
         # Requests that arrive through these proxy ports get 403 Forbidden: a ban
         # (only those for ``ban_host``, when it is set).
@@ -145,6 +193,12 @@ class TargetSite(Service):
         # Requests through these proxy ports get 429 Too Many Requests, with the
         # port's Retry-After value (none for an empty one).
         self.throttled_proxy_ports: dict[int, str] = {}
+        #: Visitor cookies of the /flow pages, each with the proxy port it was
+        #: issued through (None: no proxy); ``refused`` holds the requests whose
+        #: cookie came back through another.
+        self.visitors: dict[str, int | None] = {}
+        self.refused: list[RecordedRequest] = []
+        self._visitor_numbers = itertools.count(1)
 
     def _handler(self) -> Handler:
         return functools.partial(_SiteHandler, site=self)
