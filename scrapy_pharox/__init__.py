@@ -42,9 +42,11 @@ from .models import (
     ProxyFilters,
     ProxyPool,
     ProxyProtocol,
+    ProxySession,
     ProxyStatus,
     ReleaseEventPayload,
     SelectorStrategy,
+    SessionBinding,
 )
 from .storage import InMemoryStorage, IStorage, open_storage
 
@@ -112,10 +114,12 @@ __all__ = [
     "ProxyNotFoundError",
     "ProxyPool",
     "ProxyProtocol",
+    "ProxySession",
     "ProxyStatus",
     "ProxyUnavailableError",
     "ReleaseEventPayload",
     "SelectorStrategy",
+    "SessionBinding",
     "SqlStorage",
     "StorageError",
     "UnsupportedStorageURLError",

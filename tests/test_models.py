@@ -120,7 +120,7 @@ def test_every_class_of_the_models_is_found_at_scrapy_pharox_models() -> None:
         for name in models.__all__
         if isinstance(value := getattr(models, name), type)
     ]
-    assert len(classes) == 17
+    assert len(classes) == 19
     for cls in classes:
         assert unpickler.find_class("scrapy_pharox.models", cls.__qualname__) is cls
 

@@ -3,8 +3,9 @@
 Every name is importable from here; each lives in the module of what it is about:
 ``proxy`` (a proxy, its credentials and URL), ``urls`` (any URL's password
 masked, and why it would be misread), ``pools`` (pools, selectors and
-filters), ``leases`` (a lease and the callbacks' payloads), ``outcomes`` (outcome
-reports and cooldowns) and ``base`` (the clock and the trusted constructors).
+filters), ``leases`` (a lease and the callbacks' payloads), ``sessions`` (a
+key bound to a proxy and its cookies), ``outcomes`` (outcome reports and
+cooldowns) and ``base`` (the clock and the trusted constructors).
 """
 
 from __future__ import annotations
@@ -40,11 +41,20 @@ from .proxy import (
     ProxyProtocol,
     ProxyStatus,
 )
+from .sessions import (
+    MAX_SESSION_KEY_LENGTH,
+    ProxySession,
+    SessionBinding,
+    check_session_key,
+    cookies_from_json,
+    cookies_to_json,
+)
 from .urls import credentials_problem, mask_url_password
 
 __all__ = [
     "EARTH_RADIUS_KM",
     "LATENCY_SMOOTHING",
+    "MAX_SESSION_KEY_LENGTH",
     "SCALAR_FILTER_FIELDS",
     "AcquireEventPayload",
     "CooldownPolicy",
@@ -61,10 +71,15 @@ __all__ = [
     "ProxyFilters",
     "ProxyPool",
     "ProxyProtocol",
+    "ProxySession",
     "ProxyStatus",
     "ReleaseEventPayload",
     "SelectorStrategy",
+    "SessionBinding",
     "build_trusted",
+    "check_session_key",
+    "cookies_from_json",
+    "cookies_to_json",
     "credentials_problem",
     "haversine_km",
     "lease_or_none",

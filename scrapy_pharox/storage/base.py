@@ -27,6 +27,7 @@ from ..models import (
     ProxyStatus,
     SelectorStrategy,
 )
+from .sessions import SessionStorage
 
 #: The longest lease a storage takes (``durations.MAX_SECONDS``, seven days).
 MAX_LEASE_SECONDS = MAX_SECONDS
@@ -53,8 +54,9 @@ def check_lease_seconds(duration_seconds: float) -> float:
 _COMPOSED_ACQUIRE_ATTEMPTS = 5
 
 
-class IStorage(ABC):
-    """Where pools, proxies, consumers and leases live.
+class IStorage(SessionStorage, ABC):
+    """Where pools, proxies, consumers, leases and sessions live (the session
+    part of the contract is documented on ``SessionStorage``).
 
     Eligible proxies are ACTIVE, have a free slot (``current_leases <
     max_concurrency``, or no limit), are not cooling down (``cooldown_until`` unset
@@ -268,7 +270,7 @@ class IStorage(ABC):
         own (polling)."""
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+    def close(self) -> None:
         """Free connections and threads the adapter holds."""
 
 

@@ -35,9 +35,10 @@ from ..models import (
 )
 from .base import IStorage, check_lease_seconds
 from .memory_pool import ActiveLease, PoolIndex, Slot, order_key, record_outcome
+from .memory_sessions import MemorySessions
 
 
-class InMemoryStorage(IStorage):
+class InMemoryStorage(MemorySessions, IStorage):
     """Thread-safe storage in this process's memory; ``clock`` gives epoch seconds."""
 
     blocking_io = False
@@ -52,6 +53,7 @@ class InMemoryStorage(IStorage):
         self._active: dict[int, ActiveLease] = {}
         self._expiry_heap: list[tuple[float, int]] = []
         self._cooldown_heap: list[tuple[float, UUID]] = []
+        self._sessions = {}
 
     # -- administration -------------------------------------------------------
 
@@ -106,8 +108,7 @@ class InMemoryStorage(IStorage):
             return self._consumer_id(consumer_name)
 
     def _consumer_id(self, consumer_name: str) -> UUID:
-        consumer_id = self._consumers.get(consumer_name)
-        if consumer_id is None:
+        if (consumer_id := self._consumers.get(consumer_name)) is None:
             consumer_id = self._consumers[consumer_name] = uuid4()
         return consumer_id
 
@@ -170,8 +171,7 @@ class InMemoryStorage(IStorage):
 
     def release_lease(self, lease: Lease, report: OutcomeReport | None = None) -> bool:
         with self._lock:
-            active = self._active.pop(lease.id.int, None)
-            if active is None:
+            if (active := self._active.pop(lease.id.int, None)) is None:
                 return False
             now = self._clock()
             if report is not None:
