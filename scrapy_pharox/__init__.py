@@ -62,6 +62,10 @@ if TYPE_CHECKING:
         start_health_check,
     )
     from .middleware import PharoxProxyMiddleware
+    from .session_middlewares import (
+        PharoxSessionCookiesMiddleware,
+        PharoxSessionSpiderMiddleware,
+    )
     from .storage.sql import SqlStorage
 
 # Names whose modules import Scrapy, Twisted or SQLAlchemy load on first use, so
@@ -74,6 +78,8 @@ _LAZY = {
     "PharoxCheckSpider": "health",
     "PharoxConfig": "config",
     "PharoxProxyMiddleware": "middleware",
+    "PharoxSessionCookiesMiddleware": "session_middlewares",
+    "PharoxSessionSpiderMiddleware": "session_middlewares",
     "PharoxStatsExtension": "extension",
     "SqlStorage": "storage.sql",
     "run_health_check": "health",
@@ -103,6 +109,8 @@ __all__ = [
     "PharoxConfig",
     "PharoxError",
     "PharoxProxyMiddleware",
+    "PharoxSessionCookiesMiddleware",
+    "PharoxSessionSpiderMiddleware",
     "PharoxSettingError",
     "PharoxStatsExtension",
     "PoolNotFoundError",

@@ -55,6 +55,10 @@ DEFAULTS: dict[str, Any] = {
     "PHAROX_CHECK_SLOW_MS": 2000,
     "PHAROX_CHECK_TIMEOUT": 10,
     "PHAROX_CHECK_CONCURRENCY": 8,
+    "PHAROX_SESSION_IDLE_SECONDS": 300,
+    "PHAROX_SESSION_CONCURRENCY": 1,
+    "PHAROX_SESSION_MAX_USES": 50,
+    "PHAROX_SESSION_MAX_AGE": 3000,
 }
 
 BAN_SCOPES = ("proxy", "domain")
@@ -95,6 +99,10 @@ class PharoxConfig:
     download_timeout: float = 180.0
     #: Scrapy's BOT_NAME, the first half of the default consumer name.
     bot_name: str = "scrapybot"
+    session_idle_seconds: float = float(DEFAULTS["PHAROX_SESSION_IDLE_SECONDS"])
+    session_concurrency: int = DEFAULTS["PHAROX_SESSION_CONCURRENCY"]
+    session_max_uses: int | None = DEFAULTS["PHAROX_SESSION_MAX_USES"]
+    session_max_age: float = float(DEFAULTS["PHAROX_SESSION_MAX_AGE"])
     unknown_settings: tuple[str, ...] = ()
 
     @classmethod
@@ -140,6 +148,12 @@ class PharoxConfig:
             cooldown=_cooldown(settings),
             download_timeout=settings.getfloat("DOWNLOAD_TIMEOUT"),
             bot_name=str(settings.get("BOT_NAME")),
+            session_idle_seconds=_seconds(settings, "PHAROX_SESSION_IDLE_SECONDS"),
+            session_concurrency=_positive_int(settings, "PHAROX_SESSION_CONCURRENCY"),
+            session_max_uses=_optional_positive_int(
+                settings, "PHAROX_SESSION_MAX_USES"
+            ),
+            session_max_age=_seconds(settings, "PHAROX_SESSION_MAX_AGE"),
             unknown_settings=tuple(
                 sorted(
                     name
@@ -252,6 +266,18 @@ def _optional_positive_int(settings: BaseSettings, name: str) -> int | None:
     return value or None
 
 
+def _positive_int(settings: BaseSettings, name: str) -> int:
+    """A whole number >= 1."""
+    raw = _raw(settings, name)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or isinstance(raw, (bool, float)):
+        raise PharoxSettingError(f"{name} must be a whole number >= 1, got {raw!r}")
+    return value
+
+
 def _status_codes(settings: BaseSettings) -> frozenset[int]:
     codes = _read(settings, "PHAROX_BAN_STATUS_CODES", settings.getlist)
     try:
@@ -337,15 +363,7 @@ class HealthCheckConfig:
             raise PharoxSettingError(
                 f"PHAROX_CHECK_URL must be an http:// or https:// URL, got {url!r}"
             )
-        raw = _raw(settings, "PHAROX_CHECK_CONCURRENCY")
-        try:
-            concurrency = int(raw)
-        except (TypeError, ValueError):
-            concurrency = 0
-        if concurrency < 1 or isinstance(raw, (bool, float)):
-            raise PharoxSettingError(
-                f"PHAROX_CHECK_CONCURRENCY must be a whole number >= 1, got {raw!r}"
-            )
+        concurrency = _positive_int(settings, "PHAROX_CHECK_CONCURRENCY")
         return cls(
             url=url,
             slow_ms=_number(settings, "PHAROX_CHECK_SLOW_MS", positive=True),

@@ -30,6 +30,7 @@ from .release_retries import ReleaseRetries
 from .renewal import LeaseRenewer
 from .resting import RestingPools
 from .routing import Routing
+from .sessions import Sessions
 from .stopping import StopWaiting
 from .tally import StatsTally
 from .waiting import WaitingLines
@@ -85,11 +86,12 @@ class LeaseKeeper:
         self._lines = WaitingLines(MAX_RECHECK_SECONDS)
         self._fleet = FleetWakeup(manager.storage, self._wake_a_waiter)
         self.caller = caller or StorageCaller.for_manager(manager)
-        self._tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
+        self.tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
+        self.sessions = Sessions(self)
         self._renewer = LeaseRenewer(
-            self._held, self.caller, config.lease_seconds, self._tally
+            self._held, self.caller, config.lease_seconds, self.tally
         )
-        self._retries = ReleaseRetries(self.caller, self._tally, self._wake_a_waiter)
+        self._retries = ReleaseRetries(self.caller, self.tally, self._wake_a_waiter)
         self._failed_at_close: list[str] = []
         self._close_problems: list[str] = []
         self._longest_wait_ms = 0
@@ -122,8 +124,8 @@ class LeaseKeeper:
 
     @property
     def active(self) -> int:
-        """Leases out right now."""
-        return len(self._held)
+        """Leases out right now (a session's slot among them)."""
+        return len(self._held) + self.sessions.bound
 
     @property
     def waiting(self) -> int:
@@ -147,10 +149,7 @@ class LeaseKeeper:
         in_line = False
         try:
             while True:
-                if self._closing:
-                    raise IgnoreRequest("scrapy-pharox: the spider is closing")
-                if self._stopping:
-                    raise StopWaiting
+                self.check_open()
                 paced: Paced | None = None
                 if not behind:
                     if caller.inline:
@@ -162,10 +161,10 @@ class LeaseKeeper:
                         self._resting.served(target.pool)
                         return self._hold(lease)
                     if lease is None:
-                        self._tally.inc("pharox/acquire/empty")
+                        self.tally.inc("pharox/acquire/empty")
                         await self._resting.missed(target.pool)
                     else:  # free proxies, each inside its reuse delay
-                        self._tally.inc("pharox/acquire/paced")
+                        self.tally.inc("pharox/acquire/paced")
                         paced = lease
                 behind = False
                 if not in_line:
@@ -178,7 +177,7 @@ class LeaseKeeper:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._record_wait(started)
-                    self._tally.inc("pharox/acquire/gave_up")
+                    self.tally.inc("pharox/acquire/gave_up")
                     logger.warning(
                         "Dropped %s: no proxy of pool %r was free within "
                         "PHAROX_ACQUIRE_TIMEOUT (%ss)",
@@ -203,6 +202,13 @@ class LeaseKeeper:
             if in_line:
                 lines.leave(line, sleeper)
 
+    def check_open(self) -> None:
+        """IgnoreRequest once the spider closes, StopWaiting once the crawl stops."""
+        if self._closing:
+            raise IgnoreRequest("scrapy-pharox: the spider is closing")
+        if self._stopping:
+            raise StopWaiting
+
     def _acquire_now(self, request: AcquireRequest) -> Lease | Paced | None:
         try:
             return self.caller.acquire_now(request)
@@ -226,12 +232,12 @@ class LeaseKeeper:
         return lease
 
     def _acquire_failed(self, exc: PharoxError) -> None:
-        self._tally.inc("pharox/acquire/error")
+        self.tally.inc("pharox/acquire/error")
         logger.warning("scrapy-pharox could not acquire a proxy: %s", exc)
 
     def _hold(self, lease: Lease) -> Lease:
         self._held[lease.id.int] = lease
-        self._tally.inc("pharox/acquire/leased")
+        self.tally.inc("pharox/acquire/leased")
         return lease
 
     def _record_wait(self, started: float) -> None:
@@ -260,9 +266,9 @@ class LeaseKeeper:
         """Give a held lease back, counting why; False when it was not held."""
         if self._held.pop(lease.id.int, None) is None:
             return False
-        self._tally.inc(RELEASE_KEYS[reason])
+        self.tally.inc(RELEASE_KEYS[reason])
         if report is not None:
-            self._tally.inc(_OUTCOME_KEYS[report.outcome])
+            self.tally.inc(_OUTCOME_KEYS[report.outcome])
         if self.caller.inline:
             self._give_back_now(lease, report)
         elif self.caller.in_background():
@@ -284,7 +290,7 @@ class LeaseKeeper:
             return
         # Not a storage error (_give_back handles those): a bug, say. No request
         # waits on this task, so it is told here; the lease expires on its own.
-        self._tally.inc("pharox/release/error")
+        self.tally.inc("pharox/release/error")
         logger.error(
             "scrapy-pharox could not release a lease", exc_info=task.exception()
         )
@@ -309,7 +315,7 @@ class LeaseKeeper:
     def _release_failed(
         self, lease: Lease, report: OutcomeReport | None, exc: PharoxError
     ) -> None:
-        self._tally.inc("pharox/release/error")
+        self.tally.inc("pharox/release/error")
         if self._closing:  # told once, in the close's warning
             self._failed_at_close.append(str(exc))
             return
@@ -326,6 +332,7 @@ class LeaseKeeper:
         (``lease_for`` raises StopWaiting), and no lease is taken any more."""
         self._stopping = True
         self._lines.wake_all()
+        self.sessions.wake_all()
 
     def add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` at spider close, once every lease is back."""
@@ -342,6 +349,7 @@ class LeaseKeeper:
         self._closing = True
         self._renewer.stop()
         self._lines.wake_all()
+        await self.sessions.park_all()
         for lease in list(self._held.values()):
             await self.release(lease, "closed")
         while self._giving_back:  # their failures are told by _given_back
@@ -373,7 +381,7 @@ class LeaseKeeper:
     def flush_stats(self) -> None:
         """Put the ``pharox/*`` counts into Scrapy's stats now (they otherwise
         follow within ``tally.FLUSH_SECONDS``)."""
-        self._tally.flush()
+        self.tally.flush()
 
     async def pool_stats(self, pool_name: str) -> PoolStatsSnapshot | None:
         """A pool's counts, read off the reactor thread when storage does I/O."""

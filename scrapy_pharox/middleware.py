@@ -13,7 +13,8 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 
 from .keeper import LeaseKeeper
-from .models import Lease, LeaseOutcome
+from .models import Lease, LeaseOutcome, OutcomeReport
+from .session_state import OUR_COOKIES_KEY, SESSION_META_KEY, TURN_KEY, SessionTurn
 from .slot_gate import SlotGate
 from .stopping import HandBack, StopWaiting
 
@@ -96,6 +97,9 @@ class PharoxProxyMiddleware:
             # A copy of a request that went out (a middleware after ours answered
             # with it): its lease ends now, not once the copy is fetched.
             deferred_from_coro(self.keeper.release(lease, "response"))
+        turn = request.meta.pop(TURN_KEY, None)
+        if isinstance(turn, SessionTurn):  # the same for a session's turn
+            self.keeper.sessions.leave(turn)
 
     # The optional, unused ``spider`` parameters are those of Scrapy's own
     # middlewares (Scrapy before 2.14 passed one to every process_* method).
@@ -112,6 +116,12 @@ class PharoxProxyMiddleware:
             _forget_credentials(request)
             await self.keeper.release(stale, "response")
         meta.pop("proxy", None)
+        stale_turn = meta.pop(TURN_KEY, None)
+        if isinstance(stale_turn, SessionTurn):  # the same for a session's turn
+            self.keeper.sessions.leave(stale_turn)
+        key = meta.get(SESSION_META_KEY)
+        if key is not None:
+            return await self._session_request(request, key)
         gate = self.gate
         try:
             if gate is not None:
@@ -123,6 +133,26 @@ class PharoxProxyMiddleware:
             if isinstance(exc, StopWaiting):
                 return self.hand_back.request_for(request)
             raise
+        self._use(request, lease)
+        return None
+
+    async def _session_request(self, request: Request, key: str) -> Request | None:
+        """Through the proxy of session ``key``, with its cookies."""
+        sessions = self.keeper.sessions
+        try:
+            turn = await sessions.enter(request, key)
+        except StopWaiting:
+            return self.hand_back.request_for(request)
+        meta = request.meta
+        meta[TURN_KEY] = turn
+        if meta.get(OUR_COOKIES_KEY):
+            sessions.add_cookies(turn, request, again=OUR_PROXY_KEY in meta)
+        self._use(request, turn.lease)
+        return None
+
+    def _use(self, request: Request, lease: Lease) -> None:
+        """Send ``request`` through the proxy of ``lease``."""
+        meta = request.meta
         assert lease.proxy is not None
         proxy = lease.proxy
         url = proxy.url
@@ -135,15 +165,18 @@ class PharoxProxyMiddleware:
             # concurrency per slot apply per IP per site.
             slot = f"{urlparse_cached(request).hostname} via {proxy.id}"
             meta["download_slot"] = meta[OUR_SLOT_KEY] = slot
-        return None
 
     async def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Response | Request:
         if self.gate is not None:
             self.gate.entered(request)  # a later middleware answered, say
+        turn = request.meta.pop(TURN_KEY, None)
         lease = request.meta.get("pharox_lease")
-        if not isinstance(lease, Lease) or not self.keeper.holds(lease):
+        if isinstance(turn, SessionTurn):
+            if not turn.open:
+                return response
+        elif not isinstance(lease, Lease) or not self.keeper.holds(lease):
             return response
         rest = retry_after(response) if response.status in THROTTLE_CODES else None
         if rest is not None:
@@ -160,7 +193,12 @@ class PharoxProxyMiddleware:
             rest,
         )
         _forget_credentials(request)
-        await self.keeper.release(lease, "response", report)
+        if isinstance(turn, SessionTurn):
+            if not await self._session_response(turn, request, response, report):
+                return response
+        else:
+            assert isinstance(lease, Lease)
+            await self.keeper.release(lease, "response", report)
         if outcome is LeaseOutcome.SUCCESS:
             return response
         if outcome is LeaseOutcome.BAN:
@@ -182,6 +220,15 @@ class PharoxProxyMiddleware:
     ) -> None:
         if self.gate is not None:
             self.gate.entered(request)
+        turn = request.meta.pop(TURN_KEY, None)
+        if isinstance(turn, SessionTurn):
+            _forget_credentials(request)
+            if isinstance(exception, IgnoreRequest):
+                self.keeper.sessions.leave(turn)
+            else:
+                report = self.keeper.report(request, LeaseOutcome.FAILURE)
+                await self.keeper.sessions.failed(turn, report)
+            return
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease):
             return
@@ -192,6 +239,33 @@ class PharoxProxyMiddleware:
         else:
             report = self.keeper.report(request, LeaseOutcome.FAILURE)
             await self.keeper.release(lease, "exception", report)
+
+    async def _session_response(
+        self,
+        turn: SessionTurn,
+        request: Request,
+        response: Response,
+        report: OutcomeReport,
+    ) -> bool:
+        """A session's response: its use counted, or its generation ended (a
+        ban, a failed ``pharox_session_check``), or its session rested. True
+        when the request is to be retried as a plain request's would be."""
+        sessions = self.keeper.sessions
+        outcome = report.outcome
+        self.keeper.tally.inc(f"pharox/outcome/{outcome.value}")
+        if outcome is LeaseOutcome.BAN:
+            await sessions.rotate(turn, "ban", report)
+            return True
+        if outcome is LeaseOutcome.THROTTLED:
+            assert report.rest_seconds is not None
+            sessions.rest(turn, report.rest_seconds)
+            return True
+        check = getattr(self.crawler.spider, "pharox_session_check", None)
+        if callable(check) and not check(response):
+            await sessions.rotate(turn, "check")
+            return False
+        await sessions.done(turn, request, response)
+        return False
 
     def _is_ban(self, response: Response) -> bool:
         is_ban = getattr(self.crawler.spider, "pharox_is_ban", None)

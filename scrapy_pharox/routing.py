@@ -43,7 +43,7 @@ class Routing:
         self.consumer = consumer
         self.default_target = default_target
         self.pools_used: set[str] = {default_target.pool}
-        self._default_filters = with_protocols(default_target.filters, config.protocols)
+        self.default_filters = with_protocols(default_target.filters, config.protocols)
         # The requests of the default target ask the same for one domain.
         self._default_requests: dict[tuple[str | None, float], AcquireRequest] = {}
         self._slot_delay = config.proxy_slot_delay
@@ -96,7 +96,7 @@ class Routing:
             if len(self._default_requests) >= _KEPT_REQUESTS:
                 self._default_requests.clear()
             found = self._default_requests[key] = self._request(
-                target, self._default_filters, domain, reuse_delay
+                target, self.default_filters, domain, reuse_delay
             )
         return found
 

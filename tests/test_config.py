@@ -33,6 +33,8 @@ def test_defaults_match_the_documented_ones() -> None:
     assert defaults.selector is SelectorStrategy.ROUND_ROBIN
     assert defaults.filters is None and defaults.stats_interval == 60
     assert defaults.protocols == {ProxyProtocol.HTTP, ProxyProtocol.HTTPS}
+    assert (defaults.session_idle_seconds, defaults.session_concurrency) == (300, 1)
+    assert (defaults.session_max_uses, defaults.session_max_age) == (50, 3000)
 
 
 def test_proxies_come_from_a_comma_separated_command_line_value() -> None:
@@ -115,6 +117,16 @@ def test_a_disabled_config_reads_nothing_else() -> None:
         ({"PHAROX_PROTOCOLS": ["http", "gopher"]}, "PHAROX_PROTOCOLS: unknown"),
         ({"PHAROX_CONSUMER": 5}, "PHAROX_CONSUMER must be a non-empty string"),
         ({"PHAROX_PROXIES_FILE": "/nonexistent/list"}, "cannot read '/nonexistent"),
+        (
+            {"PHAROX_SESSION_IDLE_SECONDS": 0},
+            "PHAROX_SESSION_IDLE_SECONDS must be a number > 0",
+        ),
+        (
+            {"PHAROX_SESSION_CONCURRENCY": 0},
+            "PHAROX_SESSION_CONCURRENCY must be a whole number >= 1, got 0",
+        ),
+        ({"PHAROX_SESSION_MAX_USES": "many"}, "PHAROX_SESSION_MAX_USES must"),
+        ({"PHAROX_SESSION_MAX_AGE": 1e9}, "PHAROX_SESSION_MAX_AGE .* 7 days"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_setting(

@@ -66,7 +66,14 @@ def test_the_core_imports_without_scrapy_or_twisted() -> None:
 
 def test_each_scrapy_name_resolves_on_first_use_to_its_object() -> None:
     import scrapy_pharox
-    from scrapy_pharox import addon, config, extension, health, middleware
+    from scrapy_pharox import (
+        addon,
+        config,
+        extension,
+        health,
+        middleware,
+        session_middlewares,
+    )
 
     lazy = {
         "Addon": addon.Addon,
@@ -76,6 +83,12 @@ def test_each_scrapy_name_resolves_on_first_use_to_its_object() -> None:
         "PharoxCheckSpider": health.PharoxCheckSpider,
         "PharoxConfig": config.PharoxConfig,
         "PharoxProxyMiddleware": middleware.PharoxProxyMiddleware,
+        "PharoxSessionCookiesMiddleware": (
+            session_middlewares.PharoxSessionCookiesMiddleware
+        ),
+        "PharoxSessionSpiderMiddleware": (
+            session_middlewares.PharoxSessionSpiderMiddleware
+        ),
         "PharoxStatsExtension": extension.PharoxStatsExtension,
         "run_health_check": health.run_health_check,
         "start_health_check": health.start_health_check,

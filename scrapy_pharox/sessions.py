@@ -1,0 +1,384 @@
+"""Sessions: one proxy and one cookie jar per key, for every request of a flow.
+
+A request with ``meta["pharox_session"] = key`` goes through its session's proxy
+and carries its session's cookies. The storage binds the key to a proxy and
+holds one lease slot on it (``IStorage.bind_session``) for the session's life,
+renewed as its requests come back; the keeper's ``Sessions`` hold the crawl's
+side: the binding, the cookie jar, whose turn it is (PHAROX_SESSION_CONCURRENCY
+requests at a time), and when a generation ends (a ban, max uses, max age, a
+failed ``pharox_session_check``, failures), after which the key goes on with
+another proxy and an empty jar. At spider close the sessions are parked: their
+slots go back, their rows stay for the next crawl.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from scrapy.exceptions import IgnoreRequest
+from scrapy.http.cookies import CookieJar
+
+from .bridge import Wakeup
+from .exceptions import PharoxError
+from .session_cookies import cookies_of, jar_of, take_request_cookies
+from .session_state import OUR_COOKIES_KEY, LocalSession, SessionTurn
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.http import Response
+
+    from .keeper import LeaseKeeper
+    from .models import OutcomeReport
+    from .models.sessions import ProxySession, SessionBinding
+
+logger = logging.getLogger(__name__)
+
+ROTATION_REASONS = ("ban", "max_uses", "max_age", "check", "failure")
+_ROTATED_KEYS = {
+    reason: f"pharox/session/rotated/{reason}" for reason in ROTATION_REASONS
+}
+
+FIRST_RECHECK_SECONDS = 0.25
+MAX_RECHECK_SECONDS = 2.0
+#: A session's lease is renewed before a request when this share of
+#: PHAROX_SESSION_IDLE_SECONDS has gone by since its last renewal, so no
+#: request goes out through a proxy whose slot has lapsed.
+RENEW_AFTER_SHARE = 0.5
+
+
+class Sessions:
+    """The sessions of one keeper's crawl."""
+
+    def __init__(self, keeper: LeaseKeeper) -> None:
+        self._keeper = keeper
+        self._config = keeper.config
+        self._storage = keeper.manager.storage
+        self._tally = keeper.tally
+        self._sessions: dict[tuple[str, str], LocalSession] = {}
+        self._wakeup = Wakeup()
+        #: Sessions holding a lease slot now (``pharox/leases/active``).
+        self.bound = 0
+
+    # -- a request's turn ------------------------------------------------------------
+
+    async def enter(self, request: Request, key: str) -> SessionTurn:
+        """A turn of session ``key`` for ``request``, bound to a proxy; waits for
+        it within PHAROX_ACQUIRE_TIMEOUT (then IgnoreRequest)."""
+        keeper = self._keeper
+        target = keeper.routing.target_of(request)
+        local = self._sessions.get((target.pool, key))
+        if local is None:
+            local = self._sessions[(target.pool, key)] = LocalSession(target.pool, key)
+        started = time.monotonic()
+        deadline = started + self._config.acquire_timeout
+        sleeper = object()
+        recheck = FIRST_RECHECK_SECONDS
+        while True:
+            keeper.check_open()
+            now = time.monotonic()
+            if (
+                not local.turning
+                and local.in_flight < self._config.session_concurrency
+                and local.not_before <= now
+            ):
+                if local.binding is not None and not self._needs_change(local, now):
+                    break
+                local.turning = True
+                try:
+                    changed = await self._change(local, request, target.pool)
+                finally:
+                    local.turning = False
+                    self._wake(local)
+                if changed:
+                    recheck = FIRST_RECHECK_SECONDS
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._tally.inc("pharox/acquire/gave_up")
+                logger.warning(
+                    "Dropped %s: session %r of pool %r found no free proxy nor its "
+                    "turn within PHAROX_ACQUIRE_TIMEOUT (%ss)",
+                    request,
+                    key,
+                    target.pool,
+                    self._config.acquire_timeout,
+                )
+                raise IgnoreRequest(f"scrapy-pharox: session {key!r} got no turn")
+            wait = min(remaining, recheck)
+            if local.not_before > now:
+                wait = min(remaining, local.not_before - now)
+            woken = await self._wakeup.sleep(sleeper, wait, started, local)
+            if woken is None and local.binding is None:
+                recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
+        assert local.binding is not None
+        local.in_flight += 1
+        return SessionTurn(local, local.binding)
+
+    def _needs_change(self, local: LocalSession, now: float) -> bool:
+        binding = local.binding
+        assert binding is not None
+        config = self._config
+        return (
+            config.session_max_uses is not None
+            and binding.session.uses >= config.session_max_uses
+        ) or (
+            self._age(binding.session) >= config.session_max_age
+            or now - local.renewed_at >= config.session_idle_seconds * RENEW_AFTER_SHARE
+        )
+
+    async def _change(self, local: LocalSession, request: Request, pool: str) -> bool:
+        """Bind the session, rotate a worn one, or renew a stale one; False when
+        no proxy is free now."""
+        binding = local.binding
+        config = self._config
+        if binding is not None:
+            session = binding.session
+            if (
+                config.session_max_uses is not None
+                and session.uses >= config.session_max_uses
+            ):
+                return await self._rotate(local, request, "max_uses") is not None
+            if self._age(session) >= config.session_max_age:
+                return await self._rotate(local, request, "max_age") is not None
+            if await self._renew(local, None):
+                return True
+        acquire = self._keeper.routing.acquire_request(
+            request, self._keeper.routing.target_of(request)
+        )
+        try:
+            bound = await self._keeper.caller.call(
+                self._storage.bind_session,
+                pool,
+                local.key,
+                acquire.consumer,
+                config.session_idle_seconds,
+                config.session_max_age,
+                acquire.filters,
+                acquire.selector,
+            )
+        except PharoxError as exc:
+            self._tally.inc("pharox/acquire/error")
+            logger.warning(
+                "scrapy-pharox could not bind session %r: %s", local.key, exc
+            )
+            return False
+        if bound is None:
+            self._tally.inc("pharox/acquire/empty")
+            return False
+        if bound.expired:
+            self._tally.inc("pharox/session/expired")
+        self._tally.inc(
+            "pharox/session/created"
+            if bound.event == "created"
+            else "pharox/session/resumed"
+        )
+        self._bind(local, bound)
+        return True
+
+    def _bind(self, local: LocalSession, binding: SessionBinding | None) -> None:
+        """``binding`` is the session's now (None: it holds no slot)."""
+        if local.binding is None and binding is not None:
+            self.bound += 1
+        elif local.binding is not None and binding is None:
+            self.bound -= 1
+        if binding is not None:
+            self._tally.inc("pharox/acquire/leased")
+            if local.binding is None or binding.session.generation != (
+                local.binding.session.generation
+            ):
+                local.jar = jar_of(binding.session.cookies)
+                local.failures = 0
+        local.binding = binding
+        local.renewed_at = time.monotonic()
+
+    def _age(self, session: ProxySession) -> float:
+        return self._storage.session_clock() - session.created_at.timestamp()
+
+    # -- after the response --------------------------------------------------------
+
+    async def done(
+        self, turn: SessionTurn, request: Request, response: Response
+    ) -> None:
+        """The turn's request came back well: its session's use is counted, and
+        the response's cookies kept in its jar and saved with it."""
+        local = turn.session
+        if turn.open and turn.current:
+            cookies = None
+            if request.meta.get(OUR_COOKIES_KEY):
+                local.jar.extract_cookies(response, request)
+                cookies = cookies_of(local.jar)
+            local.failures = 0
+            await self._renew(local, cookies)
+        self.leave(turn)
+
+    async def failed(self, turn: SessionTurn, report: OutcomeReport) -> None:
+        """The turn's request failed: after PHAROX_FAILURES_BEFORE_COOLDOWN in a
+        row, its generation ends with the failure reported."""
+        local = turn.session
+        self._tally.inc("pharox/outcome/failure")
+        if turn.open and turn.current:
+            local.failures += 1
+            if local.failures >= self._config.cooldown.failures_before_cooldown:
+                await self.rotate(turn, "failure", report)
+        self.leave(turn)
+
+    def rest(self, turn: SessionTurn, seconds: float) -> None:
+        """The session's next request waits ``seconds`` (a Retry-After)."""
+        local = turn.session
+        local.not_before = max(local.not_before, time.monotonic() + seconds)
+        self.leave(turn)
+
+    async def rotate(
+        self, turn: SessionTurn, reason: str, report: OutcomeReport | None = None
+    ) -> None:
+        """End the turn's generation (``reason`` in ROTATION_REASONS): the key
+        goes on with another proxy and an empty jar."""
+        local = turn.session
+        if turn.open and turn.current and not local.turning:
+            local.turning = True
+            try:
+                await self._rotate(local, None, reason, report)
+            finally:
+                local.turning = False
+        self.leave(turn)
+
+    async def _rotate(
+        self,
+        local: LocalSession,
+        request: Request | None,
+        reason: str,
+        report: OutcomeReport | None = None,
+    ) -> SessionBinding | None:
+        binding = local.binding
+        assert binding is not None
+        keeper = self._keeper
+        default = keeper.routing.default_target
+        acquire = (
+            keeper.routing.acquire_request(request, keeper.routing.target_of(request))
+            if request is not None
+            else None
+        )
+        try:
+            rotated = await keeper.caller.call(
+                self._storage.rotate_session,
+                binding.session,
+                binding.lease,
+                keeper.consumer,
+                self._config.session_idle_seconds,
+                report,
+                acquire.filters
+                if acquire is not None
+                else keeper.routing.default_filters,
+                acquire.selector if acquire is not None else default.selector,
+            )
+        except PharoxError as exc:
+            self._tally.inc("pharox/release/error")
+            logger.warning(
+                "scrapy-pharox could not rotate session %r: %s", local.key, exc
+            )
+            rotated = None
+        self._tally.inc("pharox/session/rotated")
+        self._tally.inc(_ROTATED_KEYS[reason])
+        self._tally.inc(
+            "pharox/release/exception"
+            if reason == "failure"
+            else "pharox/release/response"
+        )
+        self.bound -= 1
+        local.binding = None
+        local.jar = CookieJar()
+        local.failures = 0
+        if rotated is not None:
+            self._bind(local, rotated)
+        return rotated
+
+    async def _renew(
+        self, local: LocalSession, cookies: list[dict[str, Any]] | None
+    ) -> bool:
+        """Renew the session's lease (and save cookies); False, the session
+        unbound, when its slot lapsed or another process moved it on."""
+        binding = local.binding
+        assert binding is not None
+        try:
+            renewed = await self._keeper.caller.call(
+                self._storage.renew_session,
+                binding.session,
+                binding.lease,
+                self._config.session_idle_seconds,
+                cookies,
+            )
+        except PharoxError as exc:
+            logger.warning(
+                "scrapy-pharox could not renew session %r: %s", local.key, exc
+            )
+            return True  # the lease holds until it expires: try again next time
+        if local.binding is None or local.binding.lease.id != binding.lease.id:
+            return renewed is not None  # it moved on meanwhile
+        if renewed is None:
+            self._tally.inc("pharox/release/closed")
+            self.bound -= 1
+            local.binding = None
+            return False
+        local.binding = _with_session(binding, renewed)
+        local.renewed_at = time.monotonic()
+        return True
+
+    def leave(self, turn: SessionTurn) -> None:
+        """The turn ends (idempotent): the next request of its session may go."""
+        if turn.open:
+            turn.open = False
+            turn.session.in_flight -= 1
+            self._wake(turn.session)
+
+    def _wake(self, local: LocalSession) -> None:
+        """Wake the requests of ``local`` that may go now (its longest waiters)."""
+        for _ in range(max(1, self._config.session_concurrency - local.in_flight)):
+            self._wakeup.wake_one(set(), lambda kind: kind is local)
+
+    # -- cookies ------------------------------------------------------------------
+
+    @staticmethod
+    def add_cookies(turn: SessionTurn, request: Request, *, again: bool) -> None:
+        """Put the session's cookies on ``request``; ``again`` for a copy of a
+        request that went out (a retry or redirect), whose Cookie header, of
+        an earlier turn, gives way. The request's own ``cookies`` join the jar,
+        as CookiesMiddleware would put them into Scrapy's."""
+        jar = turn.session.jar
+        if again:
+            request.headers.pop(b"Cookie", None)
+        elif request.cookies:
+            take_request_cookies(jar, request)
+        jar.add_cookie_header(request)
+
+    # -- the crawl's end ---------------------------------------------------------------
+
+    def wake_all(self) -> None:
+        """Every request waiting for a session's turn looks again now."""
+        self._wakeup.wake_all()
+
+    async def park_all(self) -> None:
+        """Give every session's slot back, keeping the sessions in the storage."""
+        for local in self._sessions.values():
+            binding = local.binding
+            if binding is None:
+                continue
+            local.binding = None
+            self.bound -= 1
+            self._tally.inc("pharox/release/closed")
+            try:
+                await self._keeper.caller.call(
+                    self._storage.park_session, binding.session, binding.lease
+                )
+            except PharoxError as exc:
+                self._keeper.close_problem(
+                    f"session {local.key!r} not parked, its slot expires on its "
+                    f"own ({exc})"
+                )
+        self._wakeup.wake_all()
+
+
+def _with_session(binding: SessionBinding, session: ProxySession) -> SessionBinding:
+    return replace(binding, session=session)
