@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cache
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 from sqlalchemy import Select, bindparam, delete, exists, select, update
@@ -166,7 +166,7 @@ class SqlSessions(SessionStorage):
     """The session primitives of ``SqlStorage``."""
 
     if TYPE_CHECKING:
-        dialect: Dialect
+        dialect: ClassVar[Dialect]
         _executor: Executor
 
         def _query(
