@@ -134,15 +134,32 @@ def test_an_adapter_written_before_sessions_says_it_has_none() -> None:
 
 
 class FailingWrites(InMemoryStorage):
-    """Memory whose session writes fail, as a database that went away would."""
+    """Memory whose session writes fail once ``failing``, as a database that
+    went away would."""
+
+    failing = False
 
     def put_session(self, *args: Any, **options: Any) -> bool:
-        raise StorageError("writing a session failed: the database went away")
+        if self.failing:
+            raise StorageError("writing a session failed: the database went away")
+        return super().put_session(*args, **options)
 
 
 def test_a_bind_whose_write_fails_gives_its_lease_back() -> None:
     storage = FailingWrites()
+    storage.failing = True
     add_proxies(storage, 1)
     with pytest.raises(StorageError, match="went away"):
         storage.bind_session("pool", "login", "worker", IDLE, MAX_AGE)
     assert leases_out(storage) == 0
+
+
+def test_a_rotation_whose_write_fails_gives_its_new_lease_back() -> None:
+    storage = FailingWrites()
+    add_proxies(storage, 2)
+    binding = bind(storage)
+    storage.failing = True
+    with pytest.raises(StorageError, match="went away"):
+        storage.rotate_session(binding.session, binding.lease, "worker", IDLE)
+    assert leases_out(storage) == 1  # the session's own, still its
+    assert storage.extend_lease(binding.lease, IDLE) is not None
