@@ -3,7 +3,8 @@
 The contract suite calls storages synchronously; wrapped in ``AsyncPath``, a
 PostgreSQL storage answers ``acquire``, ``release_lease`` and ``extend_lease``
 through their ``_async`` versions on an asyncio loop of its own (the pipelined
-rounds), and everything else as it is.
+rounds), and everything else as it is (the session operations compose the
+former with the inner storage's session rows).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from scrapy_pharox import IStorage, Lease, OutcomeReport, Proxy, ProxyStatus
+from scrapy_pharox import (
+    IStorage,
+    Lease,
+    OutcomeReport,
+    Proxy,
+    ProxySession,
+    ProxyStatus,
+)
 from scrapy_pharox.models import (
     DomainCooldown,
     Paced,
@@ -112,6 +120,24 @@ class AsyncPath(IStorage):
 
     def list_proxies(self, pool_name: str) -> list[Proxy]:
         return self.inner.list_proxies(pool_name)
+
+    # Sessions: the inner storage's rows, composed over the async leasing above.
+
+    def get_session(self, pool_name: str, key: str) -> ProxySession | None:
+        return self.inner.get_session(pool_name, key)
+
+    def put_session(
+        self, session: ProxySession, expected_generation: int | None, **fence: Any
+    ) -> bool:
+        return self.inner.put_session(session, expected_generation, **fence)
+
+    def delete_session(
+        self, pool_name: str, key: str, generation: int | None = None
+    ) -> bool:
+        return self.inner.delete_session(pool_name, key, generation)
+
+    def list_sessions(self, pool_name: str) -> list[ProxySession]:
+        return self.inner.list_sessions(pool_name)
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

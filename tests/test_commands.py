@@ -31,7 +31,7 @@ from scrapy_pharox import (
 from scrapy_pharox.playground import ForwardProxy, TargetSite, free_port
 
 COMMANDS = ("pharox-check", "pharox-import", "pharox-pools", "pharox-proxies",
-            "pharox-set")  # fmt: skip
+            "pharox-sessions", "pharox-set")  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)

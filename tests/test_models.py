@@ -24,11 +24,12 @@ from scrapy_pharox import (
     Proxy,
     ProxyCredentials,
     ProxyProtocol,
+    ProxySession,
     models,
 )
 from scrapy_pharox.models import build_trusted, snapshot, utc_now
 
-TRUSTED_MODELS = (Lease, OutcomeReport, Proxy, ProxyCredentials)
+TRUSTED_MODELS = (Lease, OutcomeReport, Proxy, ProxyCredentials, ProxySession)
 
 
 @pytest.mark.parametrize("model", TRUSTED_MODELS, ids=lambda m: m.__name__)

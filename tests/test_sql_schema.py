@@ -15,6 +15,7 @@ from scrapy_pharox import (
     SqlStorage,
     StorageError,
     bootstrap_pool,
+    bootstrap_proxy,
     open_storage,
 )
 from scrapy_pharox.storage.sql_schema import (
@@ -106,6 +107,19 @@ def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
         storage.close()
 
 
+def downgrade(url: str, version: int) -> None:
+    """Take what the versions after ``version`` added out of the database at
+    ``url``, and say it is of that version."""
+    with sql_engine(url) as engine, engine.begin() as conn:
+        if version < 4:
+            conn.execute(text("DROP TABLE pharox_session"))
+        if version < 3:
+            conn.execute(
+                text("ALTER TABLE pharox_domain_cooldown DROP COLUMN leased_at")
+            )
+        conn.execute(update(schema_version_table).values(version=version))
+
+
 def test_a_version_2_schema_is_upgraded_in_place_keeping_its_data(
     sql_url: str,
 ) -> None:
@@ -113,17 +127,34 @@ def test_a_version_2_schema_is_upgraded_in_place_keeping_its_data(
     assert isinstance(storage, SqlStorage)
     try:
         bootstrap_pool(storage, name="pool")
-        with sql_engine(sql_url) as engine, engine.begin() as conn:
-            # What version 3 added: without it, this is a version 2 database.
-            conn.execute(
-                text("ALTER TABLE pharox_domain_cooldown DROP COLUMN leased_at")
-            )
-            conn.execute(update(schema_version_table).values(version=2))
+        downgrade(sql_url, 2)
         open_storage(sql_url).close()
-        assert stored_versions(sql_url) == [SCHEMA_VERSION] == [3]
+        assert stored_versions(sql_url) == [SCHEMA_VERSION] == [4]
         assert [pool.name for pool in storage.list_pools()] == ["pool"]
         with sql_engine(sql_url) as engine, engine.connect() as conn:
             conn.execute(text("SELECT leased_at FROM pharox_domain_cooldown"))
+            conn.execute(text("SELECT cookies FROM pharox_session"))
+    finally:
+        storage.close()
+
+
+def test_a_version_3_schema_is_upgraded_in_place_and_then_keeps_sessions(
+    sql_url: str,
+) -> None:
+    storage = open_storage(sql_url)
+    assert isinstance(storage, SqlStorage)
+    try:
+        pool = bootstrap_pool(storage, name="pool")
+        bootstrap_proxy(storage, pool=pool, host="127.0.0.1", port=3128)
+        downgrade(sql_url, 3)
+        with pytest.raises(StorageError, match="pharox_session"):
+            storage.list_sessions("pool")
+        open_storage(sql_url).close()
+        assert stored_versions(sql_url) == [4]
+        assert [proxy.port for proxy in storage.list_proxies("pool")] == [3128]
+        binding = storage.bind_session("pool", "login", "worker", 60, 3000)
+        assert binding is not None and binding.event == "created"
+        assert [session.key for session in storage.list_sessions("pool")] == ["login"]
     finally:
         storage.close()
 

@@ -28,6 +28,7 @@ from ..models import (
     SessionBinding,
     check_session_key,
     cookies_to_json,
+    lease_or_none,
 )
 from . import session_steps as steps
 from .session_steps import Binder
@@ -219,19 +220,24 @@ class SessionStorage:
         With a ``report`` (a ban, a failure), ``lease`` is released with it
         first, so its cooldown keeps the proxy from being picked; without one
         it is released after the new lease is taken. The proxy left is taken
-        again only when no other is free. When another process moved the
-        session on first, its binding ("joined", or None when it has no live
-        lease). None when no proxy is free: the session is ended.
+        again only when no other is free (an exclusive one once given back).
+        When another process moved the session on first, its binding
+        ("joined", or None when it has no live lease). None when no proxy is
+        free: the session is ended.
         """
         idle = check_seconds(idle_seconds, "idle_seconds")
         pool_name, key = session.pool_name, session.key
         binder = Binder(self, pool_name, key, consumer_name, idle, filters, selector)
-        if report is not None:
+        released = report is not None
+        if released:
             self.release_lease(lease, report)
         new = binder.lease_another(lease.proxy_id)
+        if new is None and not released:
+            # No other proxy free: the one left, if exclusive, once given back.
+            self.release_lease(lease)
+            released = True
+            new = lease_or_none(binder.acquire())
         if new is None:
-            if report is None:
-                self.release_lease(lease)
             if self.delete_session(pool_name, key, session.generation):
                 return None
             return steps.join(self, self.get_session(pool_name, key), idle)
@@ -240,7 +246,7 @@ class SessionStorage:
             written = self.put_session(
                 rotated, session.generation, expected_lease_id=lease.id
             )
-        if report is None:
+        if not released:
             self.release_lease(lease)
         if written:
             return SessionBinding(rotated, new, "created")

@@ -2,14 +2,15 @@
 
 ``SqlStorage(url)`` is the adapter of the URL's dialect: ``PostgresStorage``
 (``postgresql``) or ``SqliteStorage`` (``sqlite``). This base holds what both
-share: the schema, the administration and reads. Every operation is written as
-its steps (``sql_query.Steps``) and run by the one executor (``sql_executor``),
-which retries, recovers lost replies and translates driver errors into
-StorageError, over the dialect's driver. Each dialect module writes the leasing
-operations as its own statements: PostgreSQL one autocommitted statement each,
-SQLite its steps in one ``BEGIN IMMEDIATE`` transaction. An acquire carries its
-lease id, and a retry first looks for that lease, so a lost reply never leaks a
-slot. SQLAlchemy builds and compiles the statements; it runs none of them.
+share: the schema, the administration, reads and sessions (``sql_sessions``).
+Every operation is written as its steps (``sql_query.Steps``) and run by the
+one executor (``sql_executor``), which retries, recovers lost replies and
+translates driver errors into StorageError, over the dialect's driver. Each
+dialect module writes the leasing operations as its own statements: PostgreSQL
+one autocommitted statement each, SQLite its steps in one ``BEGIN IMMEDIATE``
+transaction. An acquire carries its lease id, and a retry first looks for that
+lease, so a lost reply never leaks a slot. SQLAlchemy builds and compiles the
+statements; it runs none of them.
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ from .sql_executor import Driver, Executor, Pipeliner
 from .sql_query import ALL, FIRST, Query, Steps, prepared
 from .sql_rows import pool_from_row, proxy_from_row, proxy_values, utc
 from .sql_schema import create_schema, pool_table, proxy_table
+from .sql_sessions import SqlSessions
 
 logger = logging.getLogger(__name__)
 
 
-class SqlStorage(IStorage):
+class SqlStorage(SqlSessions, IStorage):
     """An IStorage in PostgreSQL or SQLite; see the module's docstring.
 
     ``url`` is ``postgresql+psycopg://user:password@host:port/db`` or

@@ -9,7 +9,7 @@ it by.
 A database of an earlier schema version is upgraded in place (``_UPGRADES``),
 one of a later version refused, never changed: version 2 is the first one
 scrapy-pharox released; version 3 added ``pharox_domain_cooldown.leased_at``
-(reuse delays).
+(reuse delays); version 4 added ``pharox_session`` (sessions).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from ..exceptions import StorageError
 from .sql_query import Prepared, Query, Steps
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -229,6 +229,31 @@ lease_history_table = Table(
     Column("outcome", String, nullable=False),
 )
 
+# Version 4. One row per session of a pool: its proxy and generation, the lease
+# holding its slot (NULL while parked) and its cookies as JSON text. The row
+# outlives the lease; every write is a compare and set on generation (and
+# lease), so no row lock is held between statements.
+session_table = Table(
+    "pharox_session",
+    metadata,
+    Column("pool_id", Uuid, ForeignKey("pharox_pool.id"), primary_key=True),
+    # Listed in code point order, as in memory: PostgreSQL's "C" collation.
+    Column(
+        "key",
+        String().with_variant(String(collation="C"), "postgresql"),
+        primary_key=True,
+    ),
+    Column("generation", Integer, nullable=False),
+    Column("proxy_id", Uuid, ForeignKey("pharox_proxy.id"), nullable=False),
+    Column("lease_id", Uuid),
+    Column("consumer_id", Uuid),
+    Column("lease_expires_at", UtcDateTime),
+    Column("uses", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("last_used_at", UtcDateTime, nullable=False),
+    Column("cookies", Text, nullable=False),
+)
+
 
 def create_schema(dialect: Dialect, shown_url: str) -> Steps[None]:
     """Create the tables once and record the version, in the caller's transaction.
@@ -282,8 +307,12 @@ def _add_leased_at(dialect: Dialect) -> list[Any]:
     return [text(f"ALTER TABLE {table} ADD COLUMN leased_at {column_type}")]
 
 
+def _add_sessions(dialect: Dialect) -> list[Any]:
+    return [CreateTable(session_table)]
+
+
 #: The statements that take a schema from a version to the next, by version.
-_UPGRADES = {2: _add_leased_at}
+_UPGRADES = {2: _add_leased_at, 3: _add_sessions}
 
 _SCHEMA_LOCK = text(
     "SELECT pg_advisory_xact_lock("
