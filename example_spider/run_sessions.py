@@ -2,6 +2,7 @@
 walks the pages behind the login through one proxy, with one cookie jar.
 
     python example_spider/run_sessions.py [--users 3] [--proxies 4] [--no-sessions]
+        [--storage-url URL]
 
 Starts, on 127.0.0.1, a site whose ``/flow/<n>`` pages give each new visitor a
 cookie and refuse it (403) when it comes back through another proxy than the
@@ -11,7 +12,9 @@ no session, so they stay in it. Halfway, the proxy of the first user starts
 refusing it, as a site that bans an IP would: that session moves to another
 proxy with an empty jar (the site gives it a new cookie; a site that asks for
 the login again is met with ``pharox_session_check``). Prints what the site saw.
-``--no-sessions`` runs the same crawl with a proxy per request and Scrapy's one
+With ``--storage-url`` (a SQLite file, PostgreSQL) the sessions stay there
+after the crawl, for ``scrapy pharox-sessions`` to show. ``--no-sessions`` runs
+the same crawl with a proxy per request and Scrapy's one
 cookie jar, for comparison. Nothing leaves this machine.
 """
 
@@ -70,6 +73,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=3)
     parser.add_argument("--proxies", type=int, default=4)
     parser.add_argument("--no-sessions", dest="sessions", action="store_false")
+    parser.add_argument("--storage-url", default="memory://")
     args = parser.parse_args()
     users = ["ann", "bob", "eve", "kim", "lou", "max"][: args.users]
     site = TargetSite(pages=1).start()
@@ -79,6 +83,7 @@ def main() -> int:
             {
                 "ADDONS": {"scrapy_pharox.Addon": 300},
                 "PHAROX_PROXIES": [proxy.url for proxy in proxies],
+                "PHAROX_STORAGE_URL": args.storage_url,
                 "PHAROX_STATS_INTERVAL": 0,
                 "TELNETCONSOLE_ENABLED": False,
                 "LOG_LEVEL": "WARNING",
