@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import ctypes
 import functools
+import importlib.util
 import inspect
 import itertools
 import json
@@ -13,6 +14,7 @@ import os
 import signal
 import time
 import types
+import zlib
 from typing import Any
 
 import scrapy
@@ -25,8 +27,12 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PROXIES = 5
 CONCURRENCY = 16
 DEFAULT_VARIANTS = ("trivial", "pharox-mem", "pharox-mem-4", "pharox-pg", "rotating")
-VARIANTS = (*DEFAULT_VARIANTS, "trivial-import")
-PHAROX_VARIANTS = frozenset({"pharox-mem", "pharox-mem-4", "pharox-pg"})
+VARIANTS = (*DEFAULT_VARIANTS, "trivial-import", "pharox-mem-sessions")
+PHAROX_VARIANTS = frozenset(
+    {"pharox-mem", "pharox-mem-4", "pharox-pg", "pharox-mem-sessions"}
+)
+#: Sessions of the ``pharox-mem-sessions`` crawl: every page is in one of them.
+SESSION_KEYS = 32
 RESULT_PREFIX = "BENCH-RESULT "
 CRAWL_TIMEOUT = 900.0
 PR_SET_PDEATHSIG = 1
@@ -60,15 +66,30 @@ class AllPagesSpider(scrapy.Spider):
         yield from response.follow_all(css="a", callback=self.parse)
 
 
+class SessionPagesSpider(AllPagesSpider):
+    """Every page in one of SESSION_KEYS sessions, by its URL."""
+
+    def pharox_session_key(self, request: scrapy.Request) -> str:
+        return f"s{zlib.crc32(request.url.encode()) % SESSION_KEYS}"
+
+
 def variant_settings(
     name: str, proxy_urls: list[str], database_url: str, pool: str
 ) -> dict[str, Any]:
-    pharox = {
+    pharox: dict[str, Any] = {
         "DOWNLOADER_MIDDLEWARES": {"scrapy_pharox.PharoxProxyMiddleware": 740},
         "EXTENSIONS": {"scrapy_pharox.PharoxStatsExtension": 500},
         "PHAROX_PROXIES": proxy_urls,
         "PHAROX_PROXY_MAX_CONCURRENCY": 0,
     }
+    if importlib.util.find_spec("scrapy_pharox.session_middlewares") is not None:
+        # What the add-on enables (a commit before sessions has none of these).
+        pharox["DOWNLOADER_MIDDLEWARES"][
+            "scrapy_pharox.PharoxSessionCookiesMiddleware"
+        ] = 690
+        pharox["SPIDER_MIDDLEWARES"] = {
+            "scrapy_pharox.PharoxSessionSpiderMiddleware": 500
+        }
     if name == "trivial":
         return {
             "DOWNLOADER_MIDDLEWARES": {f"{__name__}.TrivialRoundRobin": 740},
@@ -77,7 +98,7 @@ def variant_settings(
     if name == "trivial-import":
         lease_once_in_memory()
         return variant_settings("trivial", proxy_urls, database_url, pool)
-    if name == "pharox-mem":
+    if name in ("pharox-mem", "pharox-mem-sessions"):
         return pharox
     if name == "pharox-mem-4":
         return {**pharox, "PHAROX_PROXY_MAX_CONCURRENCY": 4}
@@ -202,7 +223,9 @@ def run_child(args: argparse.Namespace) -> None:
     layer = LayerClock()
     layer.instrument([load_object(path) for path in settings["DOWNLOADER_MIDDLEWARES"]])
     process = CrawlerProcess(settings)
-    crawler = process.create_crawler(AllPagesSpider)
+    crawler = process.create_crawler(
+        SessionPagesSpider if args.child == "pharox-mem-sessions" else AllPagesSpider
+    )
     clock: dict[str, float] = {}
 
     def readings() -> tuple[float, float, float, float]:
