@@ -43,10 +43,9 @@ _ROTATED_KEYS = {
 
 FIRST_RECHECK_SECONDS = 0.25
 MAX_RECHECK_SECONDS = 2.0
-#: A session's lease is renewed before a request when this share of
-#: PHAROX_SESSION_IDLE_SECONDS has gone by since its last renewal, so no
-#: request goes out through a proxy whose slot has lapsed.
-RENEW_AFTER_SHARE = 0.5
+#: The most time, past DOWNLOAD_TIMEOUT, a session's lease keeps for the
+#: request going out (see ``Sessions.__init__``).
+MAX_RENEW_MARGIN = 10.0
 
 
 class Sessions:
@@ -61,6 +60,14 @@ class Sessions:
         self._wakeup = Wakeup()
         #: Sessions holding a lease slot now (``pharox/leases/active``).
         self.bound = 0
+        # A session's lease lasts PHAROX_SESSION_IDLE_SECONDS from its last
+        # request, and never so little that it could lapse under one: a
+        # request goes out only while the lease has a download's time left
+        # and a margin (else it is renewed first).
+        download = self._config.download_timeout
+        margin = min(download, MAX_RENEW_MARGIN)
+        self.lease_seconds = max(self._config.session_idle_seconds, download + margin)
+        self._renew_after = self.lease_seconds - download - margin / 2
 
     # -- a request's turn ------------------------------------------------------------
 
@@ -126,7 +133,7 @@ class Sessions:
             and binding.session.uses >= config.session_max_uses
         ) or (
             self._age(binding.session) >= config.session_max_age
-            or now - local.renewed_at >= config.session_idle_seconds * RENEW_AFTER_SHARE
+            or now - local.renewed_at >= self._renew_after
         )
 
     async def _change(self, local: LocalSession, request: Request, pool: str) -> bool:
@@ -154,7 +161,7 @@ class Sessions:
                 pool,
                 local.key,
                 acquire.consumer,
-                config.session_idle_seconds,
+                self.lease_seconds,
                 config.session_max_age,
                 acquire.filters,
                 acquire.selector,
@@ -267,7 +274,7 @@ class Sessions:
                 binding.session,
                 binding.lease,
                 keeper.consumer,
-                self._config.session_idle_seconds,
+                self.lease_seconds,
                 report,
                 acquire.filters
                 if acquire is not None
@@ -307,7 +314,7 @@ class Sessions:
                 self._storage.renew_session,
                 binding.session,
                 binding.lease,
-                self._config.session_idle_seconds,
+                self.lease_seconds,
                 cookies,
             )
         except PharoxError as exc:

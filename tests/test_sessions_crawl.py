@@ -357,3 +357,45 @@ def test_no_cookie_value_nor_proxy_password_is_logged_or_in_stats(
         assert not shown.search(shown_stats)
     for session in storage_after(crawler).list_sessions("default"):
         assert not any(value in repr(session) for value in cookies)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_session_lease_shorter_than_a_download_does_not_lapse_under_its_request(
+    start_proxy: Callable[..., ForwardProxy],
+) -> Any:
+    class SlowSessionSpider(scrapy.Spider):
+        name = "slow-session"
+
+        def __init__(self, base_url: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.base_url = base_url
+            self.seen: list[dict[str, Any]] = []
+
+        async def start(self) -> Any:
+            yield scrapy.Request(
+                f"{self.base_url}/slow", meta={"pharox_session": "long"}
+            )
+            yield scrapy.Request(f"{self.base_url}/page/1")
+
+        def parse(self, response: Response) -> None:
+            self.seen.append({"url": response.url, "status": response.status})
+
+    proxy = start_proxy()
+    with TargetSite(pages=1, delay=1.0) as slow_site:  # /slow takes a second
+        crawler: Crawler = yield crawl(
+            SlowSessionSpider,
+            {
+                "PHAROX_PROXIES": [proxy.url],
+                "PHAROX_SESSION_IDLE_SECONDS": 0.1,
+                "DOWNLOAD_TIMEOUT": 2,
+            },
+            base_url=slow_site.url,
+        )
+    assert sorted(page["url"].rsplit("/", 1)[1] for page in crawler.spider.seen) == [
+        "1",
+        "slow",
+    ]
+    # The plain request waited for the session's lease to lapse after its
+    # request, not under it: never two requests at once on the exclusive proxy.
+    assert proxy.max_active_requests == 1
+    assert_every_lease_released(stats_of(crawler))

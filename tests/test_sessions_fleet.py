@@ -86,7 +86,9 @@ def test_the_sessions_of_a_killed_crawl_give_their_proxy_back_by_themselves(
             "doomed",
             (1, 6),
             SESSION_HANG="1",
-            SESSION_SETTINGS=json.dumps({"PHAROX_SESSION_IDLE_SECONDS": idle}),
+            SESSION_SETTINGS=json.dumps(
+                {"PHAROX_SESSION_IDLE_SECONDS": idle, "DOWNLOAD_TIMEOUT": 1}
+            ),
         )
         try:
             assert worker.stdout is not None
