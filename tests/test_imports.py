@@ -43,11 +43,11 @@ from scrapy_pharox import (
     InvalidArgumentError, InvalidLeaseError, InvalidProxyURLError, Lease,
     LeaseOutcome, LeaseStatus, OutcomeReport, PharoxError, PharoxSettingError,
     PoolNotFoundError, PoolStatsSnapshot, Proxy, ProxyCredentials, ProxyFilters,
-    ProxyManager, ProxyNotFoundError, ProxyPool, ProxyProtocol, ProxyStatus,
-    ProxyUnavailableError, ReleaseEventPayload, SelectorStrategy, StorageError,
-    UnsupportedStorageURLError, acquire_proxy_async, acquire_proxy_with_retry_async,
-    bootstrap_pool, bootstrap_proxy, open_storage, release_proxy_async,
-    with_lease_async, with_retrying_lease_async,
+    ProxyManager, ProxyNotFoundError, ProxyPool, ProxyProtocol, ProxySession,
+    ProxyStatus, ProxyUnavailableError, ReleaseEventPayload, SelectorStrategy,
+    SessionBinding, StorageError, UnsupportedStorageURLError, acquire_proxy_async,
+    acquire_proxy_with_retry_async, bootstrap_pool, bootstrap_proxy, open_storage,
+    release_proxy_async, with_lease_async, with_retrying_lease_async,
 )
 open_storage("memory://").close()
 print(sorted({name.split(".")[0] for name in sys.modules} & {"scrapy", "twisted"}))

@@ -4,6 +4,7 @@ of every repr and error."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -210,6 +211,20 @@ def test_a_session_and_its_binding_show_no_cookie_or_password_when_printed(
     for text in shown:
         assert SECRET not in text and PROXY_PASSWORD not in text
     assert "login" in shown[0]
+
+
+def test_a_pickled_session_keeps_its_cookies_and_leaves_the_password_behind(
+    storage: IStorage,
+) -> None:
+    add_proxies(storage, 1)
+    binding = bind(storage)
+    session = used_once(storage, binding)
+    written = pickle.dumps(session)
+    assert PROXY_PASSWORD.encode() not in written
+    back = pickle.loads(written)
+    assert back.model_dump(exclude={"proxy"}) == session.model_dump(exclude={"proxy"})
+    assert back.proxy is not None and back.proxy.credentials is None
+    assert back.cookies == COOKIES
 
 
 def session_fields(**fields: Any) -> dict[str, Any]:

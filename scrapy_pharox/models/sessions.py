@@ -124,6 +124,11 @@ class ProxySession(BaseModel):
             raise ValueError("a session's lease needs its consumer_id and expiry")
         return self
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # As a lease's: a pickle (a JOBDIR queue) holds no proxy password.
+        on_disk = self.model_dump(exclude={"proxy": {"credentials"}})
+        return (_unpickled_session, (on_disk,))
+
     @property
     def parked(self) -> bool:
         """True when no lease holds the session's slot (as stored)."""
@@ -144,6 +149,11 @@ class ProxySession(BaseModel):
             expires_at=self.lease_expires_at,
             proxy=self.proxy,
         )
+
+
+def _unpickled_session(fields: dict[str, Any]) -> ProxySession:
+    """A session read back from a pickle: without its proxy's credentials."""
+    return ProxySession(**fields)
 
 
 @dataclass(frozen=True)
