@@ -3,6 +3,7 @@ follow-ups, rotated as a unit, against a site that ties its cookie to an IP."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -399,3 +400,69 @@ def test_a_session_lease_shorter_than_a_download_does_not_lapse_under_its_reques
     # request, not under it: never two requests at once on the exclusive proxy.
     assert proxy.max_active_requests == 1
     assert_every_lease_released(stats_of(crawler))
+
+
+class DyingProxySpider(FlowSpider):
+    """After page 1, the proxy that carried it goes away (connections refused)."""
+
+    def __init__(self, *args: Any, proxies: list[ForwardProxy], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proxies = proxies
+
+    def parse(self, response: Response) -> Iterator[scrapy.Request]:
+        if response.url.endswith("/flow/1"):
+            port = response.meta["pharox_lease"].proxy.port
+            (dying,) = [proxy for proxy in self.proxies if proxy.port == port]
+            dying.stop()
+        yield from super().parse(response)
+
+
+@pytest_twisted.inlineCallbacks
+def test_failures_in_a_row_move_the_session_to_another_proxy(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    proxies = [start_proxy() for _ in range(2)]
+    crawler: Crawler = yield crawl(
+        DyingProxySpider,
+        {
+            "PHAROX_PROXIES": [p.url for p in proxies],
+            "PHAROX_FAILURES_BEFORE_COOLDOWN": 2,
+        },
+        base_url=site.url,
+        keys=["fragile"],
+        proxies=proxies,
+    )
+    flow = pages_of(crawler.spider.seen, "fragile")
+    assert [page["page"] for page in flow] == [1, 2, 3, 4, 5, 6]
+    ports = ports_of(flow)
+    assert ports[1:] == [ports[1]] * 5 != [ports[0]] * 5
+    assert flow[1]["cookie"] is None  # the new generation's jar was empty
+    assert site.refused == []
+    stats = stats_of(crawler)
+    assert stats["pharox/outcome/failure"] == 2
+    assert stats["pharox/session/rotated/failure"] == 1
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_rate_limit_rests_the_session_on_its_proxy_instead_of_moving_it(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    proxies = [start_proxy() for _ in range(2)]
+    for proxy in proxies:
+        site.throttled_proxy_ports[proxy.port] = "1"
+    crawler: Crawler = yield crawl(
+        FlowSpider,
+        {"PHAROX_PROXIES": [p.url for p in proxies], "RETRY_TIMES": 2},
+        base_url=site.url,
+        keys=["patient"],
+    )
+    tries = [request for request in site.requests if request.path == "/flow/1"]
+    assert len(tries) == 3  # the first and its two retries, all 429
+    assert len({request.via_proxy_port for request in tries}) == 1
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(tries)]
+    assert min(gaps) >= 0.9  # each waited the second Retry-After asked for
+    stats = stats_of(crawler)
+    assert stats["pharox/outcome/throttled"] == 3
+    assert "pharox/session/rotated" not in stats
+    assert_every_lease_released(stats)
