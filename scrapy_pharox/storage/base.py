@@ -46,6 +46,11 @@ def reuse_keyword(reuse_delay: float) -> ReuseKeyword:
 def check_lease_seconds(duration_seconds: float) -> float:
     """The lease duration as a float; InvalidLeaseError, before any I/O, for one
     that is not a positive number of at most ``MAX_LEASE_SECONDS``."""
+    # check_seconds' own first test, here too: every acquire passes here twice
+    # (manager and storage), and the call with keywords costs more than the test.
+    kind = type(duration_seconds)
+    if (kind is float or kind is int) and 0 < duration_seconds <= MAX_LEASE_SECONDS:
+        return float(duration_seconds)
     return check_seconds(duration_seconds, "duration_seconds", error=InvalidLeaseError)
 
 

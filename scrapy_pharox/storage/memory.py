@@ -291,10 +291,9 @@ class InMemoryStorage(MemorySessions, IStorage):
         strategy = selector or SelectorStrategy.FIRST_AVAILABLE
         if strategy is SelectorStrategy.FIRST_AVAILABLE and filters is None:
             first = pool.first_free(now)
-            if first is None or (
-                not first.in_cooldown_for(domain, now)
-                and (not reuse_delay or first.paced_until(domain, reuse_delay) <= now)  # type: ignore[arg-type]
-            ):
+            if first is None or domain is None:
+                return first
+            if first.ready_for(domain, now, reuse_delay):
                 return first
         paced: list[float] = []
 

@@ -37,9 +37,14 @@ class Slot:
     leased_for: dict[str, float] = field(default_factory=dict)
 
     def eligible(self, now: float) -> bool:
+        proxy = self.proxy
+        # Proxy.has_capacity spelt out: a property call is most of this look.
         return (
-            self.proxy.status is ProxyStatus.ACTIVE
-            and self.proxy.has_capacity
+            proxy.status is ProxyStatus.ACTIVE
+            and (
+                proxy.max_concurrency is None
+                or proxy.current_leases < proxy.max_concurrency
+            )
             and self.cooldown_until <= now
         )
 
@@ -52,6 +57,12 @@ class Slot:
         """When its reuse delay for ``domain`` ends (in the past: it has)."""
         return self.leased_for.get(domain, -reuse_delay) + reuse_delay
 
+    def ready_for(self, domain: str, now: float, reuse_delay: float) -> bool:
+        """Neither resting for ``domain`` nor inside its reuse delay there."""
+        return not self.in_cooldown_for(domain, now) and (
+            not reuse_delay or self.paced_until(domain, reuse_delay) <= now
+        )
+
 
 @dataclass(slots=True)
 class PoolIndex:
@@ -60,7 +71,9 @@ class PoolIndex:
     endpoints: dict[tuple[str, str, int, str | None], UUID] = field(
         default_factory=dict
     )
-    free_heap: list[tuple[FirstAvailableKey, UUID]] = field(default_factory=list)
+    # The slot itself, not its id: no UUID hashed in Python per look. Keys are
+    # unique (they end in the id), so a tuple comparison never reaches a slot.
+    free_heap: list[tuple[FirstAvailableKey, Slot]] = field(default_factory=list)
     # (id.int, id) in id order; the cursor is the last leased id.int. Ints, not
     # UUIDs, so that the search and the lookups stay in C.
     ids_in_order: list[tuple[int, UUID]] = field(default_factory=list)
@@ -69,11 +82,11 @@ class PoolIndex:
     def push_if_free(self, slot: Slot, now: float) -> None:
         if slot.eligible(now) and not slot.in_heap:
             slot.in_heap = True
-            heapq.heappush(self.free_heap, (slot.order_key, slot.proxy.id))
+            heapq.heappush(self.free_heap, (slot.order_key, slot))
 
     def first_free(self, now: float) -> Slot | None:
         while self.free_heap:
-            slot = self.slots[self.free_heap[0][1]]
+            slot = self.free_heap[0][1]
             if slot.eligible(now):
                 return slot
             heapq.heappop(self.free_heap)
