@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
 from scrapy.settings import BaseSettings
 
 from .durations import MAX_SECONDS, check_seconds
@@ -20,6 +18,7 @@ from .models import (
     SelectorStrategy,
 )
 from .proxy_file import parse_proxies, proxies_from_file, split_proxy_urls
+from .target_values import parse_filters, parse_selector
 
 #: Every setting's default, written here only: the config classes below and
 #: their ``from_settings`` take theirs from it.
@@ -172,46 +171,6 @@ def _shortest_slot_delay(settings: BaseSettings) -> float:
         jitter = 0.5 if settings.getbool("RANDOMIZE_DOWNLOAD_DELAY", True) else 0.0
     delay = settings.getfloat("DOWNLOAD_DELAY") * max(0.0, 1 - float(jitter))
     return min(delay, MAX_SECONDS)
-
-
-def parse_selector(source: str, value: Any) -> SelectorStrategy:
-    """A SelectorStrategy from its value; ``source`` names where it came from."""
-    if isinstance(value, SelectorStrategy):
-        return value
-    try:
-        return SelectorStrategy(str(value).strip().lower())
-    except ValueError:
-        choices = ", ".join(strategy.value for strategy in SelectorStrategy)
-        raise PharoxSettingError(
-            f"{source}: unknown selector {value!r}, use one of {choices}"
-        ) from None
-
-
-def parse_filters(source: str, value: Any) -> ProxyFilters | None:
-    """ProxyFilters from a dict, a JSON object string or a ProxyFilters."""
-    if value is None or value == "" or value == {}:
-        return None
-    if isinstance(value, ProxyFilters):
-        return value
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise PharoxSettingError(
-                f"{source}: filters must be a dict or a JSON object, got {value!r} "
-                f"({exc.msg})"
-            ) from None
-    if not isinstance(value, dict):
-        raise PharoxSettingError(f"{source}: filters must be a dict, got {value!r}")
-    try:
-        return ProxyFilters.model_validate(value)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'filters'}: "
-            f"{error['msg']}"
-            for error in exc.errors()
-        )
-        raise PharoxSettingError(f"{source}: invalid filters {problems}") from None
 
 
 def _raw(settings: BaseSettings, name: str) -> Any:

@@ -12,12 +12,13 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.misc import load_object
 
 from .callers import Target
-from .config import PharoxConfig, PharoxSettingError, parse_filters, parse_selector
+from .config import PharoxConfig, PharoxSettingError
 from .durations import check_seconds
 from .exceptions import PharoxError
 from .manager import ProxyManager
 from .models import ProxyPool, mask_url_password
 from .storage import IStorage, open_storage
+from .target_values import parse_filters, parse_selector
 
 if TYPE_CHECKING:
     from scrapy import Spider

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 from scrapy.utils.httpobj import urlparse_cached
 
 from .callers import AcquireRequest, Target, with_protocols
-from .config import PharoxConfig, parse_filters, parse_selector
+from .config import PharoxConfig
 from .durations import check_seconds
 from .models import LeaseOutcome, OutcomeReport, ProxyFilters, build_trusted
+from .target_values import parse_filters, parse_selector
 
 if TYPE_CHECKING:
     from scrapy import Request
