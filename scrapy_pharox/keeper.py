@@ -342,12 +342,14 @@ class LeaseKeeper:
         """Start renewing the leases of requests still downloading, and
         hearing of the fleet's releases."""
         self._renewer.start()
+        self.sessions.start()
         self._fleet.start()
 
     async def spider_closed(self, spider: Spider) -> None:
         """Release whatever is still held, wake every waiter, run the close hooks."""
         self._closing = True
         self._renewer.stop()
+        self.sessions.stop()
         self._lines.wake_all()
         await self.sessions.park_all()
         for lease in list(self._held.values()):

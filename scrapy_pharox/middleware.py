@@ -100,6 +100,9 @@ class PharoxProxyMiddleware:
         turn = request.meta.pop(TURN_KEY, None)
         if isinstance(turn, SessionTurn):  # the same for a session's turn
             self.keeper.sessions.leave(turn)
+        if request.meta.get(OUR_COOKIES_KEY):
+            # Nor the session's cookies: its next turn puts on those of then.
+            request.headers.pop(b"Cookie", None)
 
     # The optional, unused ``spider`` parameters are those of Scrapy's own
     # middlewares (Scrapy before 2.14 passed one to every process_* method).
@@ -139,10 +142,17 @@ class PharoxProxyMiddleware:
     async def _session_request(self, request: Request, key: str) -> Request | None:
         """Through the proxy of session ``key``, with its cookies."""
         sessions = self.keeper.sessions
+        gate = self.gate
         try:
+            if gate is not None:
+                await gate.wait_turn(request)
             turn = await sessions.enter(request, key)
-        except StopWaiting:
-            return self.hand_back.request_for(request)
+        except BaseException as exc:
+            if gate is not None:
+                gate.entered(request)
+            if isinstance(exc, StopWaiting):
+                return self.hand_back.request_for(request)
+            raise
         meta = request.meta
         meta[TURN_KEY] = turn
         if meta.get(OUR_COOKIES_KEY):

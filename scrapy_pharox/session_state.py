@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.http.cookies import CookieJar
 
 if TYPE_CHECKING:
+    from .callers import AcquireRequest
     from .models import Lease
     from .models.sessions import SessionBinding
 
@@ -32,6 +33,7 @@ class LocalSession:
         "not_before",
         "pool",
         "renewed_at",
+        "sent_at",
         "turning",
     )
 
@@ -45,6 +47,8 @@ class LocalSession:
         #: ``time.monotonic()`` before which no request of it goes out (a rest).
         self.not_before = 0.0
         self.renewed_at = 0.0
+        #: ``time.monotonic()`` of its last request to each host (reuse delays).
+        self.sent_at: dict[str | None, float] = {}
         #: A bind, renewal or rotation is under way: the others wait for it.
         self.turning = False
 
@@ -55,11 +59,15 @@ class LocalSession:
 class SessionTurn:
     """One request of a session out now, on the binding it went out with."""
 
-    __slots__ = ("binding", "open", "session")
+    __slots__ = ("acquire", "binding", "open", "session")
 
-    def __init__(self, session: LocalSession, binding: SessionBinding) -> None:
+    def __init__(
+        self, session: LocalSession, binding: SessionBinding, acquire: AcquireRequest
+    ) -> None:
         self.session = session
         self.binding = binding
+        #: What the request asks of a proxy (its pool, filters, domain...).
+        self.acquire = acquire
         self.open = True
 
     @property

@@ -16,13 +16,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http.cookies import CookieJar
+from scrapy.utils.defer import deferred_from_coro
+from twisted.internet.task import LoopingCall
 
 from .bridge import Wakeup
 from .exceptions import PharoxError
+from .renewal import SHORTEST_SWEEP_SECONDS
 from .session_cookies import cookies_of, jar_of, take_request_cookies
 from .session_state import OUR_COOKIES_KEY, LocalSession, SessionTurn
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.http import Response
 
+    from .callers import AcquireRequest
     from .keeper import LeaseKeeper
     from .models import OutcomeReport
     from .models.sessions import ProxySession, SessionBinding
@@ -68,6 +73,20 @@ class Sessions:
         margin = min(download, MAX_RENEW_MARGIN)
         self.lease_seconds = max(self._config.session_idle_seconds, download + margin)
         self._renew_after = self.lease_seconds - download - margin / 2
+        self._renewing: LoopingCall | None = None
+
+    def start(self) -> None:
+        """Renew the leases of sessions with requests out, from now until ``stop``."""
+        if self._renewing is None:
+            every = min(self._renew_after, self.lease_seconds - self._renew_after) / 2
+            self._renewing = LoopingCall(
+                lambda: deferred_from_coro(self.renew_in_flight())
+            )
+            self._renewing.start(max(every, SHORTEST_SWEEP_SECONDS), now=False)
+
+    def stop(self) -> None:
+        if self._renewing is not None and self._renewing.running:
+            self._renewing.stop()
 
     # -- a request's turn ------------------------------------------------------------
 
@@ -76,9 +95,11 @@ class Sessions:
         it within PHAROX_ACQUIRE_TIMEOUT (then IgnoreRequest)."""
         keeper = self._keeper
         target = keeper.routing.target_of(request)
+        acquire = keeper.routing.acquire_request(request, target)
         local = self._sessions.get((target.pool, key))
         if local is None:
             local = self._sessions[(target.pool, key)] = LocalSession(target.pool, key)
+        host = acquire.domain
         started = time.monotonic()
         deadline = started + self._config.acquire_timeout
         sleeper = object()
@@ -86,16 +107,21 @@ class Sessions:
         while True:
             keeper.check_open()
             now = time.monotonic()
+            # A rest (Retry-After), and the reuse delay of the session's IP for
+            # the request's host: the session holds its proxy, so it paces it.
+            ready_at = max(
+                local.not_before, local.sent_at.get(host, -1e9) + acquire.reuse_delay
+            )
             if (
                 not local.turning
                 and local.in_flight < self._config.session_concurrency
-                and local.not_before <= now
+                and ready_at <= now
             ):
                 if local.binding is not None and not self._needs_change(local, now):
                     break
                 local.turning = True
                 try:
-                    changed = await self._change(local, request, target.pool)
+                    changed = await self._change(local, acquire)
                 finally:
                     local.turning = False
                     self._wake(local)
@@ -115,14 +141,15 @@ class Sessions:
                 )
                 raise IgnoreRequest(f"scrapy-pharox: session {key!r} got no turn")
             wait = min(remaining, recheck)
-            if local.not_before > now:
-                wait = min(remaining, local.not_before - now)
+            if ready_at > now:
+                wait = min(remaining, ready_at - now)
             woken = await self._wakeup.sleep(sleeper, wait, started, local)
-            if woken is None and local.binding is None:
+            if woken is None:
                 recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
         assert local.binding is not None
         local.in_flight += 1
-        return SessionTurn(local, local.binding)
+        local.sent_at[host] = now
+        return SessionTurn(local, local.binding, acquire)
 
     def _needs_change(self, local: LocalSession, now: float) -> bool:
         binding = local.binding
@@ -136,9 +163,9 @@ class Sessions:
             or now - local.renewed_at >= self._renew_after
         )
 
-    async def _change(self, local: LocalSession, request: Request, pool: str) -> bool:
+    async def _change(self, local: LocalSession, acquire: AcquireRequest) -> bool:
         """Bind the session, rotate a worn one, or renew a stale one; False when
-        no proxy is free now."""
+        no proxy is free now (or the storage failed: the caller waits)."""
         binding = local.binding
         config = self._config
         if binding is not None:
@@ -147,24 +174,26 @@ class Sessions:
                 config.session_max_uses is not None
                 and session.uses >= config.session_max_uses
             ):
-                return await self._rotate(local, request, "max_uses") is not None
+                return await self._rotate(local, acquire, "max_uses") is not None
             if self._age(session) >= config.session_max_age:
-                return await self._rotate(local, request, "max_age") is not None
-            if await self._renew(local, None):
-                return True
-        acquire = self._keeper.routing.acquire_request(
-            request, self._keeper.routing.target_of(request)
-        )
+                return await self._rotate(local, acquire, "max_age") is not None
+            renewed = await self._renew(local, None, used=False)
+            if renewed is not False:
+                return bool(renewed)  # None: the storage failed, look again later
         try:
             bound = await self._keeper.caller.call(
-                self._storage.bind_session,
-                pool,
-                local.key,
-                acquire.consumer,
-                self.lease_seconds,
-                config.session_max_age,
-                acquire.filters,
-                acquire.selector,
+                partial(
+                    self._storage.bind_session,
+                    local.pool,
+                    local.key,
+                    acquire.consumer,
+                    self.lease_seconds,
+                    config.session_max_age,
+                    acquire.filters,
+                    acquire.selector,
+                    domain=acquire.domain,
+                    join=False,  # a session another crawl uses now is busy
+                )
             )
         except PharoxError as exc:
             self._tally.inc("pharox/acquire/error")
@@ -221,6 +250,23 @@ class Sessions:
             await self._renew(local, cookies)
         self.leave(turn)
 
+    async def renew_in_flight(self) -> None:
+        """Renew the leases of sessions with requests out, before they would
+        lapse under them: a request may wait in its download slot for long."""
+        for local in list(self._sessions.values()):
+            if (
+                local.binding is not None
+                and local.in_flight
+                and not local.turning
+                and time.monotonic() - local.renewed_at >= self._renew_after
+            ):
+                local.turning = True
+                try:
+                    await self._renew(local, None, used=False)
+                finally:
+                    local.turning = False
+                    self._wake(local)
+
     async def failed(self, turn: SessionTurn, report: OutcomeReport) -> None:
         """The turn's request failed: after PHAROX_FAILURES_BEFORE_COOLDOWN in a
         row, its generation ends with the failure reported."""
@@ -229,6 +275,13 @@ class Sessions:
         if turn.open and turn.current:
             local.failures += 1
             if local.failures >= self._config.cooldown.failures_before_cooldown:
+                # The session saw the failures in a row; the storage hears of
+                # the last one only, so it cools the proxy at once, as that
+                # many failures of plain requests would.
+                policy = self._config.cooldown.model_copy(
+                    update={"failures_before_cooldown": 1}
+                )
+                report = report.model_copy(update={"policy": policy})
                 await self.rotate(turn, "failure", report)
         self.leave(turn)
 
@@ -247,7 +300,7 @@ class Sessions:
         if turn.open and turn.current and not local.turning:
             local.turning = True
             try:
-                await self._rotate(local, None, reason, report)
+                await self._rotate(local, turn.acquire, reason, report)
             finally:
                 local.turning = False
         self.leave(turn)
@@ -255,31 +308,27 @@ class Sessions:
     async def _rotate(
         self,
         local: LocalSession,
-        request: Request | None,
+        acquire: AcquireRequest,
         reason: str,
         report: OutcomeReport | None = None,
     ) -> SessionBinding | None:
         binding = local.binding
         assert binding is not None
         keeper = self._keeper
-        default = keeper.routing.default_target
-        acquire = (
-            keeper.routing.acquire_request(request, keeper.routing.target_of(request))
-            if request is not None
-            else None
-        )
         try:
             rotated = await keeper.caller.call(
-                self._storage.rotate_session,
-                binding.session,
-                binding.lease,
-                keeper.consumer,
-                self.lease_seconds,
-                report,
-                acquire.filters
-                if acquire is not None
-                else keeper.routing.default_filters,
-                acquire.selector if acquire is not None else default.selector,
+                partial(
+                    self._storage.rotate_session,
+                    binding.session,
+                    binding.lease,
+                    acquire.consumer,
+                    self.lease_seconds,
+                    report,
+                    acquire.filters,
+                    acquire.selector,
+                    domain=acquire.domain,
+                    join=False,
+                )
             )
         except PharoxError as exc:
             self._tally.inc("pharox/release/error")
@@ -303,25 +352,34 @@ class Sessions:
         return rotated
 
     async def _renew(
-        self, local: LocalSession, cookies: list[dict[str, Any]] | None
-    ) -> bool:
-        """Renew the session's lease (and save cookies); False, the session
-        unbound, when its slot lapsed or another process moved it on."""
+        self,
+        local: LocalSession,
+        cookies: list[dict[str, Any]] | None,
+        *,
+        used: bool = True,
+    ) -> bool | None:
+        """Renew the session's lease (and save cookies; ``used``: count a use);
+        False, the session unbound, when its slot lapsed or another process
+        moved it on; None when the storage failed (its lease holds until it
+        expires: the caller tries again later)."""
         binding = local.binding
         assert binding is not None
         try:
             renewed = await self._keeper.caller.call(
-                self._storage.renew_session,
-                binding.session,
-                binding.lease,
-                self.lease_seconds,
-                cookies,
+                partial(
+                    self._storage.renew_session,
+                    binding.session,
+                    binding.lease,
+                    self.lease_seconds,
+                    cookies,
+                    used=used,
+                )
             )
         except PharoxError as exc:
             logger.warning(
                 "scrapy-pharox could not renew session %r: %s", local.key, exc
             )
-            return True  # the lease holds until it expires: try again next time
+            return None
         if local.binding is None or local.binding.lease.id != binding.lease.id:
             return renewed is not None  # it moved on meanwhile
         if renewed is None:
@@ -329,6 +387,10 @@ class Sessions:
             self.bound -= 1
             local.binding = None
             return False
+        if renewed.lease_expires_at is not None:
+            # In place, as the manager's extend_lease does: the requests out
+            # on the lease (meta["pharox_lease"]) see its new expiry too.
+            binding.lease.expires_at = renewed.lease_expires_at
         local.binding = _with_session(binding, renewed)
         local.renewed_at = time.monotonic()
         return True

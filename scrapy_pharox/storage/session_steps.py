@@ -50,13 +50,23 @@ class Binder:
     idle: float
     filters: ProxyFilters | None
     selector: SelectorStrategy | None
+    #: The site the session's requests go to: a proxy cooling down for it
+    #: (a ban scoped to the domain) is neither resumed nor leased.
+    domain: str | None = None
+    #: Whether a live lease of the session is joined (extended and shared);
+    #: else the session is busy (None) while its lease lives.
+    join: bool = True
 
     def bind_stored(self, stored: ProxySession) -> SessionBinding | Lost | None:
         """The stored session joined, resumed, or else its next generation."""
         storage = self.storage
-        joined = join(storage, stored, self.idle)
-        if joined is not None:
-            return joined
+        if not self.join:
+            if in_use(storage, stored):
+                return None
+        else:
+            joined = join(storage, stored, self.idle)
+            if joined is not None:
+                return joined
         # Lapsed: a lease past its expiry may still hold the slot; it is ours.
         release_stored(storage, stored)
         proxy = stored.proxy
@@ -64,6 +74,7 @@ class Binder:
             proxy is not None
             and proxy.status is ProxyStatus.ACTIVE
             and (self.filters is None or self.filters.matches(proxy))
+            and proxy.id not in self.cooling_for_domain()
         ):
             try:
                 lease = storage.create_lease(proxy, self.consumer_name, self.idle)
@@ -123,9 +134,11 @@ class Binder:
     def lease_listed(self, left: UUID) -> Lease | None:
         """A lease of the first proxy of the pool's list, but ``left``, that
         takes one."""
+        cooling = self.cooling_for_domain()
         for proxy in self.storage.list_proxies(self.pool_name):
             if (
                 proxy.id == left
+                or proxy.id in cooling
                 or proxy.status is not ProxyStatus.ACTIVE
                 or not proxy.has_capacity
                 or (self.filters is not None and not self.filters.matches(proxy))
@@ -139,8 +152,23 @@ class Binder:
 
     def acquire(self) -> Lease | Paced | None:
         return self.storage.acquire(
-            self.pool_name, self.consumer_name, self.idle, self.filters, self.selector
+            self.pool_name,
+            self.consumer_name,
+            self.idle,
+            self.filters,
+            self.selector,
+            domain=self.domain,
         )
+
+    def cooling_for_domain(self) -> set[UUID]:
+        """The proxies of the pool cooling down for ``domain`` now."""
+        if self.domain is None:
+            return set()
+        return {
+            cooldown.proxy_id
+            for cooldown in self.storage.list_domain_cooldowns(self.pool_name)
+            if cooldown.domain == self.domain
+        }
 
     def first_session(self, generation: int, lease: Lease) -> ProxySession:
         """A generation's session as it starts: on the lease's proxy, no
@@ -158,6 +186,17 @@ class Binder:
             last_used_at=started,
             proxy=lease.proxy,
         )
+
+
+def in_use(storage: SessionStorage, stored: ProxySession) -> bool:
+    """Whether the stored row names a lease that has not expired yet (by the
+    session clock): another crawl is using the session."""
+    expires = stored.lease_expires_at
+    return (
+        stored.lease_id is not None
+        and expires is not None
+        and expires.timestamp() > storage.session_clock()
+    )
 
 
 def join(

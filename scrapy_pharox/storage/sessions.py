@@ -36,7 +36,7 @@ from .session_steps import Binder
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from ..models import Paced, Proxy
+    from ..models import DomainCooldown, Paced, Proxy
 
 #: How often a bind or an end tries again after another process changed the
 #: session's row between its read and its write.
@@ -80,6 +80,8 @@ class SessionStorage:
         ) -> bool: ...
 
         def list_proxies(self, pool_name: str) -> list[Proxy]: ...
+
+        def list_domain_cooldowns(self, pool_name: str) -> list[DomainCooldown]: ...
 
     # -- primitives -------------------------------------------------------------
 
@@ -134,8 +136,16 @@ class SessionStorage:
         max_age_seconds: float,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        *,
+        domain: str | None = None,
+        join: bool = True,
     ) -> SessionBinding | None:
         """Session ``key`` with a live lease of ``idle_seconds`` on its proxy.
+
+        With ``domain``, a proxy cooling down for it (a ban scoped to the
+        domain) is neither resumed nor leased. With ``join=False``, a session
+        whose stored lease has not expired (another crawl uses it) is busy:
+        None, and nothing changes.
 
         A live lease of the session's is extended ("joined"); a parked or
         lapsed session leases its proxy again if it is ACTIVE, free and
@@ -149,7 +159,9 @@ class SessionStorage:
         check_session_key(key)
         idle = check_seconds(idle_seconds, "idle_seconds")
         max_age = check_seconds(max_age_seconds, "max_age_seconds")
-        binder = Binder(self, pool_name, key, consumer_name, idle, filters, selector)
+        binder = Binder(
+            self, pool_name, key, consumer_name, idle, filters, selector, domain, join
+        )
         expired, generation = False, 1
         for _ in range(SESSION_ATTEMPTS):
             stored = self.get_session(pool_name, key)
@@ -173,6 +185,8 @@ class SessionStorage:
         lease: Lease,
         idle_seconds: float,
         cookies: list[dict[str, Any]] | None = None,
+        *,
+        used: bool = True,
     ) -> ProxySession | None:
         """The session after one more use: its lease extended by
         ``idle_seconds``, ``uses`` counted, ``last_used_at`` now, and its
@@ -192,8 +206,8 @@ class SessionStorage:
         if stored is not None and steps.holds(stored, session.generation, lease):
             renewed = stored.model_copy(
                 update={
-                    "uses": stored.uses + 1,
-                    "last_used_at": steps.now(self),
+                    "uses": stored.uses + 1 if used else stored.uses,
+                    "last_used_at": steps.now(self) if used else stored.last_used_at,
                     "consumer_id": lease.consumer_id,
                     "lease_expires_at": expires_at,
                     "cookies": stored.cookies if cookies is None else list(cookies),
@@ -213,9 +227,13 @@ class SessionStorage:
         report: OutcomeReport | None = None,
         filters: ProxyFilters | None = None,
         selector: SelectorStrategy | None = None,
+        *,
+        domain: str | None = None,
+        join: bool = True,
     ) -> SessionBinding | None:
         """The session's next generation ("created"): another proxy, no
-        cookies, no uses.
+        cookies, no uses; ``domain`` and ``join`` as for ``bind_session``
+        (without joining, a rotation another process won is None).
 
         With a ``report`` (a ban, a failure), ``lease`` is released with it
         first, so its cooldown keeps the proxy from being picked; without one
@@ -227,7 +245,9 @@ class SessionStorage:
         """
         idle = check_seconds(idle_seconds, "idle_seconds")
         pool_name, key = session.pool_name, session.key
-        binder = Binder(self, pool_name, key, consumer_name, idle, filters, selector)
+        binder = Binder(
+            self, pool_name, key, consumer_name, idle, filters, selector, domain, join
+        )
         released = report is not None
         if released:
             self.release_lease(lease, report)
@@ -238,7 +258,7 @@ class SessionStorage:
             released = True
             new = lease_or_none(binder.acquire())
         if new is None:
-            if self.delete_session(pool_name, key, session.generation):
+            if self.delete_session(pool_name, key, session.generation) or not join:
                 return None
             return steps.join(self, self.get_session(pool_name, key), idle)
         with steps.released_on_error(self, new):
@@ -251,6 +271,8 @@ class SessionStorage:
         if written:
             return SessionBinding(rotated, new, "created")
         self.release_lease(new)
+        if not join:
+            return None
         return steps.join(self, self.get_session(pool_name, key), idle)
 
     def park_session(self, session: ProxySession, lease: Lease) -> bool:
