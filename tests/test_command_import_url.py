@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_commands import PROXIES_FILE
+
 from crawl_support import one_error_line, run_scrapy
 from scrapy_pharox import open_storage
 from scrapy_pharox.playground import TargetSite
-from test_commands import PROXIES_FILE
 
 
 def list_url(site: TargetSite, password: str = "list-pw") -> str:
