@@ -72,6 +72,7 @@ class ListRefresher:
         self._url_proxies: list[Proxy] | None = None  # None: never fetched
         self._file_proxies: list[Proxy] | None = None
         self._file_signature: tuple[int, int] | None = None
+        self._parsed: dict[str, tuple[str, list[Proxy]]] = {}  # label -> last
         self._task: LoopingCall | None = None
         self._first: Deferred[None] | None = None
         self._stopped = False
@@ -197,10 +198,15 @@ class ListRefresher:
         self._url_proxies = proxies
 
     def _parse(self, text: str, label: str) -> list[Proxy]:
+        """The list's proxies; its bad lines told once per change of its text."""
+        last = self._parsed.get(label)
+        if last is not None and last[0] == text:
+            return last[1]
         max_concurrency = self.keeper.config.proxy_max_concurrency
         proxies, problems = parse_proxy_list(text, label, max_concurrency)
         for problem in problems:
             logger.warning("%s: line skipped", problem)
+        self._parsed[label] = (text, proxies)
         return proxies
 
     def _failed(self, source: str, reason: str) -> None:
