@@ -16,6 +16,7 @@ from .models import (
     ProxyFilters,
     ProxyProtocol,
     SelectorStrategy,
+    mask_url_password,
 )
 from .proxy_file import parse_proxies, proxies_from_file, split_proxy_urls
 from .target_values import parse_filters, parse_selector
@@ -29,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "PHAROX_POOL": "default",
     "PHAROX_PROXIES": [],
     "PHAROX_PROXIES_FILE": None,
+    "PHAROX_PROXIES_URL": None,
+    "PHAROX_PROXIES_REFRESH": 300,
     "PHAROX_PROXY_MAX_CONCURRENCY": 1,
     "PHAROX_CONSUMER": None,
     "PHAROX_LEASE_SECONDS": 300,
@@ -77,6 +80,11 @@ class PharoxConfig:
     storage: Any = DEFAULTS["PHAROX_STORAGE"]
     pool: str = DEFAULTS["PHAROX_POOL"]
     proxies: tuple[Proxy, ...] = ()
+    #: Live lists: the URL fetched, the file re-read, every ``proxies_refresh``
+    #: seconds (0: the URL at start only).
+    proxies_url: str | None = DEFAULTS["PHAROX_PROXIES_URL"]
+    proxies_file: str | None = DEFAULTS["PHAROX_PROXIES_FILE"]
+    proxies_refresh: float = float(DEFAULTS["PHAROX_PROXIES_REFRESH"])
     proxy_max_concurrency: int | None = DEFAULTS["PHAROX_PROXY_MAX_CONCURRENCY"]
     consumer: str | None = DEFAULTS["PHAROX_CONSUMER"]
     lease_seconds: float = float(DEFAULTS["PHAROX_LEASE_SECONDS"])
@@ -127,6 +135,9 @@ class PharoxConfig:
             storage=_raw(settings, "PHAROX_STORAGE"),
             pool=pool,
             proxies=tuple(proxies),
+            proxies_url=_http_url(settings, "PHAROX_PROXIES_URL"),
+            proxies_file=str(_raw(settings, "PHAROX_PROXIES_FILE") or "") or None,
+            proxies_refresh=_seconds(settings, "PHAROX_PROXIES_REFRESH", zero=True),
             proxy_max_concurrency=max_concurrency,
             consumer=consumer,
             lease_seconds=_seconds(settings, "PHAROX_LEASE_SECONDS"),
@@ -283,6 +294,21 @@ def _non_empty_text(settings: BaseSettings, name: str) -> str:
     return value.strip()
 
 
+def _http_url(settings: BaseSettings, name: str) -> str | None:
+    """An http:// or https:// URL, or None when unset (password masked in errors)."""
+    url = _raw(settings, name)
+    if url is not None and not isinstance(url, str):
+        raise PharoxSettingError(f"{name} must be a URL, got {type(url).__name__}")
+    url = (url or "").strip() or None
+    scheme = url.partition("://")[0].lower() if url is not None else "http"
+    if scheme not in ("http", "https"):
+        raise PharoxSettingError(
+            f"{name} must be an http:// or https:// URL, got "
+            f"{mask_url_password(str(url))!r}"
+        )
+    return url
+
+
 def _protocols(settings: BaseSettings) -> frozenset[ProxyProtocol]:
     names = _read(settings, "PHAROX_PROTOCOLS", settings.getlist)
     try:
@@ -313,15 +339,7 @@ class HealthCheckConfig:
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> HealthCheckConfig:
         """Read and check the settings; PharoxSettingError names a bad one."""
-        url = _raw(settings, "PHAROX_CHECK_URL")
-        if url is not None and not isinstance(url, str):
-            raise PharoxSettingError(f"PHAROX_CHECK_URL must be a URL, got {url!r}")
-        url = (url or "").strip() or None
-        scheme = url.partition("://")[0].lower() if url is not None else "http"
-        if scheme not in ("http", "https"):
-            raise PharoxSettingError(
-                f"PHAROX_CHECK_URL must be an http:// or https:// URL, got {url!r}"
-            )
+        url = _http_url(settings, "PHAROX_CHECK_URL")
         concurrency = _positive_int(settings, "PHAROX_CHECK_CONCURRENCY")
         return cls(
             url=url,

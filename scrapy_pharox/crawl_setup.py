@@ -15,6 +15,7 @@ from .callers import Target
 from .config import PharoxConfig, PharoxSettingError
 from .durations import check_seconds
 from .exceptions import PharoxError
+from .live_lists import ListRefresher
 from .manager import ProxyManager
 from .models import ProxyPool, mask_url_password
 from .storage import IStorage, open_storage
@@ -99,6 +100,13 @@ def _build_keeper(keeper_class: type[LeaseKeeper], crawler: Crawler) -> LeaseKee
         raise
     crawler.signals.connect(keeper.spider_opened, signal=signals.spider_opened)
     crawler.signals.connect(keeper.spider_closed, signal=signals.spider_closed)
+    refresher = ListRefresher.for_crawler(crawler, keeper)
+    if refresher is not None:  # held by its signals: nothing else refers to it
+        for handler, signal in (
+            (refresher.start, signals.spider_opened),
+            (refresher.stop, signals.spider_closed),
+        ):
+            crawler.signals.connect(handler, signal=signal, weak=False)
     crawler.signals.connect(keeper.shutdown, signal=signals.engine_stopped)
     return keeper
 

@@ -327,6 +327,10 @@ class LeaseKeeper:
         """Wake the longest waiter for the pool (for any, without a name)."""
         self._lines.wake_for(pool_name)
 
+    def wake_waiters(self) -> None:
+        """Proxies joined a pool: every request waiting looks again now."""
+        self._lines.wake_all()
+
     def stop_waiting(self) -> None:
         """The crawl stops: every request waiting for a proxy stops now
         (``lease_for`` raises StopWaiting), and no lease is taken any more."""

@@ -114,3 +114,30 @@ def proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
         if proxy is not None:
             proxies.append(proxy)
     return proxies
+
+
+def parse_proxy_list(
+    text: str, label: str, max_concurrency: int | None
+) -> tuple[list[Proxy], list[str]]:
+    """The proxies of a live list (a fetched page, a file re-read), and a
+    problem per malformed line, which is skipped: ``<label> line <n>: ...``,
+    password masked."""
+    proxies, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            proxy = parse_proxy_line(line, f"{label} line {number}", max_concurrency)
+        except PharoxError as exc:
+            problems.append(str(exc))
+            continue
+        if proxy is not None:
+            proxies.append(proxy)
+    return proxies, problems
+
+
+def file_signature(path: str) -> tuple[int, int] | None:
+    """What tells a file changed: its mtime (ns) and size; None when missing."""
+    try:
+        found = Path(path).stat()
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size)

@@ -32,6 +32,7 @@ from scrapy_pharox.models import (
     ProxyPool,
     SelectorStrategy,
 )
+from scrapy_pharox.storage import SourceState
 
 T = TypeVar("T")
 
@@ -138,6 +139,17 @@ class AsyncPath(IStorage):
 
     def list_sessions(self, pool_name: str) -> list[ProxySession]:
         return self.inner.list_sessions(pool_name)
+
+    # Live lists: the inner storage's claims and states.
+
+    def claim_refresh(self, pool_name: str, holder: str, seconds: float) -> bool:
+        return self.inner.claim_refresh(pool_name, holder, seconds)
+
+    def get_source_state(self, pool_name: str) -> SourceState:
+        return self.inner.get_source_state(pool_name)
+
+    def put_source_state(self, pool_name: str, holder: str, state: SourceState) -> bool:
+        return self.inner.put_source_state(pool_name, holder, state)
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

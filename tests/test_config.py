@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,39 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     missing = [name for name in DEFAULTS if f"| `{name}` |" not in readme]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "PHAROX_PROXIES_URL",
+            "ftp://lister:list-pw@127.0.0.1/proxies.txt",
+            "PHAROX_PROXIES_URL must be an http:// or https:// URL, got "
+            "'ftp://lister:***@127.0.0.1/proxies.txt'",
+        ),
+        ("PHAROX_PROXIES_URL", 42, "PHAROX_PROXIES_URL must be a URL, got int"),
+        ("PHAROX_PROXIES_REFRESH", -1, "PHAROX_PROXIES_REFRESH"),
+        ("PHAROX_PROXIES_REFRESH", "soon", "PHAROX_PROXIES_REFRESH"),
+    ],
+)
+def test_a_bad_live_list_setting_fails_at_start_naming_it(
+    name: str, value: Any, message: str
+) -> None:
+    with pytest.raises(PharoxSettingError, match=re.escape(message)) as bad:
+        PharoxConfig.from_settings(Settings({name: value}))
+    assert "list-pw" not in str(bad.value)
+
+
+def test_live_list_settings_are_read() -> None:
+    config = PharoxConfig.from_settings(
+        Settings(
+            {
+                "PHAROX_PROXIES_URL": " https://provider.example/list.txt ",
+                "PHAROX_PROXIES_REFRESH": "0",
+            }
+        )
+    )
+    assert config.proxies_url == "https://provider.example/list.txt"
+    assert config.proxies_refresh == 0.0
+    assert PharoxConfig().proxies_refresh == 300.0

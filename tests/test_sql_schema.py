@@ -113,6 +113,7 @@ def downgrade(url: str, version: int) -> None:
     with sql_engine(url) as engine, engine.begin() as conn:
         if version < 4:
             conn.execute(text("DROP TABLE pharox_session"))
+            conn.execute(text("DROP TABLE pharox_source"))
         if version < 3:
             conn.execute(
                 text("ALTER TABLE pharox_domain_cooldown DROP COLUMN leased_at")
@@ -138,7 +139,7 @@ def test_a_version_2_schema_is_upgraded_in_place_keeping_its_data(
         storage.close()
 
 
-def test_a_version_3_schema_is_upgraded_in_place_and_then_keeps_sessions(
+def test_a_version_3_schema_is_upgraded_in_place_and_then_keeps_sessions_and_lists(
     sql_url: str,
 ) -> None:
     storage = open_storage(sql_url)
@@ -155,6 +156,8 @@ def test_a_version_3_schema_is_upgraded_in_place_and_then_keeps_sessions(
         binding = storage.bind_session("pool", "login", "worker", 60, 3000)
         assert binding is not None and binding.event == "created"
         assert [session.key for session in storage.list_sessions("pool")] == ["login"]
+        # and live lists (pharox_source, also version 4)
+        assert storage.claim_refresh("pool", "crawl-a", 60)
     finally:
         storage.close()
 

@@ -6,6 +6,9 @@ to the next three pages (wrapping around), so every page is reachable. Also
 request is recorded with the moment it arrived, its host and the proxy that
 carried it.
 
+``/proxies.txt`` serves ``proxy_list`` as text with ``proxy_list_status``: a
+live proxy list (PHAROX_PROXIES_URL) whose content and failures a test sets.
+
 ``/flow/<n>`` (1..flow_pages, each linking to the next) is a site that ties its
 visitor cookie to an IP: a request without a cookie it knows gets a new one,
 issued to the proxy that carried it, and a cookie that comes back through
@@ -91,6 +94,7 @@ class _SiteHandler(BaseHTTPRequestHandler):
             self.site.requests.append(record)
         host = record.host
         issued: str | None = None
+        content_type = "text/html; charset=utf-8"
         retry_after = self.site.throttled_proxy_ports.get(record.via_proxy_port or 0)
         if record.via_proxy_port in self.site.banned_proxy_ports and (
             self.site.ban_host is None or host == self.site.ban_host
@@ -102,6 +106,9 @@ class _SiteHandler(BaseHTTPRequestHandler):
             path = urlsplit(self.path).path
             if path.startswith("/flow/"):
                 status, html, issued = self._flow(path, record)
+            elif path == "/proxies.txt":
+                status, html = self.site.proxy_list_status, self.site.proxy_list
+                content_type = "text/plain; charset=utf-8"
             else:
                 status, html = self._route(path)
         data = html.encode("utf-8")
@@ -110,7 +117,7 @@ class _SiteHandler(BaseHTTPRequestHandler):
             self.send_header("Set-Cookie", f"{VISITOR_COOKIE}={issued}; Path=/")
         if status == 429 and retry_after:
             self.send_header("Retry-After", retry_after)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
@@ -199,6 +206,14 @@ class TargetSite(Service):
         self.visitors: dict[str, int | None] = {}
         self.refused: list[RecordedRequest] = []
         self._visitor_numbers = itertools.count(1)
+        #: ``/proxies.txt``: a live proxy list, answered with this status.
+        self.proxy_list = ""
+        self.proxy_list_status = 200
+
+    @property
+    def list_fetches(self) -> list[RecordedRequest]:
+        """The requests for ``/proxies.txt`` so far."""
+        return [r for r in self.requests if urlsplit(r.path).path == "/proxies.txt"]
 
     def _handler(self) -> Handler:
         return functools.partial(_SiteHandler, site=self)

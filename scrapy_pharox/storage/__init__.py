@@ -8,11 +8,19 @@ from ..exceptions import UnsupportedStorageURLError
 from ..models import mask_url_password
 from .base import IStorage
 from .memory import InMemoryStorage
+from .sources import SourceState, SyncResult
 
 if TYPE_CHECKING:
     from .sql import SqlStorage
 
-__all__ = ["IStorage", "InMemoryStorage", "SqlStorage", "open_storage"]
+__all__ = [
+    "IStorage",
+    "InMemoryStorage",
+    "SourceState",
+    "SqlStorage",
+    "SyncResult",
+    "open_storage",
+]
 
 _SQL_SCHEMES = frozenset(
     {"postgresql", "postgresql+psycopg", "postgres", "sqlite", "sqlite+pysqlite"}

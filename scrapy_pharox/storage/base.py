@@ -28,6 +28,7 @@ from ..models import (
     SelectorStrategy,
 )
 from .sessions import SessionStorage
+from .sources import SourceStorage
 
 #: The longest lease a storage takes (``durations.MAX_SECONDS``, seven days).
 MAX_LEASE_SECONDS = MAX_SECONDS
@@ -59,9 +60,10 @@ def check_lease_seconds(duration_seconds: float) -> float:
 _COMPOSED_ACQUIRE_ATTEMPTS = 5
 
 
-class IStorage(SessionStorage, ABC):
+class IStorage(SessionStorage, SourceStorage, ABC):
     """Where pools, proxies, consumers, leases and sessions live (the session
-    part of the contract is documented on ``SessionStorage``).
+    part of the contract is documented on ``SessionStorage``, the live lists'
+    on ``SourceStorage``).
 
     Eligible proxies are ACTIVE, have a free slot (``current_leases <
     max_concurrency``, or no limit), are not cooling down (``cooldown_until`` unset

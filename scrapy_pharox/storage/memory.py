@@ -36,9 +36,10 @@ from ..models import (
 from .base import IStorage, check_lease_seconds
 from .memory_pool import ActiveLease, PoolIndex, Slot, order_key, record_outcome
 from .memory_sessions import MemorySessions
+from .memory_sources import MemorySources
 
 
-class InMemoryStorage(MemorySessions, IStorage):
+class InMemoryStorage(MemorySessions, MemorySources, IStorage):
     """Thread-safe storage in this process's memory; ``clock`` gives epoch seconds."""
 
     blocking_io = False
@@ -53,7 +54,7 @@ class InMemoryStorage(MemorySessions, IStorage):
         self._active: dict[int, ActiveLease] = {}
         self._expiry_heap: list[tuple[float, int]] = []
         self._cooldown_heap: list[tuple[float, UUID]] = []
-        self._sessions = {}
+        self._sessions, self._claims = {}, {}
 
     # -- administration -------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 ``SqlStorage(url)`` is the adapter of the URL's dialect: ``PostgresStorage``
 (``postgresql``) or ``SqliteStorage`` (``sqlite``). This base holds what both
-share: the schema, the administration, reads and sessions (``sql_sessions``).
+share: the schema, the administration, reads, sessions (``sql_sessions``)
+and live lists (``sql_sources``).
 Every operation is written as its steps (``sql_query.Steps``) and run by the
 one executor (``sql_executor``), which retries, recovers lost replies and
 translates driver errors into StorageError, over the dialect's driver. Each
@@ -52,11 +53,12 @@ from .sql_query import ALL, FIRST, Query, Steps, prepared
 from .sql_rows import pool_from_row, proxy_from_row, proxy_values, utc
 from .sql_schema import create_schema, pool_table, proxy_table
 from .sql_sessions import SqlSessions
+from .sql_sources import SqlSources
 
 logger = logging.getLogger(__name__)
 
 
-class SqlStorage(SqlSessions, IStorage):
+class SqlStorage(SqlSessions, SqlSources, IStorage):
     """An IStorage in PostgreSQL or SQLite; see the module's docstring.
 
     ``url`` is ``postgresql+psycopg://user:password@host:port/db`` or

@@ -37,7 +37,7 @@ from .sql_schema import (
 )
 
 
-def _dialect_insert(dialect_name: str, table: Any) -> Any:
+def dialect_insert(dialect_name: str, table: Any) -> Any:
     if dialect_name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
@@ -50,7 +50,7 @@ def insert_ignoring_conflicts(dialect_name: str, table: Any) -> Any:
     values = {
         column.name: bindparam(column.name, type_=column.type) for column in table.c
     }
-    return _dialect_insert(dialect_name, table).values(values).on_conflict_do_nothing()
+    return dialect_insert(dialect_name, table).values(values).on_conflict_do_nothing()
 
 
 @cache
@@ -60,7 +60,7 @@ def upsert_consumer(dialect_name: str) -> Any:
     DO UPDATE rather than DO NOTHING so the row comes back when it exists, even
     when another transaction inserted it a moment ago.
     """
-    upsert = _dialect_insert(dialect_name, consumer_table).values(
+    upsert = dialect_insert(dialect_name, consumer_table).values(
         id=bindparam("id", type_=consumer_table.c.id.type), name=bindparam("name")
     )
     return upsert.on_conflict_do_update(

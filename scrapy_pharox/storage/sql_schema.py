@@ -9,7 +9,8 @@ it by.
 A database of an earlier schema version is upgraded in place (``_UPGRADES``),
 one of a later version refused, never changed: version 2 is the first one
 scrapy-pharox released; version 3 added ``pharox_domain_cooldown.leased_at``
-(reuse delays); version 4 added ``pharox_session`` (sessions).
+(reuse delays); version 4 added ``pharox_session`` (sessions) and
+``pharox_source`` (live lists).
 """
 
 from __future__ import annotations
@@ -254,6 +255,20 @@ session_table = Table(
     Column("cookies", Text, nullable=False),
 )
 
+# Version 4. One row per pool that follows a live list: who refreshes it until
+# when (a claim by the database's clock, so one fleet member refreshes at a
+# time), and what the list did, as JSON arrays of proxy ids: the proxies it
+# names and those it took out (the only ones it may put back).
+source_table = Table(
+    "pharox_source",
+    metadata,
+    Column("pool_id", Uuid, ForeignKey("pharox_pool.id"), primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("claimed_until", UtcDateTime, nullable=False),
+    Column("listed", Text, nullable=False),
+    Column("withdrawn", Text, nullable=False),
+)
+
 
 def create_schema(dialect: Dialect, shown_url: str) -> Steps[None]:
     """Create the tables once and record the version, in the caller's transaction.
@@ -308,7 +323,7 @@ def _add_leased_at(dialect: Dialect) -> list[Any]:
 
 
 def _add_sessions(dialect: Dialect) -> list[Any]:
-    return [CreateTable(session_table)]
+    return [CreateTable(session_table), CreateTable(source_table)]
 
 
 #: The statements that take a schema from a version to the next, by version.
