@@ -148,7 +148,7 @@ class Sessions:
                 recheck = min(recheck * 2, MAX_RECHECK_SECONDS)
         assert local.binding is not None
         local.in_flight += 1
-        local.sent_at[host] = now
+        local.sent_at[host] = time.monotonic()
         return SessionTurn(local, local.binding, acquire)
 
     def _needs_change(self, local: LocalSession, now: float) -> bool:
