@@ -466,3 +466,36 @@ def test_a_rate_limit_rests_the_session_on_its_proxy_instead_of_moving_it(
     assert stats["pharox/outcome/throttled"] == 3
     assert "pharox/session/rotated" not in stats
     assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_cookies_given_with_a_session_request_join_its_jar_only(
+    site: TargetSite, start_proxy: Callable[..., ForwardProxy]
+) -> Any:
+    class GivenCookieSpider(FlowSpider):
+        async def start(self) -> Any:
+            yield scrapy.Request(
+                f"{self.base_url}/flow/1",
+                meta={"pharox_session": "given"},
+                cookies={"token": "t0ken-given"},
+                dont_filter=True,
+            )
+            yield scrapy.Request(f"{self.base_url}/page/1", self.plain)
+
+        def plain(self, response: Response) -> None:
+            self.seen.append(seen(response))
+
+    proxies = [start_proxy() for _ in range(2)]
+    yield crawl(
+        GivenCookieSpider,
+        {"PHAROX_PROXIES": [p.url for p in proxies]},
+        base_url=site.url,
+        keys=[],
+    )
+    flow = [r for r in site.requests if r.path.startswith("/flow/")]
+    assert len(flow) == 6
+    # On the request it came with and on every follow-up of its session...
+    assert all("token=t0ken-given" in r.headers.get("Cookie", "") for r in flow)
+    # ...and on no request outside it.
+    (plain,) = [r for r in site.requests if r.path == "/page/1"]
+    assert "t0ken-given" not in plain.headers.get("Cookie", "")
