@@ -20,7 +20,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import IgnoreRequest
-from scrapy.http.cookies import CookieJar
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.task import LoopingCall
 
@@ -214,20 +213,15 @@ class Sessions:
         self._bind(local, bound)
         return True
 
-    def _bind(self, local: LocalSession, binding: SessionBinding | None) -> None:
-        """``binding`` is the session's now (None: it holds no slot)."""
-        if local.binding is None and binding is not None:
-            self.bound += 1
-        elif local.binding is not None and binding is None:
-            self.bound -= 1
-        if binding is not None:
-            self._tally.inc("pharox/acquire/leased")
-            if local.binding is None or binding.session.generation != (
-                local.binding.session.generation
-            ):
-                local.jar = jar_of(binding.session.cookies)
-                local.failures = 0
+    def _bind(self, local: LocalSession, binding: SessionBinding) -> None:
+        """``binding`` is the unbound session's now: it holds a slot again, and
+        its jar holds the binding's cookies (none for a new generation)."""
+        assert local.binding is None
+        self.bound += 1
+        self._tally.inc("pharox/acquire/leased")
         local.binding = binding
+        local.jar = jar_of(binding.session.cookies)
+        local.failures = 0
         local.renewed_at = time.monotonic()
 
     def _age(self, session: ProxySession) -> float:
@@ -345,8 +339,6 @@ class Sessions:
         )
         self.bound -= 1
         local.binding = None
-        local.jar = CookieJar()
-        local.failures = 0
         if rotated is not None:
             self._bind(local, rotated)
         return rotated
