@@ -18,7 +18,12 @@ from .models import (
     SelectorStrategy,
     mask_url_password,
 )
-from .proxy_file import parse_proxies, proxies_from_file, split_proxy_urls
+from .proxy_file import (
+    parse_gateways,
+    parse_proxies,
+    proxies_from_file,
+    split_proxy_urls,
+)
 from .target_values import parse_filters, parse_selector
 
 #: Every setting's default, written here only: the config classes below and
@@ -30,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "PHAROX_POOL": "default",
     "PHAROX_PROXIES": [],
     "PHAROX_PROXIES_FILE": None,
+    "PHAROX_GATEWAYS": [],
     "PHAROX_PROXIES_URL": None,
     "PHAROX_PROXIES_REFRESH": 300,
     "PHAROX_PROXY_MAX_CONCURRENCY": 1,
@@ -80,6 +86,8 @@ class PharoxConfig:
     storage: Any = DEFAULTS["PHAROX_STORAGE"]
     pool: str = DEFAULTS["PHAROX_POOL"]
     proxies: tuple[Proxy, ...] = ()
+    #: PHAROX_GATEWAYS' exits, each with the name of its pool.
+    gateway_exits: tuple[tuple[str, Proxy], ...] = ()
     #: Live lists: the URL fetched, the file re-read, every ``proxies_refresh``
     #: seconds (0: the URL at start only).
     proxies_url: str | None = DEFAULTS["PHAROX_PROXIES_URL"]
@@ -135,6 +143,9 @@ class PharoxConfig:
             storage=_raw(settings, "PHAROX_STORAGE"),
             pool=pool,
             proxies=tuple(proxies),
+            gateway_exits=tuple(
+                parse_gateways(_raw(settings, "PHAROX_GATEWAYS"), pool, max_concurrency)
+            ),
             proxies_url=_http_url(settings, "PHAROX_PROXIES_URL"),
             proxies_file=str(_raw(settings, "PHAROX_PROXIES_FILE") or "") or None,
             proxies_refresh=_seconds(settings, "PHAROX_PROXIES_REFRESH", zero=True),

@@ -141,6 +141,9 @@ def load_proxies(keeper: LeaseKeeper) -> None:
         pool = storage.add_pool(ProxyPool(name=config.pool))
         for proxy in config.proxies:
             storage.add_proxy(proxy.model_copy(update={"pool_id": pool.id}))
+    for pool_name, proxy in config.gateway_exits:
+        pool = storage.add_pool(ProxyPool(name=pool_name))
+        storage.add_proxy(proxy.model_copy(update={"pool_id": pool.id}))
     for pool_name in sorted({config.pool, keeper.default_target.pool}):
         proxies = storage.list_proxies(pool_name)
         usable = [p for p in proxies if p.protocol in config.protocols]

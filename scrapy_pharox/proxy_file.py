@@ -3,24 +3,37 @@
 
 One proxy URL a line, optionally followed by fields (``country=DE city=Kiel``);
 ``#`` at the start of a line or after white space starts a comment (one inside a
-URL is part of it, to be told as a character to percent-encode).
+URL is part of it, to be told as a character to percent-encode). A provider
+gateway's line holds ``{session}`` in its URL and says how many exits to hold
+(``identities=N``, optionally ``session_seconds=S``): it stands for N proxies.
+PHAROX_GATEWAYS gives gateways as dicts of the same fields.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from .durations import MAX_SECONDS
 from .exceptions import PharoxError, PharoxSettingError
-from .models import Proxy, mask_url_password
+from .models import (
+    DEFAULT_SESSION_SECONDS,
+    SESSION_PLACEHOLDER,
+    Proxy,
+    gateway_identities,
+    mask_url_password,
+)
 
 #: Fields a line may give after the URL, as name=value.
 FILE_FIELDS = frozenset(
     {"country", "city", "source", "isp", "asn", "latitude", "longitude",
      "max_concurrency"}
 )  # fmt: skip
+#: What a gateway's line or dict gives beside those.
+GATEWAY_FIELDS = frozenset({"identities", "session_seconds"})
 
 # A placeholder pool id: proxies are parsed before the pool exists in storage.
 _UNBOUND_POOL = UUID(int=0)
@@ -64,22 +77,71 @@ _NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
 _COMMENT = re.compile(r"(?:^|\s)#.*", re.DOTALL)
 
 
+def parse_gateway(
+    source: str, url: Any, max_concurrency: int | None, fields: dict[str, Any]
+) -> list[Proxy]:
+    """The exits of a gateway (``identities`` and ``session_seconds`` among the
+    fields); PharoxSettingError names ``source``, password masked."""
+    extra = {"max_concurrency": max_concurrency, **fields}
+    identities = extra.pop("identities", None)
+    seconds = extra.pop("session_seconds", DEFAULT_SESSION_SECONDS)
+    try:
+        if identities is None:
+            raise PharoxSettingError(
+                f"a gateway URL (with {SESSION_PLACEHOLDER}) needs identities=N"
+            )
+        return gateway_identities(
+            str(url),
+            _whole(identities, "identities"),
+            pool_id=_UNBOUND_POOL,
+            session_seconds=_positive(seconds, "session_seconds"),
+            **extra,
+        )
+    except PharoxError as exc:
+        raise _setting_error(f"{source}: {exc}") from None
+
+
+def _whole(value: Any, name: str) -> int:
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise PharoxSettingError(
+            f"{name} must be a whole number, got {value!r}"
+        ) from None
+    return number
+
+
+def _positive(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PharoxSettingError(f"{name} must be a number, got {value!r}") from None
+    if not 0 < number <= MAX_SECONDS:
+        raise PharoxSettingError(
+            f"{name} must be above 0 and at most {MAX_SECONDS}, got {value!r}"
+        )
+    return number
+
+
 def parse_proxy_line(
     line: str, source: str, max_concurrency: int | None, **defaults: str
-) -> Proxy | None:
-    """One line of a proxies file, or None when it holds no proxy; ``defaults``
-    fill fields the line does not give.
+) -> list[Proxy]:
+    """The proxies of one line of a proxies file (none for a blank or comment
+    line, a gateway's exits for a gateway's); ``defaults`` fill fields the line
+    does not give.
 
     A bad line raises PharoxSettingError prefixed with ``source``, password masked.
     """
     text = _COMMENT.sub("", line, count=1)
     words = text.split()
     if not words:
-        return None
+        return []
     fields = dict(defaults)
+    gateway = SESSION_PLACEHOLDER in words[0]
+    allowed = FILE_FIELDS | GATEWAY_FIELDS if gateway else FILE_FIELDS
     for word in words[1:]:
         name, equals, value = word.partition("=")
-        if equals and name in FILE_FIELDS:
+        if equals and name in allowed:
             fields[name] = value
             continue
         if any("@" in later for later in words[1:]):
@@ -92,9 +154,11 @@ def parse_proxy_line(
             )
         raise _setting_error(
             f"{source}: {word!r} is not one of "
-            f"{', '.join(sorted(FILE_FIELDS))} given as name=value"
+            f"{', '.join(sorted(allowed))} given as name=value"
         )
-    return parse_proxy(source, words[0], max_concurrency, fields)
+    if gateway:
+        return parse_gateway(source, words[0], max_concurrency, fields)
+    return [parse_proxy(source, words[0], max_concurrency, fields)]
 
 
 def proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
@@ -110,9 +174,7 @@ def proxies_from_file(path: Any, max_concurrency: int | None) -> list[Proxy]:
     proxies = []
     for number, line in enumerate(lines, start=1):
         source = f"PHAROX_PROXIES_FILE {path}:{number}"
-        proxy = parse_proxy_line(line, source, max_concurrency)
-        if proxy is not None:
-            proxies.append(proxy)
+        proxies.extend(parse_proxy_line(line, source, max_concurrency))
     return proxies
 
 
@@ -125,12 +187,11 @@ def parse_proxy_list(
     proxies, problems = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         try:
-            proxy = parse_proxy_line(line, f"{label} line {number}", max_concurrency)
+            proxies.extend(
+                parse_proxy_line(line, f"{label} line {number}", max_concurrency)
+            )
         except PharoxError as exc:
             problems.append(str(exc))
-            continue
-        if proxy is not None:
-            proxies.append(proxy)
     return proxies, problems
 
 
@@ -141,3 +202,48 @@ def file_signature(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (found.st_mtime_ns, found.st_size)
+
+
+def parse_gateways(
+    value: Any, default_pool: str, max_concurrency: int | None
+) -> list[tuple[str, Proxy]]:
+    """PHAROX_GATEWAYS (a list of dicts, or its JSON text) as (pool, exit) pairs;
+    PharoxSettingError names the entry and the bad key or value."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError as exc:
+            raise _setting_error(f"PHAROX_GATEWAYS: not valid JSON ({exc})") from None
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise _setting_error(
+            f"PHAROX_GATEWAYS must be a list of dicts, got {type(value).__name__}"
+        )
+    allowed = FILE_FIELDS | GATEWAY_FIELDS | {"url", "pool"}
+    exits = []
+    for number, entry in enumerate(value, start=1):
+        source = f"PHAROX_GATEWAYS entry {number}"
+        if not isinstance(entry, dict):
+            raise _setting_error(f"{source} must be a dict, got {type(entry).__name__}")
+        unknown = sorted(str(key) for key in entry if key not in allowed)
+        if unknown:
+            raise _setting_error(
+                f"{source}: unknown key {unknown[0]!r} (known: "
+                f"{', '.join(sorted(allowed))})"
+            )
+        if "url" not in entry:
+            raise _setting_error(f"{source} has no url")
+        fields = {
+            key: item for key, item in entry.items() if key not in ("url", "pool")
+        }
+        pool = entry.get("pool", default_pool)
+        if not isinstance(pool, str) or not pool:
+            raise _setting_error(
+                f"{source}: pool must be a non-empty string, got {pool!r}"
+            )
+        exits.extend(
+            (pool, proxy)
+            for proxy in parse_gateway(source, entry["url"], max_concurrency, fields)
+        )
+    return exits

@@ -151,6 +151,13 @@ class AsyncPath(IStorage):
     def put_source_state(self, pool_name: str, holder: str, state: SourceState) -> bool:
         return self.inner.put_source_state(pool_name, holder, state)
 
+    # Gateway exits: the inner storage's renewals.
+
+    def renew_identity(
+        self, proxy_id: UUID, session_id: str, new_session_id: str, **limit: Any
+    ) -> Proxy:
+        return self.inner.renew_identity(proxy_id, session_id, new_session_id, **limit)
+
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)

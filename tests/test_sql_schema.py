@@ -18,6 +18,7 @@ from scrapy_pharox import (
     bootstrap_proxy,
     open_storage,
 )
+from scrapy_pharox.models import gateway_identities
 from scrapy_pharox.storage.sql_schema import (
     SCHEMA_VERSION,
     schema_version_table,
@@ -107,10 +108,23 @@ def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
         storage.close()
 
 
+GATEWAY_COLUMNS = ("identity", "session_id", "session_seconds", "session_started_at")
+
+
 def downgrade(url: str, version: int) -> None:
     """Take what the versions after ``version`` added out of the database at
     ``url``, and say it is of that version."""
     with sql_engine(url) as engine, engine.begin() as conn:
+        if version < 5:
+            conn.execute(text("DROP INDEX pharox_proxy_endpoint"))
+            for column in GATEWAY_COLUMNS:
+                conn.execute(text(f"ALTER TABLE pharox_proxy DROP COLUMN {column}"))
+            conn.execute(
+                text(
+                    "CREATE UNIQUE INDEX pharox_proxy_endpoint ON pharox_proxy"
+                    " (pool_id, protocol, host_key, port, coalesce(username, ''))"
+                )
+            )
         if version < 4:
             conn.execute(text("DROP TABLE pharox_session"))
             conn.execute(text("DROP TABLE pharox_source"))
@@ -130,7 +144,7 @@ def test_a_version_2_schema_is_upgraded_in_place_keeping_its_data(
         bootstrap_pool(storage, name="pool")
         downgrade(sql_url, 2)
         open_storage(sql_url).close()
-        assert stored_versions(sql_url) == [SCHEMA_VERSION] == [4]
+        assert stored_versions(sql_url) == [SCHEMA_VERSION] == [5]
         assert [pool.name for pool in storage.list_pools()] == ["pool"]
         with sql_engine(sql_url) as engine, engine.connect() as conn:
             conn.execute(text("SELECT leased_at FROM pharox_domain_cooldown"))
@@ -151,13 +165,42 @@ def test_a_version_3_schema_is_upgraded_in_place_and_then_keeps_sessions_and_lis
         with pytest.raises(StorageError, match="pharox_session"):
             storage.list_sessions("pool")
         open_storage(sql_url).close()
-        assert stored_versions(sql_url) == [4]
+        assert stored_versions(sql_url) == [5]
         assert [proxy.port for proxy in storage.list_proxies("pool")] == [3128]
         binding = storage.bind_session("pool", "login", "worker", 60, 3000)
         assert binding is not None and binding.event == "created"
         assert [session.key for session in storage.list_sessions("pool")] == ["login"]
         # and live lists (pharox_source, also version 4)
         assert storage.claim_refresh("pool", "crawl-a", 60)
+    finally:
+        storage.close()
+
+
+def test_a_version_4_schema_is_upgraded_in_place_and_then_holds_gateway_exits(
+    sql_url: str,
+) -> None:
+    storage = open_storage(sql_url)
+    assert isinstance(storage, SqlStorage)
+    try:
+        pool = bootstrap_pool(storage, name="pool")
+        bootstrap_proxy(storage, pool=pool, host="127.0.0.1", port=3128)
+        downgrade(sql_url, 4)
+        with pytest.raises(StorageError, match="identity"):
+            storage.list_proxies("pool")
+        open_storage(sql_url).close()
+        assert stored_versions(sql_url) == [5]
+        [kept] = storage.list_proxies("pool")
+        assert (kept.port, kept.identity) == (3128, None)
+        # Two exits that differ by password only: the new endpoint index
+        # tells them apart by identity.
+        added = [
+            storage.add_proxy(proxy)
+            for proxy in gateway_identities(
+                "http://user:pw-{session}@127.0.0.1:7000", 2, pool_id=pool.id
+            )
+        ]
+        assert len({proxy.id for proxy in added}) == 2
+        assert len(storage.list_proxies("pool")) == 3
     finally:
         storage.close()
 

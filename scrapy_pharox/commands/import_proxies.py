@@ -123,15 +123,14 @@ class Command(PharoxCommand):
         lines = []
         for number, text_line in enumerate(text.splitlines(), start=1):
             try:
-                proxy = parse_proxy_line(
+                proxies = parse_proxy_line(
                     text_line, f"line {number}", max_concurrency, **defaults
                 )
             except PharoxError as exc:
                 problem = str(exc).removeprefix(f"line {number}: ")
                 lines.append(Line(number, None, problem))
                 continue
-            if proxy is not None:
-                lines.append(Line(number, proxy))
+            lines.extend(Line(number, proxy) for proxy in proxies)
         return lines
 
     def store(

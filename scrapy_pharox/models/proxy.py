@@ -11,6 +11,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from ..durations import MAX_SECONDS
 from ..exceptions import InvalidProxyURLError
 from .base import utc_now
 from .urls import credentials_problem, mask_url_password
@@ -81,6 +82,14 @@ class Proxy(BaseModel):
     consecutive_failures: int = Field(default=0, ge=0)
     latency_ms: float | None = Field(default=None, ge=0)
     cooldown_until: datetime | None = None
+    # A provider gateway's exit: ``identity`` names it in its pool (the gateway's
+    # URL, masked, and a number), ``session_id`` is in its credentials, and the
+    # storage renews it (``renew_identity``) before ``session_seconds`` from
+    # ``session_started_at`` run out, or when it is burned.
+    identity: str | None = None
+    session_id: str | None = None
+    session_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    session_started_at: datetime | None = None
 
     @field_validator("host", mode="before")
     @classmethod
@@ -192,9 +201,21 @@ class Proxy(BaseModel):
 
     @property
     def endpoint_key(self) -> tuple[str, str, int, str | None]:
-        """What makes two proxies of one pool the same: protocol, host, port, user."""
-        user = self.credentials.user if self.credentials is not None else None
-        return (self.protocol.value, self.host.lower(), self.port, user)
+        """What makes two proxies of one pool the same: protocol, host, port, and
+        the user, or for a gateway's exit its identity (its user changes with its
+        session id)."""
+        who = self.identity
+        if who is None and self.credentials is not None:
+            who = self.credentials.user
+        return (self.protocol.value, self.host.lower(), self.port, who)
+
+    @property
+    def renewal_due_at(self) -> float | None:
+        """When a gateway's exit is due for a new session id (a POSIX time): a
+        tenth of its ``session_seconds`` before they run out; None for others."""
+        if self.session_seconds is None or self.session_started_at is None:
+            return None
+        return self.session_started_at.timestamp() + 0.9 * self.session_seconds
 
     @property
     def has_capacity(self) -> bool:

@@ -27,6 +27,7 @@ from ..models import (
     ProxyStatus,
     SelectorStrategy,
 )
+from .identities import IdentityStorage
 from .sessions import SessionStorage
 from .sources import SourceStorage
 
@@ -60,10 +61,10 @@ def check_lease_seconds(duration_seconds: float) -> float:
 _COMPOSED_ACQUIRE_ATTEMPTS = 5
 
 
-class IStorage(SessionStorage, SourceStorage, ABC):
+class IStorage(SessionStorage, SourceStorage, IdentityStorage, ABC):
     """Where pools, proxies, consumers, leases and sessions live (the session
     part of the contract is documented on ``SessionStorage``, the live lists'
-    on ``SourceStorage``).
+    on ``SourceStorage``, gateway exits' on ``IdentityStorage``).
 
     Eligible proxies are ACTIVE, have a free slot (``current_leases <
     max_concurrency``, or no limit), are not cooling down (``cooldown_until`` unset

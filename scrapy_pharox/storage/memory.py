@@ -2,8 +2,8 @@
 
 Acquire and release cost O(log n) in the pool size when no filter is given: a heap
 keeps the FIRST_AVAILABLE order of the proxies with a free slot, a heap keyed by
-expiry finds the leases to reclaim, and a released lease is forgotten at once.
-Filtered and LEAST_USED selections walk the pool.
+expiry finds the leases to reclaim, a released lease is forgotten at once, and
+filtered and LEAST_USED selections walk the pool.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from ..models import (
     snapshot,
 )
 from .base import IStorage, check_lease_seconds
+from .memory_identities import MemoryIdentities
 from .memory_pool import ActiveLease, PoolIndex, Slot, order_key, record_outcome
 from .memory_sessions import MemorySessions
 from .memory_sources import MemorySources
 
 
-class InMemoryStorage(MemorySessions, MemorySources, IStorage):
+class InMemoryStorage(MemorySessions, MemorySources, MemoryIdentities, IStorage):
     """Thread-safe storage in this process's memory; ``clock`` gives epoch seconds."""
 
     blocking_io = False
@@ -393,8 +394,3 @@ class InMemoryStorage(MemorySessions, MemorySources, IStorage):
             if pool is not None:
                 pool.push_if_free(pool.slots[proxy_id], now)
         return now
-
-    def _pool_of(self, proxy_id: UUID) -> PoolIndex | None:
-        return next(
-            (pool for pool in self._pools.values() if proxy_id in pool.slots), None
-        )

@@ -49,6 +49,7 @@ from . import sql_leasing as leasing
 from . import sql_outcomes as outcomes
 from .base import IStorage, check_lease_seconds
 from .sql_executor import Driver, Executor, Pipeliner
+from .sql_identities import SqlIdentities
 from .sql_query import ALL, FIRST, Query, Steps, prepared
 from .sql_rows import pool_from_row, proxy_from_row, proxy_values, utc
 from .sql_schema import create_schema, pool_table, proxy_table
@@ -58,7 +59,7 @@ from .sql_sources import SqlSources
 logger = logging.getLogger(__name__)
 
 
-class SqlStorage(SqlSessions, SqlSources, IStorage):
+class SqlStorage(SqlSessions, SqlSources, SqlIdentities, IStorage):
     """An IStorage in PostgreSQL or SQLite; see the module's docstring.
 
     ``url`` is ``postgresql+psycopg://user:password@host:port/db`` or
@@ -153,7 +154,7 @@ class SqlStorage(SqlSessions, SqlSources, IStorage):
             "protocol": proxy.protocol.value,
             "host_key": proxy.host.lower(),
             "port": proxy.port,
-            "username_key": proxy.credentials.user if proxy.credentials else "",
+            "who_key": proxy.endpoint_key[3] or "",
         }
 
         def steps(_: bool) -> Steps[Proxy]:

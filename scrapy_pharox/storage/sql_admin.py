@@ -78,7 +78,7 @@ def same_proxy() -> Select[Any]:
         proxy.protocol == bindparam("protocol"),
         proxy.host_key == bindparam("host_key"),
         proxy.port == bindparam("port"),
-        func.coalesce(proxy.username, "") == bindparam("username_key"),
+        func.coalesce(proxy.identity, proxy.username, "") == bindparam("who_key"),
     )
     return (
         select(proxy_table)

@@ -29,7 +29,7 @@ def proxy_from_row(row: Any) -> Proxy:
         credentials = build_trusted(
             ProxyCredentials, {"user": row.username, "password": row.password}
         )
-    cooldown_until = row.cooldown_until
+    cooldown_until, started = row.cooldown_until, row.session_started_at
     return build_trusted(
         Proxy,
         {
@@ -57,6 +57,10 @@ def proxy_from_row(row: Any) -> Proxy:
             "consecutive_failures": row.consecutive_failures,
             "latency_ms": row.latency_ms,
             "cooldown_until": None if cooldown_until is None else utc(cooldown_until),
+            "identity": row.identity,
+            "session_id": row.session_id,
+            "session_seconds": row.session_seconds,
+            "session_started_at": None if started is None else utc(started),
         },
     )
 
@@ -182,4 +186,8 @@ def proxy_values(proxy: Proxy) -> dict[str, Any]:
         "consecutive_failures": proxy.consecutive_failures,
         "latency_ms": proxy.latency_ms,
         "cooldown_until": proxy.cooldown_until,
+        "identity": proxy.identity,
+        "session_id": proxy.session_id,
+        "session_seconds": proxy.session_seconds,
+        "session_started_at": proxy.session_started_at,
     }

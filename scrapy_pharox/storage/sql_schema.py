@@ -42,7 +42,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from ..exceptions import StorageError
 from .sql_query import Prepared, Query, Steps
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -132,6 +132,11 @@ proxy_table = Table(
     Column("latency_ms", Double),
     # Not leased before this moment (database time); NULL: never cooled.
     Column("cooldown_until", UtcDateTime),
+    # A gateway's exit (NULLs for other proxies): models.Proxy says what each is.
+    Column("identity", Text),
+    Column("session_id", String),
+    Column("session_seconds", Double),
+    Column("session_started_at", UtcDateTime),
 )
 # Room on each page so the counter updates of acquire and release stay HOT (no
 # index holds current_leases, the outcome counters or cooldown_until, so they
@@ -142,14 +147,16 @@ _PROXY_FILLFACTOR = text("ALTER TABLE pharox_proxy SET (fillfactor = 70)")
 _ACTIVE_ONLY = text("status = 'active'")
 
 # One row per endpoint of a pool; add_proxy relies on it when two processes add
-# the same proxy at once.
-Index(
+# the same proxy at once. A gateway's exits share host, port and (with the
+# session id in the password) user: their identity tells them apart, and stays
+# when a renewal changes the user.
+endpoint_index = Index(
     "pharox_proxy_endpoint",
     proxy_table.c.pool_id,
     proxy_table.c.protocol,
     proxy_table.c.host_key,
     proxy_table.c.port,
-    func.coalesce(proxy_table.c.username, ""),
+    func.coalesce(proxy_table.c.identity, proxy_table.c.username, ""),
     unique=True,
 )
 # FIRST_AVAILABLE walks this in order and stops at the first free, unlocked row.
@@ -326,8 +333,20 @@ def _add_sessions(dialect: Dialect) -> list[Any]:
     return [CreateTable(session_table), CreateTable(source_table)]
 
 
+def _add_identities(dialect: Dialect) -> list[Any]:
+    added = [
+        text(f"ALTER TABLE pharox_proxy ADD COLUMN {column.name} "
+             f"{column.type.compile(dialect=dialect)}")
+        for column in proxy_table.c
+        if column.name in ("identity", "session_id", "session_seconds",
+                           "session_started_at")
+    ]  # fmt: skip
+    dropped = text("DROP INDEX pharox_proxy_endpoint")
+    return [*added, dropped, CreateIndex(endpoint_index)]
+
+
 #: The statements that take a schema from a version to the next, by version.
-_UPGRADES = {2: _add_leased_at, 3: _add_sessions}
+_UPGRADES = {2: _add_leased_at, 3: _add_sessions, 4: _add_identities}
 
 _SCHEMA_LOCK = text(
     "SELECT pg_advisory_xact_lock("

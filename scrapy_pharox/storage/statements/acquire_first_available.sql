@@ -53,7 +53,11 @@ claimed AS
                                                pharox_proxy.consecutive_bans,
                                                pharox_proxy.consecutive_failures,
                                                pharox_proxy.latency_ms,
-                                               pharox_proxy.cooldown_until),
+                                               pharox_proxy.cooldown_until,
+                                               pharox_proxy.identity,
+                                               pharox_proxy.session_id,
+                                               pharox_proxy.session_seconds,
+                                               pharox_proxy.session_started_at),
                                                    leased AS
   (INSERT INTO pharox_lease (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at) SELECT %(lease_id)s::UUID AS anon_1,
                                                                                                  claimed.id AS id,

@@ -110,7 +110,11 @@ picked AS
                                                pharox_proxy.consecutive_bans,
                                                pharox_proxy.consecutive_failures,
                                                pharox_proxy.latency_ms,
-                                               pharox_proxy.cooldown_until),
+                                               pharox_proxy.cooldown_until,
+                                               pharox_proxy.identity,
+                                               pharox_proxy.session_id,
+                                               pharox_proxy.session_seconds,
+                                               pharox_proxy.session_started_at),
                                                    cursor_moved AS
   (UPDATE pharox_pool
    SET round_robin_cursor=claimed.id
