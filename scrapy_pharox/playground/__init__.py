@@ -1,4 +1,4 @@
-"""Offline playground: a local target site and local forward proxies on 127.0.0.1.
+"""Offline playground: a local target site, forward proxies and a gateway on 127.0.0.1.
 
 Used by the example Scrapy project, the end-to-end tests and the benchmarks, and
 served on its own by ``python -m scrapy_pharox.playground``. Everything binds to
@@ -9,8 +9,23 @@ needs only the standard library and ``cryptography`` (for the TLS certificate);
 
 from __future__ import annotations
 
+from scrapy_pharox.playground.gateway import ExitStats, GatewayProxy
 from scrapy_pharox.playground.proxies import ForwardProxy
 from scrapy_pharox.playground.server import free_port
-from scrapy_pharox.playground.site import PROXY_HEADER, RecordedRequest, TargetSite
+from scrapy_pharox.playground.site import (
+    EXIT_HEADER,
+    PROXY_HEADER,
+    RecordedRequest,
+    TargetSite,
+)
 
-__all__ = ["PROXY_HEADER", "ForwardProxy", "RecordedRequest", "TargetSite", "free_port"]
+__all__ = [
+    "EXIT_HEADER",
+    "PROXY_HEADER",
+    "ExitStats",
+    "ForwardProxy",
+    "GatewayProxy",
+    "RecordedRequest",
+    "TargetSite",
+    "free_port",
+]

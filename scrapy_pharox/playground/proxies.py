@@ -105,10 +105,14 @@ class ForwardProxy(Service):
         ok = self.username is None or (
             scheme.lower() == "basic" and hmac.compare_digest(decoded, expected)
         )
+        self._record_authorization(values, ok)
+        return ok
+
+    def _record_authorization(self, values: list[str], ok: bool) -> None:
+        """Keep the Proxy-Authorization values seen; count a refusal."""
         with self._lock:
             self.seen_proxy_authorization.extend(values)
             self.rejected_count += not ok
-        return ok
 
     def _forwarded(self, upstream_port: int) -> None:
         with self._lock:

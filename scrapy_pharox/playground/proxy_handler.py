@@ -23,7 +23,7 @@ _HOP_BY_HOP = frozenset(
 )  # fmt: skip
 
 
-class _Reply(Exception):
+class Reply(Exception):
     """Raised inside the proxy handler to answer the client with an error."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -64,7 +64,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         with self.proxy._carrying() as finish:
             try:
                 self._forward(finish)
-            except _Reply as err:
+            except Reply as err:
                 finish()
                 self._reply(err)
 
@@ -78,10 +78,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
             if not (
                 sep and host and port_text.isdigit() and 0 < int(port_text) < 65536
             ):
-                raise _Reply(400, "CONNECT needs host:port")
+                raise Reply(400, "CONNECT needs host:port")
             self._check_auth()
             upstream = self._connect(host, int(port_text))
-        except _Reply as err:
+        except Reply as err:
             self._reply(err)
             return
         with upstream, self.srv.tracked(upstream), self.proxy._carrying():
@@ -89,7 +89,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self._pipe(upstream)
 
-    def _reply(self, err: _Reply) -> None:
+    def _reply(self, err: Reply) -> None:
         body = (err.message + "\n").encode("utf-8")
         self.close_connection = True
         self.send_response_only(err.code)
@@ -105,18 +105,18 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def _check_auth(self) -> None:
         values = self.headers.get_all("Proxy-Authorization") or []
         if not self.proxy._authorize(values):
-            raise _Reply(407, "Proxy Authentication Required")
+            raise Reply(407, "Proxy Authentication Required")
 
     def _connect(self, host: str, port: int) -> socket.socket:
         """Open an upstream connection, only to loopback; record its source port."""
         try:
             address = loopback(host.strip("[]"))
         except ValueError:
-            raise _Reply(403, "only loopback upstreams are allowed") from None
+            raise Reply(403, "only loopback upstreams are allowed") from None
         try:
             sock = socket.create_connection((address, port), timeout=30)
         except OSError as exc:
-            raise _Reply(502, f"upstream unreachable: {exc}") from None
+            raise Reply(502, f"upstream unreachable: {exc}") from None
         nodelay(sock)
         self.proxy._forwarded(int(sock.getsockname()[1]))
         return sock
@@ -126,14 +126,14 @@ class ProxyHandler(BaseHTTPRequestHandler):
         try:
             port = url.port or 80
         except ValueError:
-            raise _Reply(400, "bad port") from None
+            raise Reply(400, "bad port") from None
         if url.scheme != "http" or not url.hostname:
-            raise _Reply(400, "expected an absolute http:// URI")
+            raise Reply(400, "expected an absolute http:// URI")
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise _Reply(501, "chunked request bodies are not supported")
+            raise Reply(501, "chunked request bodies are not supported")
         length = self.headers.get("Content-Length", "0").strip() or "0"
         if not length.isdigit():
-            raise _Reply(400, "bad Content-Length")
+            raise Reply(400, "bad Content-Length")
         body = self.rfile.read(int(length))
         self._check_auth()
         conn = http.client.HTTPConnection("127.0.0.1", port)
@@ -150,7 +150,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException, ValueError) as exc:
-                raise _Reply(502, f"upstream failed: {exc!r}") from None
+                raise Reply(502, f"upstream failed: {exc!r}") from None
         self.send_response_only(resp.status, resp.reason)
         for name, value in resp.getheaders():
             if name.lower() not in _HOP_BY_HOP | {"content-length"}:

@@ -3,8 +3,8 @@
 ``/`` links to every ``/page/<n>`` (1..pages); each page links back to ``/`` and
 to the next three pages (wrapping around), so every page is reachable. Also
 ``/status/<code>`` answers with that status and ``/slow`` after a delay. Each
-request is recorded with the moment it arrived, its host and the proxy that
-carried it.
+request is recorded with the moment it arrived, its host and the proxy (and the
+gateway exit) that carried it.
 
 ``/proxies.txt`` serves ``proxy_list`` as text with ``proxy_list_status``: a
 live proxy list (PHAROX_PROXIES_URL) whose content and failures a test sets.
@@ -30,6 +30,8 @@ from scrapy_pharox.playground.server import Handler, Server, Service
 
 # Set by a ForwardProxy on what it forwards, so the site knows which proxy it was.
 PROXY_HEADER = "X-Playground-Proxy"
+# Set by a GatewayProxy on what it forwards: the exit (session id) that carried it.
+EXIT_HEADER = "X-Playground-Exit"
 #: The cookie of the ``/flow/<n>`` pages, tied to the proxy it was issued through.
 VISITOR_COOKIE = "visitor"
 
@@ -50,6 +52,11 @@ class RecordedRequest:
     def host(self) -> str:
         """The Host header without its port."""
         return self.headers.get("Host", "").rpartition(":")[0]
+
+    @property
+    def exit(self) -> str | None:
+        """The gateway exit (session id) that carried it, if any."""
+        return self.headers.get(EXIT_HEADER)
 
     @property
     def visitor(self) -> str | None:
