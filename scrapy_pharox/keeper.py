@@ -20,6 +20,7 @@ from .callers import AcquireRequest, StorageCaller, Target
 from .config import PharoxConfig
 from .exceptions import PharoxError
 from .fleet_wakeup import FleetWakeup
+from .gateway_exits import GatewayExits
 from .models import (
     Lease,
     LeaseOutcome,
@@ -80,6 +81,7 @@ class LeaseKeeper:
         self.consumer = consumer
         self.default_target = default_target
         self.routing = Routing(config, consumer, default_target)
+        self.report = self.routing.report  # a request's outcome report
         #: Every pool a request was routed to (the extension reports them).
         self.pools_used = self.routing.pools_used
         self._held: dict[int, Lease] = {}  # by lease.id.int: hashed in C
@@ -87,6 +89,7 @@ class LeaseKeeper:
         self._fleet = FleetWakeup(manager.storage, self._wake_a_waiter)
         self.caller = caller or StorageCaller.for_manager(manager)
         self.tally = StatsTally(stats, {"pharox/leases/active": lambda: self.active})
+        self.exits = GatewayExits(manager.storage, self.caller, self.tally)
         self.sessions = Sessions(self)
         self._renewer = LeaseRenewer(
             self._held, self.caller, config.lease_seconds, self.tally
@@ -159,7 +162,10 @@ class LeaseKeeper:
                     if isinstance(lease, Lease):
                         self._record_wait(started)
                         self._resting.served(target.pool)
-                        return self._hold(lease)
+                        lease = self._hold(lease)
+                        if self.exits.due(lease):
+                            lease = await self.exits.renew_due(lease, self._held)
+                        return lease
                     if lease is None:
                         self.tally.inc("pharox/acquire/empty")
                         await self._resting.missed(target.pool)
@@ -250,16 +256,6 @@ class LeaseKeeper:
         """True while this keeper still holds the lease."""
         return lease.id.int in self._held
 
-    def report(
-        self,
-        request: Request,
-        outcome: LeaseOutcome,
-        latency_ms: float | None = None,
-        rest_seconds: float | None = None,
-    ) -> OutcomeReport:
-        """The outcome of a request's lease (``Routing.report``)."""
-        return self.routing.report(request, outcome, latency_ms, rest_seconds)
-
     async def release(
         self, lease: Lease, reason: ReleaseReason, report: OutcomeReport | None = None
     ) -> bool:
@@ -296,6 +292,8 @@ class LeaseKeeper:
         )
 
     def _give_back_now(self, lease: Lease, report: OutcomeReport | None) -> None:
+        if report is not None and self.exits.burned(lease, report):
+            report = self.exits.renew_burned_now(lease, report)
         try:
             self.caller.release_now(lease, report)
         except PharoxError as exc:
@@ -304,6 +302,8 @@ class LeaseKeeper:
         self._wake_a_waiter(lease.pool_name)
 
     async def _give_back(self, lease: Lease, report: OutcomeReport | None) -> None:
+        if report is not None and self.exits.burned(lease, report):
+            report = await self.exits.renew_burned(lease, report)
         try:
             await self.caller.release(lease, report)
         except PharoxError as exc:

@@ -221,7 +221,7 @@ def parse_gateways(
             f"PHAROX_GATEWAYS must be a list of dicts, got {type(value).__name__}"
         )
     allowed = FILE_FIELDS | GATEWAY_FIELDS | {"url", "pool"}
-    exits = []
+    exits: list[tuple[str, Proxy]] = []
     for number, entry in enumerate(value, start=1):
         source = f"PHAROX_GATEWAYS entry {number}"
         if not isinstance(entry, dict):

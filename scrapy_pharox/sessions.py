@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ROTATION_REASONS = ("ban", "max_uses", "max_age", "check", "failure")
+#: "identity": its proxy, a gateway's exit, got a new session id (a new IP).
+ROTATION_REASONS = ("ban", "max_uses", "max_age", "check", "failure", "identity")
 _ROTATED_KEYS = {
     reason: f"pharox/session/rotated/{reason}" for reason in ROTATION_REASONS
 }
@@ -160,6 +161,7 @@ class Sessions:
         ) or (
             self._age(binding.session) >= config.session_max_age
             or now - local.renewed_at >= self._renew_after
+            or (not local.in_flight and self._keeper.exits.due(binding.lease))
         )
 
     async def _change(self, local: LocalSession, acquire: AcquireRequest) -> bool:
@@ -176,6 +178,10 @@ class Sessions:
                 return await self._rotate(local, acquire, "max_uses") is not None
             if self._age(session) >= config.session_max_age:
                 return await self._rotate(local, acquire, "max_age") is not None
+            if not local.in_flight and self._keeper.exits.due(binding.lease):
+                # Between its requests: the exit renewed, the session with it.
+                await self._keeper.exits.renew_due(binding.lease, {})
+                return await self._rotate(local, acquire, "identity") is not None
             renewed = await self._renew(local, None, used=False)
             if renewed is not False:
                 return bool(renewed)  # None: the storage failed, look again later
@@ -309,6 +315,8 @@ class Sessions:
         binding = local.binding
         assert binding is not None
         keeper = self._keeper
+        if report is not None and keeper.exits.burned(binding.lease, report):
+            report = await keeper.exits.renew_burned(binding.lease, report)
         try:
             rotated = await keeper.caller.call(
                 partial(

@@ -89,6 +89,12 @@ class GatewayProxy(ForwardProxy):
         with self._lock:
             return {sid: dataclasses.replace(s) for sid, s in self._exits.items()}
 
+    @property
+    def gateway_url(self) -> str:
+        """The gateway as PHAROX_GATEWAYS takes it: ``{session}`` in the user name."""
+        user = quote(self.username_template, safe="{}")
+        return f"http://{user}:{quote(self.password, safe='')}@{self._host}:{self.port}"
+
     def session_url(self, session: str) -> str:
         """Proxy URL whose percent-encoded credentials pick the exit ``session``."""
         if not _SESSION_ID.fullmatch(session):

@@ -11,8 +11,8 @@ live proxy list (PHAROX_PROXIES_URL) whose content and failures a test sets.
 
 ``/flow/<n>`` (1..flow_pages, each linking to the next) is a site that ties its
 visitor cookie to an IP: a request without a cookie it knows gets a new one,
-issued to the proxy that carried it, and a cookie that comes back through
-another proxy is refused (403, recorded in ``refused``).
+issued to the proxy (or gateway exit) that carried it, and a cookie that comes
+back through another is refused (403, recorded in ``refused``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,12 @@ class RecordedRequest:
     def exit(self) -> str | None:
         """The gateway exit (session id) that carried it, if any."""
         return self.headers.get(EXIT_HEADER)
+
+    @property
+    def ip(self) -> int | str | None:
+        """What stands for the IP it came from: its gateway exit, else the port
+        of the proxy that carried it (None: it came direct)."""
+        return self.exit or self.via_proxy_port
 
     @property
     def visitor(self) -> str | None:
@@ -142,13 +148,13 @@ class _SiteHandler(BaseHTTPRequestHandler):
         with self.srv.cond:
             visitor = record.visitor
             issued_to = site.visitors.get(visitor) if visitor else None
-            if issued_to is not None and issued_to != record.via_proxy_port:
+            if issued_to is not None and issued_to != record.ip:
                 site.refused.append(record)
                 return 403, _html("Cookie from another IP", []), None
             issued = None
             if issued_to is None:
                 issued = f"v{next(site._visitor_numbers)}"
-                site.visitors[issued] = record.via_proxy_port
+                site.visitors[issued] = record.ip
         following = int(number) + 1
         links = [f"/flow/{following}"] if following <= site.flow_pages else []
         return 200, _html(f"Flow {number}", links), issued
@@ -210,7 +216,7 @@ class TargetSite(Service):
         #: Visitor cookies of the /flow pages, each with the proxy port it was
         #: issued through (None: no proxy); ``refused`` holds the requests whose
         #: cookie came back through another.
-        self.visitors: dict[str, int | None] = {}
+        self.visitors: dict[str, int | str | None] = {}
         self.refused: list[RecordedRequest] = []
         self._visitor_numbers = itertools.count(1)
         #: ``/proxies.txt``: a live proxy list, answered with this status.

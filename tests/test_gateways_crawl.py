@@ -1,0 +1,154 @@
+"""Provider gateways in real crawls: PHAROX_GATEWAYS through the playground's
+GatewayProxy, which takes the session id in the proxy user name for the exit
+and counts what each exit carried, burns exits and ends sessions on time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from scrapy.crawler import Crawler
+
+from crawl_support import LinkSpider, assert_every_lease_released, crawl, stats_of
+from scrapy_pharox.playground import GatewayProxy, TargetSite
+
+pytestmark = pytest.mark.crawl
+
+PASSWORD = "gw-s3cret"
+
+
+@pytest.fixture
+def site() -> Iterator[TargetSite]:
+    with TargetSite(pages=30) as target:
+        yield target
+
+
+def gateway(**options: Any) -> GatewayProxy:
+    return GatewayProxy(
+        username_template="cust-42-session-{session}", password=PASSWORD, **options
+    ).start()
+
+
+def gateway_settings(proxy: GatewayProxy, **entry: Any) -> dict[str, Any]:
+    return {
+        "PHAROX_GATEWAYS": [
+            {"url": proxy.gateway_url, "identities": 3, "max_concurrency": 1, **entry}
+        ],
+        "CONCURRENT_REQUESTS": 8,
+    }
+
+
+def pages_of(crawler: Crawler) -> dict[str, int]:
+    """Each page the spider saw, with its last status."""
+    return {page["url"]: page["status"] for page in crawler.spider.seen}
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_gateway_of_three_exits_carries_a_crawl_one_request_per_exit_at_a_time(
+    site: TargetSite,
+) -> Any:
+    proxy = gateway()
+    try:
+        crawler: Crawler = yield crawl(
+            LinkSpider, gateway_settings(proxy), start_url=site.url + "/"
+        )
+    finally:
+        proxy.stop()
+    pages = pages_of(crawler)
+    assert len(pages) == 31 and set(pages.values()) == {200}
+    exits = proxy.exits
+    assert len(exits) == 3  # three session ids, each an exit of its own
+    assert all(stats.max_in_flight == 1 for stats in exits.values())
+    assert sum(stats.requests for stats in exits.values()) == 31
+    assert {request.exit for request in site.requests} == set(exits)
+    assert proxy.rejected_count == 0
+    assert_every_lease_released(stats_of(crawler))
+
+
+@pytest_twisted.inlineCallbacks
+def test_burned_exits_are_renewed_and_the_crawl_finishes_despite_a_long_cooldown(
+    site: TargetSite,
+) -> Any:
+    proxy = gateway(burn_after=4)
+    try:
+        crawler: Crawler = yield crawl(
+            LinkSpider,
+            {
+                **gateway_settings(proxy),
+                "PHAROX_COOLDOWN_BASE": 3600,
+                "PHAROX_COOLDOWN_MAX": 3600,
+                "RETRY_TIMES": 5,
+            },
+            start_url=site.url + "/",
+        )
+    finally:
+        proxy.stop()
+    pages = pages_of(crawler)
+    assert len(pages) == 31 and set(pages.values()) == {200}
+    exits = proxy.exits
+    # Each exit carried at most its 4 requests, then answered 403 once: the
+    # ban renewed it, so no request met it burned again.
+    assert all(stats.requests <= 4 for stats in exits.values())
+    assert len(exits) >= 31 // 4
+    assert proxy.burned_requests <= len(exits)
+    stats = stats_of(crawler)
+    assert stats["pharox/identity/renewed/ban"] == proxy.burned_requests
+    assert stats["pharox/identity/renewed"] == proxy.burned_requests
+    assert all(proxy.cooldown_until is None for proxy in stored_exits(crawler))
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_exits_are_renewed_before_their_session_seconds_run_out(
+    site: TargetSite,
+) -> Any:
+    site.delay = 0.1  # 31 pages over 3 exits: about a second
+    proxy = gateway(session_seconds=0.5)
+    try:
+        crawler: Crawler = yield crawl(
+            LinkSpider,
+            gateway_settings(proxy, session_seconds=0.5),
+            start_url=site.url + "/",
+        )
+    finally:
+        proxy.stop()
+    pages = pages_of(crawler)
+    assert len(pages) == 31 and set(pages.values()) == {200}
+    assert proxy.expired_requests == 0
+    exits = proxy.exits
+    assert all(s.last_seen - s.first_seen < 0.5 for s in exits.values())
+    stats = stats_of(crawler)
+    assert stats["pharox/identity/renewed/expiry"] >= 3
+    assert len(exits) == 3 + stats["pharox/identity/renewed/expiry"]
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_gateway_s_password_is_in_no_log_line_nor_stat(
+    site: TargetSite, caplog: pytest.LogCaptureFixture
+) -> Any:
+    caplog.set_level(logging.DEBUG)
+    proxy = gateway(burn_after=10)
+    try:
+        crawler: Crawler = yield crawl(
+            LinkSpider, gateway_settings(proxy), start_url=site.url + "/"
+        )
+    finally:
+        proxy.stop()
+    stats = stats_of(crawler)
+    assert stats["pharox/identity/renewed/ban"] >= 1  # renewals are logged
+    assert any("renewed gateway exit" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if PASSWORD in r.getMessage()]
+    assert PASSWORD not in repr(stats)
+    # Nor does it reach the site.
+    assert not [r for r in site.requests if PASSWORD in repr(r.headers)]
+
+
+def stored_exits(crawler: Crawler) -> list[Any]:
+    from scrapy_pharox.keeper import LeaseKeeper
+
+    storage = LeaseKeeper.for_crawler(crawler).manager.storage
+    return storage.list_proxies("default")
