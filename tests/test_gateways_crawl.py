@@ -14,6 +14,8 @@ from scrapy.crawler import Crawler
 
 from crawl_support import LinkSpider, assert_every_lease_released, crawl, stats_of
 from scrapy_pharox.playground import GatewayProxy, TargetSite
+from session_support import FlowSpider
+from session_support import pages_of as pages_of_session
 
 pytestmark = pytest.mark.crawl
 
@@ -152,3 +154,60 @@ def stored_exits(crawler: Crawler) -> list[Any]:
 
     storage = LeaseKeeper.for_crawler(crawler).manager.storage
     return storage.list_proxies("default")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_session_on_a_burned_exit_moves_on_with_it_to_a_fresh_cookie(
+    site: TargetSite,
+) -> Any:
+    proxy = gateway(burn_after=4)
+    keys = ["flow-a", "flow-b"]
+    try:
+        crawler: Crawler = yield crawl(
+            FlowSpider, gateway_settings(proxy), base_url=site.url, keys=keys
+        )
+    finally:
+        proxy.stop()
+    assert site.refused == []  # no cookie ever came back through another exit
+    for key in keys:
+        pages = pages_of_session(crawler.spider.seen, key)
+        assert [page["page"] for page in pages] == [1, 2, 3, 4, 5, 6]
+        assert {page["status"] for page in pages} == {200}
+    stats = stats_of(crawler)
+    assert stats["pharox/session/rotated/ban"] == proxy.burned_requests >= 1
+    assert stats["pharox/identity/renewed/ban"] == proxy.burned_requests
+    assert all(p.cooldown_until is None for p in stored_exits(crawler))
+    assert_every_lease_released(stats)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_session_rotates_with_its_exit_before_the_exit_s_time_runs_out(
+    site: TargetSite,
+) -> Any:
+    proxy = gateway(session_seconds=0.5)
+    keys = ["flow-a", "flow-b"]
+    try:
+        crawler: Crawler = yield crawl(
+            FlowSpider,
+            {
+                **gateway_settings(proxy, session_seconds=0.5),
+                # A session's IP waits this long between two requests to the
+                # site: a flow of 6 pages outlasts an exit's 0.5 s.
+                "PHAROX_REUSE_DELAY": 0.15,
+            },
+            base_url=site.url,
+            keys=keys,
+        )
+    finally:
+        proxy.stop()
+    assert proxy.expired_requests == 0
+    assert site.refused == []
+    for key in keys:
+        pages = pages_of_session(crawler.spider.seen, key)
+        assert [page["page"] for page in pages] == [1, 2, 3, 4, 5, 6]
+        assert {page["status"] for page in pages} == {200}
+    assert all(s.last_seen - s.first_seen < 0.5 for s in proxy.exits.values())
+    stats = stats_of(crawler)
+    assert stats["pharox/session/rotated/identity"] >= 2
+    assert stats["pharox/identity/renewed/expiry"] >= 2
+    assert_every_lease_released(stats)
