@@ -40,6 +40,11 @@ class GatewayExits:
         self._storage, self._caller, self._tally = storage, caller, tally
 
     @staticmethod
+    def session_of(lease: Lease) -> str | None:
+        """The session id of the lease's exit (None: not an exit)."""
+        return None if lease.proxy is None else lease.proxy.session_id
+
+    @staticmethod
     def due(lease: Lease) -> bool:
         """The lease's proxy is an exit in the last tenth of its session."""
         proxy = lease.proxy

@@ -25,6 +25,7 @@ from twisted.internet.task import LoopingCall
 
 from .bridge import Wakeup
 from .exceptions import PharoxError
+from .gateway_exits import GatewayExits
 from .renewal import SHORTEST_SWEEP_SECONDS
 from .session_cookies import cookies_of, jar_of, take_request_cookies
 from .session_state import OUR_COOKIES_KEY, LocalSession, SessionTurn
@@ -179,9 +180,12 @@ class Sessions:
             if self._age(session) >= config.session_max_age:
                 return await self._rotate(local, acquire, "max_age") is not None
             if not local.in_flight and self._keeper.exits.due(binding.lease):
-                # Between its requests: the exit renewed, the session with it.
-                await self._keeper.exits.renew_due(binding.lease, {})
-                return await self._rotate(local, acquire, "identity") is not None
+                # Between its requests: the exit renewed, the session with it
+                # (unless the exit carries others' requests: it goes on).
+                old = binding.lease
+                new = await self._keeper.exits.renew_due(old, {})
+                if GatewayExits.session_of(new) != GatewayExits.session_of(old):
+                    return await self._rotate(local, acquire, "identity") is not None
             renewed = await self._renew(local, None, used=False)
             if renewed is not False:
                 return bool(renewed)  # None: the storage failed, look again later
