@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.task import LoopingCall
 
 from .bridge import Wakeup
-from .exceptions import PharoxError
 from .gateway_exits import GatewayExits
 from .renewal import SHORTEST_SWEEP_SECONDS
-from .session_cookies import cookies_of, jar_of, take_request_cookies
+from .session_bindings import SessionBindings
+from .session_cookies import cookies_of, take_request_cookies
 from .session_state import OUR_COOKIES_KEY, LocalSession, SessionTurn
 
 if TYPE_CHECKING:
@@ -37,15 +35,10 @@ if TYPE_CHECKING:
     from .callers import AcquireRequest
     from .keeper import LeaseKeeper
     from .models import OutcomeReport
-    from .models.sessions import ProxySession, SessionBinding
+    from .models.sessions import ProxySession
 
 logger = logging.getLogger(__name__)
 
-#: "identity": its proxy, a gateway's exit, got a new session id (a new IP).
-ROTATION_REASONS = ("ban", "max_uses", "max_age", "check", "failure", "identity")
-_ROTATED_KEYS = {
-    reason: f"pharox/session/rotated/{reason}" for reason in ROTATION_REASONS
-}
 
 FIRST_RECHECK_SECONDS = 0.25
 MAX_RECHECK_SECONDS = 2.0
@@ -64,8 +57,6 @@ class Sessions:
         self._tally = keeper.tally
         self._sessions: dict[tuple[str, str], LocalSession] = {}
         self._wakeup = Wakeup()
-        #: Sessions holding a lease slot now (``pharox/leases/active``).
-        self.bound = 0
         # A session's lease lasts PHAROX_SESSION_IDLE_SECONDS from its last
         # request, and never so little that it could lapse under one: a
         # request goes out only while the lease has a download's time left
@@ -74,7 +65,13 @@ class Sessions:
         margin = min(download, MAX_RENEW_MARGIN)
         self.lease_seconds = max(self._config.session_idle_seconds, download + margin)
         self._renew_after = self.lease_seconds - download - margin / 2
+        self._bindings = SessionBindings(keeper, self.lease_seconds)
         self._renewing: LoopingCall | None = None
+
+    @property
+    def bound(self) -> int:
+        """Sessions holding a lease slot now (``pharox/leases/active``)."""
+        return self._bindings.bound
 
     def start(self) -> None:
         """Renew the leases of sessions with requests out, from now until ``stop``."""
@@ -170,69 +167,30 @@ class Sessions:
         no proxy is free now (or the storage failed: the caller waits)."""
         binding = local.binding
         config = self._config
+        rotate = self._bindings.rotate
         if binding is not None:
             session = binding.session
+            reason = None
             if (
                 config.session_max_uses is not None
                 and session.uses >= config.session_max_uses
             ):
-                return await self._rotate(local, acquire, "max_uses") is not None
-            if self._age(session) >= config.session_max_age:
-                return await self._rotate(local, acquire, "max_age") is not None
-            if not local.in_flight and self._keeper.exits.due(binding.lease):
+                reason = "max_uses"
+            elif self._age(session) >= config.session_max_age:
+                reason = "max_age"
+            elif not local.in_flight and self._keeper.exits.due(binding.lease):
                 # Between its requests: the exit renewed, the session with it
                 # (unless the exit carries others' requests: it goes on).
                 old = binding.lease
                 new = await self._keeper.exits.renew_due(old, {})
                 if GatewayExits.session_of(new) != GatewayExits.session_of(old):
-                    return await self._rotate(local, acquire, "identity") is not None
-            renewed = await self._renew(local, None, used=False)
+                    reason = "identity"
+            if reason is not None:
+                return await rotate(local, acquire, reason) is not None
+            renewed = await self._bindings.renew(local, None, used=False)
             if renewed is not False:
                 return bool(renewed)  # None: the storage failed, look again later
-        try:
-            bound = await self._keeper.caller.call(
-                partial(
-                    self._storage.bind_session,
-                    local.pool,
-                    local.key,
-                    acquire.consumer,
-                    self.lease_seconds,
-                    config.session_max_age,
-                    acquire.filters,
-                    acquire.selector,
-                    domain=acquire.domain,
-                    join=False,  # a session another crawl uses now is busy
-                )
-            )
-        except PharoxError as exc:
-            self._tally.inc("pharox/acquire/error")
-            logger.warning(
-                "scrapy-pharox could not bind session %r: %s", local.key, exc
-            )
-            return False
-        if bound is None:
-            self._tally.inc("pharox/acquire/empty")
-            return False
-        if bound.expired:
-            self._tally.inc("pharox/session/expired")
-        self._tally.inc(
-            "pharox/session/created"
-            if bound.event == "created"
-            else "pharox/session/resumed"
-        )
-        self._bind(local, bound)
-        return True
-
-    def _bind(self, local: LocalSession, binding: SessionBinding) -> None:
-        """``binding`` is the unbound session's now: it holds a slot again, and
-        its jar holds the binding's cookies (none for a new generation)."""
-        assert local.binding is None
-        self.bound += 1
-        self._tally.inc("pharox/acquire/leased")
-        local.binding = binding
-        local.jar = jar_of(binding.session.cookies)
-        local.failures = 0
-        local.renewed_at = time.monotonic()
+        return await self._bindings.bind(local, acquire)
 
     def _age(self, session: ProxySession) -> float:
         return self._storage.session_clock() - session.created_at.timestamp()
@@ -251,7 +209,7 @@ class Sessions:
                 local.jar.extract_cookies(response, request)
                 cookies = cookies_of(local.jar)
             local.failures = 0
-            await self._renew(local, cookies)
+            await self._bindings.renew(local, cookies)
         self.leave(turn)
 
     async def renew_in_flight(self) -> None:
@@ -266,7 +224,7 @@ class Sessions:
             ):
                 local.turning = True
                 try:
-                    await self._renew(local, None, used=False)
+                    await self._bindings.renew(local, None, used=False)
                 finally:
                     local.turning = False
                     self._wake(local)
@@ -304,100 +262,10 @@ class Sessions:
         if turn.open and turn.current and not local.turning:
             local.turning = True
             try:
-                await self._rotate(local, turn.acquire, reason, report)
+                await self._bindings.rotate(local, turn.acquire, reason, report)
             finally:
                 local.turning = False
         self.leave(turn)
-
-    async def _rotate(
-        self,
-        local: LocalSession,
-        acquire: AcquireRequest,
-        reason: str,
-        report: OutcomeReport | None = None,
-    ) -> SessionBinding | None:
-        binding = local.binding
-        assert binding is not None
-        keeper = self._keeper
-        if report is not None and keeper.exits.burned(binding.lease, report):
-            report = await keeper.exits.renew_burned(binding.lease, report)
-        try:
-            rotated = await keeper.caller.call(
-                partial(
-                    self._storage.rotate_session,
-                    binding.session,
-                    binding.lease,
-                    acquire.consumer,
-                    self.lease_seconds,
-                    report,
-                    acquire.filters,
-                    acquire.selector,
-                    domain=acquire.domain,
-                    join=False,
-                )
-            )
-        except PharoxError as exc:
-            self._tally.inc("pharox/release/error")
-            logger.warning(
-                "scrapy-pharox could not rotate session %r: %s", local.key, exc
-            )
-            rotated = None
-        self._tally.inc("pharox/session/rotated")
-        self._tally.inc(_ROTATED_KEYS[reason])
-        self._tally.inc(
-            "pharox/release/exception"
-            if reason == "failure"
-            else "pharox/release/response"
-        )
-        self.bound -= 1
-        local.binding = None
-        if rotated is not None:
-            self._bind(local, rotated)
-        return rotated
-
-    async def _renew(
-        self,
-        local: LocalSession,
-        cookies: list[dict[str, Any]] | None,
-        *,
-        used: bool = True,
-    ) -> bool | None:
-        """Renew the session's lease (and save cookies; ``used``: count a use);
-        False, the session unbound, when its slot lapsed or another process
-        moved it on; None when the storage failed (its lease holds until it
-        expires: the caller tries again later)."""
-        binding = local.binding
-        assert binding is not None
-        try:
-            renewed = await self._keeper.caller.call(
-                partial(
-                    self._storage.renew_session,
-                    binding.session,
-                    binding.lease,
-                    self.lease_seconds,
-                    cookies,
-                    used=used,
-                )
-            )
-        except PharoxError as exc:
-            logger.warning(
-                "scrapy-pharox could not renew session %r: %s", local.key, exc
-            )
-            return None
-        if local.binding is None or local.binding.lease.id != binding.lease.id:
-            return renewed is not None  # it moved on meanwhile
-        if renewed is None:
-            self._tally.inc("pharox/release/closed")
-            self.bound -= 1
-            local.binding = None
-            return False
-        if renewed.lease_expires_at is not None:
-            # In place, as the manager's extend_lease does: the requests out
-            # on the lease (meta["pharox_lease"]) see its new expiry too.
-            binding.lease.expires_at = renewed.lease_expires_at
-        local.binding = _with_session(binding, renewed)
-        local.renewed_at = time.monotonic()
-        return True
 
     def leave(self, turn: SessionTurn) -> None:
         """The turn ends (idempotent): the next request of its session may go."""
@@ -434,24 +302,5 @@ class Sessions:
 
     async def park_all(self) -> None:
         """Give every session's slot back, keeping the sessions in the storage."""
-        for local in self._sessions.values():
-            binding = local.binding
-            if binding is None:
-                continue
-            local.binding = None
-            self.bound -= 1
-            self._tally.inc("pharox/release/closed")
-            try:
-                await self._keeper.caller.call(
-                    self._storage.park_session, binding.session, binding.lease
-                )
-            except PharoxError as exc:
-                self._keeper.close_problem(
-                    f"session {local.key!r} not parked, its slot expires on its "
-                    f"own ({exc})"
-                )
+        await self._bindings.park_all(self._sessions.values())
         self._wakeup.wake_all()
-
-
-def _with_session(binding: SessionBinding, session: ProxySession) -> SessionBinding:
-    return replace(binding, session=session)
