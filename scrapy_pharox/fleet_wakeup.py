@@ -1,9 +1,10 @@
 """Hearing of releases made anywhere in the fleet, so waiters need not poll.
 
 A storage with a release feed (PostgreSQL: LISTEN/NOTIFY) tells every process
-of each release as it commits, the releasing process included. While the feed
-is live, each process wakes its longest waiter for the released pool on the
-notice; the releaser does not wake its own waiters first, so a freed proxy
+of each release that can serve a waiter (one that takes a full proxy back
+under its limit) as it commits, the releasing process included. While the
+feed is live, each process wakes its longest waiter for the released pool on
+the notice; the releaser does not wake its own waiters first, so a freed proxy
 goes to one of the fleet's longest waiters, each process's as likely as
 another's. When the feed is down (connection lost), waiters fall back to their
 polling and the keeper wakes its own waiters on its releases, as without a feed;
@@ -41,7 +42,8 @@ class FleetWakeup:
 
     @property
     def live(self) -> bool:
-        """True while the feed listens: every release, ours too, will be told."""
+        """True while the feed listens: every release that can serve a
+        waiter, ours too, will be told."""
         return self._live
 
     def start(self) -> None:

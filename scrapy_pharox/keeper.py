@@ -309,7 +309,9 @@ class LeaseKeeper:
         except PharoxError as exc:
             self._release_failed(lease, report, exc)
             return
-        if not self._fleet.live:  # else the fleet's notice wakes one, ours too
+        # With the feed live its notice wakes one, ours too (none when the
+        # release freed nothing a waiter lacked).
+        if not self._fleet.live:
             self._wake_a_waiter(lease.pool_name)
 
     def _release_failed(

@@ -16,7 +16,15 @@ from conftest import libpq_url
 from loop_support import run_on_a_loop
 from scrapy_pharox import InMemoryStorage, ProxyManager, StorageError, open_storage
 from scrapy_pharox.fleet_wakeup import FleetWakeup
-from scrapy_pharox.models import Proxy, ProxyPool
+from scrapy_pharox.models import (
+    Lease,
+    LeaseOutcome,
+    OutcomeReport,
+    Paced,
+    Proxy,
+    ProxyPool,
+    ProxyStatus,
+)
 from scrapy_pharox.storage.postgresql import PostgresStorage
 
 pytestmark = pytest.mark.postgres
@@ -153,3 +161,102 @@ def test_the_fleet_wakeup_listens_again_after_a_lost_connection_and_stops_cleanl
         assert listeners(feed_url) == []  # the feed's connection is closed
     finally:
         storage.close()
+
+
+def pools_of_each_limit(storage: PostgresStorage) -> None:
+    """Pools ``exclusive`` (one proxy, one lease at a time), ``roomy`` (one
+    proxy, two at a time) and ``unlimited`` (one proxy, no limit)."""
+    for name, limit in (("exclusive", 1), ("roomy", 2), ("unlimited", None)):
+        pool = storage.add_pool(ProxyPool(name=name))
+        storage.add_proxy(
+            Proxy.from_url(
+                f"http://127.0.0.1:{3128 + (limit or 0)}",
+                pool_id=pool.id,
+                max_concurrency=limit,
+            )
+        )
+
+
+def leased(manager: ProxyManager, pool_name: str) -> Lease:
+    lease = manager.acquire_proxy(pool_name, "crawler", 60)
+    assert isinstance(lease, Lease)
+    return lease
+
+
+def test_only_a_release_that_takes_a_full_proxy_under_its_limit_is_told(
+    feed_url: str,
+) -> None:
+    storage = open_storage(feed_url)
+    listening = open_storage(feed_url)  # the waiters' connection, another one's
+    assert isinstance(storage, PostgresStorage)
+    pools_of_each_limit(storage)
+    manager = ProxyManager(storage)
+    success = OutcomeReport(outcome=LeaseOutcome.SUCCESS, domain="example.com")
+    ban = OutcomeReport(outcome=LeaseOutcome.BAN)
+
+    async def scenario() -> list[str]:
+        feed = listening.release_feed()
+        assert feed is not None
+        await feed.open()
+        try:
+            exclusive = leased(manager, "exclusive")
+            # Room was left on each proxy: nothing told, plain or reported,
+            # blocking or in a round.
+            assert manager.release_proxy(leased(manager, "roomy"))
+            banned = leased(manager, "roomy")
+            assert await manager.release_proxy_async(banned, ban)
+            assert manager.release_proxy(leased(manager, "unlimited"), success)
+            assert await manager.release_proxy_async(leased(manager, "unlimited"))
+            storage.set_proxy_status(
+                banned.proxy_id, ProxyStatus.ACTIVE, reset_cooldown=True
+            )
+            both = [leased(manager, "roomy"), leased(manager, "roomy")]
+            assert await manager.release_proxy_async(both[0])  # full: told
+            assert manager.release_proxy(both[1])  # one slot was left: not
+            assert manager.release_proxy(exclusive, success)  # full: told
+            heard = [await asyncio.wait_for(feed.next_release(), 10) for _ in range(2)]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(feed.next_release(), 0.5)
+            return heard
+        finally:
+            await feed.close()
+
+    try:
+        assert run_on_a_loop(scenario()) == ["roomy", "exclusive"]
+    finally:
+        storage.close()
+        listening.close()
+
+
+def test_a_waiter_on_another_connection_wakes_when_a_full_proxy_is_released(
+    feed_url: str,
+) -> None:
+    storage = open_storage(feed_url)
+    waiting = open_storage(feed_url)  # another crawl's storage
+    assert isinstance(storage, PostgresStorage)
+    pools_of_each_limit(storage)
+    manager, waiter = ProxyManager(storage), ProxyManager(waiting)
+
+    async def release_soon(lease: Lease) -> None:
+        await asyncio.sleep(0.2)
+        assert await manager.release_proxy_async(lease)
+
+    async def scenario() -> Lease | Paced | None:
+        woken = asyncio.Event()
+        fleet = FleetWakeup(waiting, lambda pool_name: woken.set())
+        fleet.start()
+        try:
+            await until(lambda: fleet.live)
+            releasing = asyncio.create_task(release_soon(leased(manager, "exclusive")))
+            assert await waiter.acquire_proxy_async("exclusive", "other", 60) is None
+            await asyncio.wait_for(woken.wait(), 10)  # no look of its own
+            await releasing
+            return await waiter.acquire_proxy_async("exclusive", "other", 60)
+        finally:
+            await fleet.stop()
+
+    try:
+        assert isinstance(run_on_a_loop(scenario()), Lease)
+    finally:
+        storage.close()
+        waiting.close()

@@ -104,6 +104,11 @@ WHY = {
         "A notice of the release, sent at commit, to the waiters of every\n"
         "process (sql_release.RELEASE_CHANNEL); none when nothing was released."
     ),
+    "freed.max_concurrency = freed.current_leases": (
+        "Only when the proxy was full before (freed is its row after): a\n"
+        "request waits only when it found no free slot, so a slot given back\n"
+        "on a proxy with one left, or without a limit, wakes nobody."
+    ),
     "ON CONFLICT": (
         "The (proxy, domain) row is created on its first ban, rest or paced\n"
         "lease, updated after."

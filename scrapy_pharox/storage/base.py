@@ -283,7 +283,9 @@ class IStorage(SessionStorage, SourceStorage, IdentityStorage, ABC):
 
 
 class ReleaseFeed(ABC):
-    """The pools of leases released anywhere on a storage, told as they commit.
+    """The pools of leases released anywhere on a storage, told as they commit:
+    at least every release that takes a full proxy back under its limit (the
+    others free nothing a waiter lacked; a feed may tell them too).
 
     Opened and read on one asyncio loop; a lost connection raises StorageError
     (open a new feed later). Notices are hints: one may be missed while the
@@ -292,7 +294,7 @@ class ReleaseFeed(ABC):
 
     @abstractmethod
     async def open(self) -> None:
-        """Start listening: every release that commits after this is told."""
+        """Start listening: the releases that commit after this are told."""
 
     @abstractmethod
     async def next_release(self) -> str | None:

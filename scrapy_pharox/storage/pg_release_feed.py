@@ -1,8 +1,9 @@
 """PostgreSQL's release feed: LISTEN on a connection of its own.
 
-Every release statement sends a notice at its commit (``sql_release.
-released_and_told``); the feed hears them all, keeps those of its own schema
-(tests and fleets may share one database) and tells their pool names.
+A release statement that takes a full proxy back under its limit sends a
+notice at its commit (``sql_release.released_and_told``); the feed hears them
+all, keeps those of its own schema (tests and fleets may share one database)
+and tells their pool names.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ Acquire, release and reclaim are one autocommitted statement each
 BEGIN and COMMIT round trips. They run on psycopg connections of the storage's
 own (``sql_psycopg``), which notice a connection the server closed without a
 round trip; awaited from a coroutine (``acquire_async``), they share round
-trips with other coroutines' (``sql_rounds``). A release sends a notice at its
-commit, heard by the waiters of every process (``pg_release_feed``).
+trips with other coroutines' (``sql_rounds``). A release that takes a full
+proxy back under its limit sends a notice at its commit, heard by the waiters
+of every process (``pg_release_feed``).
 """
 
 from __future__ import annotations

@@ -48,7 +48,12 @@ from .sql_clauses import (
     upsert_domain_row,
 )
 from .sql_query import Prepared
-from .sql_release import logged_leases, released_and_told, removed_lease
+from .sql_release import (
+    FREED_COLUMNS,
+    logged_leases,
+    released_and_told,
+    removed_lease,
+)
 from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
 proxy, lease = proxy_table.c, lease_table.c
@@ -221,7 +226,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
             current_leases=proxy.current_leases - 1,
             **outcome_values(outcome, by_domain),
         )
-        .returning(proxy.id)
+        .returning(*FREED_COLUMNS)
         .cte("freed")
     )
     changes = [freed, logged_leases(gone, "released")]
@@ -239,7 +244,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
             .returning(domain_cooldown.proxy_id)
             .cte("domain_rested")
         )
-    return Prepared(released_and_told(gone).add_cte(*changes))
+    return Prepared(released_and_told(gone, freed).add_cte(*changes))
 
 
 # -- SQLite: the same clauses after the lease left, in its transaction -------------

@@ -21,6 +21,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     update,
 )
@@ -46,22 +47,33 @@ def pg_release() -> Select[Any]:
         update(proxy_table)
         .where(proxy.id == gone.c.proxy_id)
         .values(current_leases=proxy.current_leases - 1)
-        .returning(proxy.id)
+        .returning(*FREED_COLUMNS)
         .cte("freed")
     )
     # ... and it is kept in the history.
     logged = logged_leases(gone, "released")
-    return released_and_told(gone).add_cte(freed, logged)
+    return released_and_told(gone, freed).add_cte(freed, logged)
 
 
-#: The channel of release notices: every process listening there hears of a
-#: release at its commit (``pg_release_feed``).
+#: The channel of release notices: every process listening there hears, at
+#: its commit, of a release that made a proxy available again
+#: (``pg_release_feed``).
 RELEASE_CHANNEL = "pharox_release"
 
+#: What the UPDATE giving a slot back returns: enough for ``released_and_told``
+#: to tell whether the proxy was full before.
+FREED_COLUMNS = (proxy.id, proxy.current_leases, proxy.max_concurrency)
 
-def released_and_told(gone: Any) -> Select[Any]:
-    """Whether the lease ``gone`` was released and, when it was, a notice of it
+
+def released_and_told(gone: Any, freed: Any) -> Select[Any]:
+    """Whether the lease ``gone`` was released and, when that brought its
+    proxy ``freed`` (its row as updated) back under its limit, a notice of it
     on ``RELEASE_CHANNEL``, sent at commit: ``[schema, pool name, lease id]``.
+
+    Only such a release wakes anyone: a request waits when no proxy had a free
+    slot for it, so a slot given back on a proxy that had one left (or has no
+    limit) frees nothing it waits for. Reuse delays and cooldowns end with
+    time, not with a release: their waiters sleep until then, or poll.
 
     The lease id keeps each notice apart: PostgreSQL folds identical notices of
     one transaction into one, and a round releases several leases of a pool.
@@ -69,7 +81,10 @@ def released_and_told(gone: Any) -> Select[Any]:
     notice = func.json_build_array(func.current_schema(), pool.name, gone.c.id)
     told = (
         select(func.pg_notify(RELEASE_CHANNEL, notice.cast(Text)))
-        .where(pool.id == gone.c.pool_id)
+        .where(
+            pool.id == gone.c.pool_id,
+            freed.c.max_concurrency == freed.c.current_leases + literal_column("1"),
+        )
         .scalar_subquery()
     )
     return select(exists(select(gone.c.id)).label("released"), told.label("told"))

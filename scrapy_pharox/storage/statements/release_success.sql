@@ -21,7 +21,9 @@ WITH gone AS
                       ELSE %(param_3)s * pharox_proxy.latency_ms + %(param_4)s * CAST(%(latency)s AS DOUBLE PRECISION)
                   END
    FROM gone
-   WHERE pharox_proxy.id = gone.proxy_id RETURNING pharox_proxy.id),
+   WHERE pharox_proxy.id = gone.proxy_id RETURNING pharox_proxy.id,
+                                                   pharox_proxy.current_leases,
+                                                   pharox_proxy.max_concurrency),
      logged_released AS
   (INSERT INTO pharox_lease_history (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at, released_at, outcome) SELECT gone.id AS id,
                                                                                                                                gone.proxy_id AS proxy_id,
@@ -37,8 +39,13 @@ SELECT EXISTS
    FROM gone) AS released,
 
   -- A notice of the release, sent at commit, to the waiters of every
-  -- process (sql_leasing.RELEASE_CHANNEL); none when nothing was released.
+  -- process (sql_release.RELEASE_CHANNEL); none when nothing was released.
   (SELECT pg_notify(%(pg_notify_2)s::VARCHAR, CAST(json_build_array(current_schema(), pharox_pool.name, gone.id) AS TEXT)) AS pg_notify_1
    FROM pharox_pool,
-        gone
-   WHERE pharox_pool.id = gone.pool_id) AS told
+        gone,
+        freed
+   WHERE pharox_pool.id = gone.pool_id
+     -- Only when the proxy was full before (freed is its row after): a
+     -- request waits only when it found no free slot, so a slot given back
+     -- on a proxy with one left, or without a limit, wakes nobody.
+     AND freed.max_concurrency = freed.current_leases + 1) AS told
