@@ -24,7 +24,7 @@ from twisted.internet.task import LoopingCall
 from .bridge import Wakeup
 from .gateway_exits import GatewayExits
 from .renewal import SHORTEST_SWEEP_SECONDS
-from .session_bindings import SessionBindings
+from .session_bindings import ROTATION_REASONS, SessionBindings
 from .session_cookies import cookies_of, take_request_cookies
 from .session_state import OUR_COOKIES_KEY, LocalSession, SessionTurn
 
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from .models.sessions import ProxySession
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ROTATION_REASONS", "Sessions"]
 
 
 FIRST_RECHECK_SECONDS = 0.25
