@@ -26,9 +26,14 @@ implies. Crawls wait for, and are run again after, other processes keeping the
 machine busy. Every crawl must fetch every page, and a pharox crawl must end with
 no lease out. See benchmarks/README.md for how to read the table.
 
+With ``--marginal 300,3000`` every variant crawls a small and a large site each
+round and the table shows the CPU per page of the difference, so that what a
+crawl costs once drops out (crawl_marginal); with ``--concurrency 32
+--proxy-max-concurrency 64``, the setting of issue 18.
+
 Its parts sit beside it: crawl_child (one crawl), crawl_servers (nginx and
 tinyproxy), crawl_cpu (running crawls, CPU accounting), crawl_report (statistics
-and the table).
+and the table), crawl_marginal (the marginal mode).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ from crawl_cpu import (
     postgres_answers,
     problems,
 )
+from crawl_marginal import parse_sizes
+from crawl_marginal import run as marginal_run
 from crawl_report import report
 from crawl_servers import Servers
 
@@ -65,6 +72,26 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument(
+        "--marginal",
+        type=parse_sizes,
+        metavar="SMALL,LARGE",
+        help="instead of --pages: a SMALL and a LARGE crawl per variant and round, "
+        "and the CPU per page of the difference (e.g. 300,3000)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help=f"CONCURRENT_REQUESTS of every crawl (default: {CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--proxy-max-concurrency",
+        type=int,
+        default=0,
+        help="PHAROX_PROXY_MAX_CONCURRENCY of the pharox variants but pharox-mem-4 "
+        "(default: 0, no limit)",
+    )
     parser.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
@@ -134,10 +161,13 @@ def main() -> None:
         notes["rotating"] = ["skipped: scrapy-rotating-proxies not installed"]
     runnable = [name for name in variants if name not in notes]
     crawl_cpus, server_cpus, pinning = cpu_split(args.pin)
+    if args.marginal:
+        marginal_run(args, variants, runnable, notes, crawl_cpus, server_cpus, pinning)
+        return
     results: dict[str, list[Crawl]] = {}
     with Servers(args.pages, cpus=server_cpus) as servers:
         print(
-            f"{args.pages} pages (+ the index), {PROXIES} proxies, {CONCURRENCY} "
+            f"{args.pages} pages (+ the index), {PROXIES} proxies, {args.concurrency} "
             f"concurrent requests, {args.rounds} rounds, variants in turn"
         )
         print(f"servers: {servers.description}")

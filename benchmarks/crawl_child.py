@@ -74,13 +74,19 @@ class SessionPagesSpider(AllPagesSpider):
 
 
 def variant_settings(
-    name: str, proxy_urls: list[str], database_url: str, pool: str
+    name: str,
+    proxy_urls: list[str],
+    database_url: str,
+    pool: str,
+    proxy_max_concurrency: int = 0,
 ) -> dict[str, Any]:
+    """The variant's settings; ``proxy_max_concurrency`` is the per-proxy limit of
+    the pharox variants but ``pharox-mem-4`` (0: none)."""
     pharox: dict[str, Any] = {
         "DOWNLOADER_MIDDLEWARES": {"scrapy_pharox.PharoxProxyMiddleware": 740},
         "EXTENSIONS": {"scrapy_pharox.PharoxStatsExtension": 500},
         "PHAROX_PROXIES": proxy_urls,
-        "PHAROX_PROXY_MAX_CONCURRENCY": 0,
+        "PHAROX_PROXY_MAX_CONCURRENCY": proxy_max_concurrency,
     }
     if importlib.util.find_spec("scrapy_pharox.session_middlewares") is not None:
         # What the add-on enables (a commit before sessions has none of these).
@@ -216,9 +222,15 @@ def run_child(args: argparse.Namespace) -> None:
         "LOG_LEVEL": "WARNING",
         "TELNETCONSOLE_ENABLED": False,
         "ROBOTSTXT_OBEY": False,
-        "CONCURRENT_REQUESTS": CONCURRENCY,
-        "CONCURRENT_REQUESTS_PER_DOMAIN": CONCURRENCY,
-        **variant_settings(args.child, args.proxy, args.database_url, args.pool),
+        "CONCURRENT_REQUESTS": args.concurrency,
+        "CONCURRENT_REQUESTS_PER_DOMAIN": args.concurrency,
+        **variant_settings(
+            args.child,
+            args.proxy,
+            args.database_url,
+            args.pool,
+            args.proxy_max_concurrency,
+        ),
     }
     layer = LayerClock()
     layer.instrument([load_object(path) for path in settings["DOWNLOADER_MIDDLEWARES"]])

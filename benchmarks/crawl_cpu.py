@@ -36,6 +36,8 @@ class Crawl:
     #: for pharox-pg, which keeps it busy itself)
     others: float
     disturbed: bool = False
+    #: CPU seconds of the whole child process, start-up and imports included
+    process_seconds: float = 0.0
 
     @property
     def pages(self) -> int:
@@ -109,6 +111,12 @@ def own_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
+def children_seconds() -> float:
+    """CPU seconds of this process's children waited for so far."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def measure(
     name: str, servers: Servers, args: argparse.Namespace, crawl_cpus: set[int] | None
 ) -> Crawl | str:
@@ -118,6 +126,8 @@ def measure(
         sys.executable, BENCH_SCRIPT, "--child", name, "--start-url", servers.site_url,
         "--database-url", args.database_url, "--pool", pool,
         "--parent-pid", str(os.getpid()),
+        "--concurrency", str(args.concurrency),
+        "--proxy-max-concurrency", str(args.proxy_max_concurrency),
         *[arg for url in servers.proxy_urls for arg in ("--proxy", url)],
     ]  # fmt: skip
     if crawl_cpus:
@@ -126,6 +136,7 @@ def measure(
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         profile = args.profile_dir / f"{name}-{args.round_no + 1}.prof"
         command += ["--profile", str(profile)]
+    children_before = children_seconds()
     before = (
         time.perf_counter(), machine_busy_seconds(), own_seconds(),
         servers.cpu_seconds(), postgres_seconds(),
@@ -162,7 +173,10 @@ def measure(
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         return f"exit {done.returncode}: {tail[0]}"
     figures = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
-    return Crawl(args.round_no, figures, server, postgres, others)
+    child = children_seconds() - children_before  # the crawl process: waited for
+    return Crawl(
+        args.round_no, figures, server, postgres, others, process_seconds=child
+    )
 
 
 def others_busy(seconds: float) -> float:
