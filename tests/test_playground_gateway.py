@@ -7,11 +7,11 @@ import http.client
 import logging
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from test_playground import wait_for
 
 from scrapy_pharox.playground import GatewayProxy, TargetSite
 
@@ -42,16 +42,6 @@ def through(
 def on_exit(gateway: GatewayProxy, session: str, url: str) -> Response:
     """GET ``url`` through the gateway's exit ``session``."""
     return through(gateway, url, basic(f"cust-42-session-{session}"))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Poll ``predicate`` until true or timeout."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class FakeClock:
