@@ -5,7 +5,7 @@ and counts what each exit carried, burns exits and ends sessions on time."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,10 +28,21 @@ def site() -> Iterator[TargetSite]:
         yield target
 
 
-def gateway(**options: Any) -> GatewayProxy:
-    return GatewayProxy(
-        username_template="cust-42-session-{session}", password=PASSWORD, **options
-    ).start()
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., GatewayProxy]]:
+    """Start playground gateways on demand; all stop after the test."""
+    started: list[GatewayProxy] = []
+
+    def start(**options: Any) -> GatewayProxy:
+        proxy = GatewayProxy(
+            username_template="cust-42-session-{session}", password=PASSWORD, **options
+        ).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
 
 
 def gateway_settings(proxy: GatewayProxy, **entry: Any) -> dict[str, Any]:
@@ -50,15 +61,12 @@ def pages_of(crawler: Crawler) -> dict[str, int]:
 
 @pytest_twisted.inlineCallbacks
 def test_a_gateway_of_three_exits_carries_a_crawl_one_request_per_exit_at_a_time(
-    site: TargetSite,
+    site: TargetSite, start_gateway: Callable[..., GatewayProxy]
 ) -> Any:
-    proxy = gateway()
-    try:
-        crawler: Crawler = yield crawl(
-            LinkSpider, gateway_settings(proxy), start_url=site.url + "/"
-        )
-    finally:
-        proxy.stop()
+    proxy = start_gateway()
+    crawler: Crawler = yield crawl(
+        LinkSpider, gateway_settings(proxy), start_url=site.url + "/"
+    )
     pages = pages_of(crawler)
     assert len(pages) == 31 and set(pages.values()) == {200}
     exits = proxy.exits
@@ -72,22 +80,19 @@ def test_a_gateway_of_three_exits_carries_a_crawl_one_request_per_exit_at_a_time
 
 @pytest_twisted.inlineCallbacks
 def test_burned_exits_are_renewed_and_the_crawl_finishes_despite_a_long_cooldown(
-    site: TargetSite,
+    site: TargetSite, start_gateway: Callable[..., GatewayProxy]
 ) -> Any:
-    proxy = gateway(burn_after=4)
-    try:
-        crawler: Crawler = yield crawl(
-            LinkSpider,
-            {
-                **gateway_settings(proxy),
-                "PHAROX_COOLDOWN_BASE": 3600,
-                "PHAROX_COOLDOWN_MAX": 3600,
-                "RETRY_TIMES": 5,
-            },
-            start_url=site.url + "/",
-        )
-    finally:
-        proxy.stop()
+    proxy = start_gateway(burn_after=4)
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {
+            **gateway_settings(proxy),
+            "PHAROX_COOLDOWN_BASE": 3600,
+            "PHAROX_COOLDOWN_MAX": 3600,
+            "RETRY_TIMES": 5,
+        },
+        start_url=site.url + "/",
+    )
     pages = pages_of(crawler)
     assert len(pages) == 31 and set(pages.values()) == {200}
     exits = proxy.exits
@@ -105,18 +110,15 @@ def test_burned_exits_are_renewed_and_the_crawl_finishes_despite_a_long_cooldown
 
 @pytest_twisted.inlineCallbacks
 def test_exits_are_renewed_before_their_session_seconds_run_out(
-    site: TargetSite,
+    site: TargetSite, start_gateway: Callable[..., GatewayProxy]
 ) -> Any:
     site.delay = 0.1  # 31 pages over 3 exits: about a second
-    proxy = gateway(session_seconds=0.5)
-    try:
-        crawler: Crawler = yield crawl(
-            LinkSpider,
-            gateway_settings(proxy, session_seconds=0.5),
-            start_url=site.url + "/",
-        )
-    finally:
-        proxy.stop()
+    proxy = start_gateway(session_seconds=0.5)
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        gateway_settings(proxy, session_seconds=0.5),
+        start_url=site.url + "/",
+    )
     pages = pages_of(crawler)
     assert len(pages) == 31 and set(pages.values()) == {200}
     assert proxy.expired_requests == 0
@@ -130,16 +132,15 @@ def test_exits_are_renewed_before_their_session_seconds_run_out(
 
 @pytest_twisted.inlineCallbacks
 def test_a_gateway_s_password_is_in_no_log_line_nor_stat(
-    site: TargetSite, caplog: pytest.LogCaptureFixture
+    site: TargetSite,
+    caplog: pytest.LogCaptureFixture,
+    start_gateway: Callable[..., GatewayProxy],
 ) -> Any:
     caplog.set_level(logging.DEBUG)
-    proxy = gateway(burn_after=10)
-    try:
-        crawler: Crawler = yield crawl(
-            LinkSpider, gateway_settings(proxy), start_url=site.url + "/"
-        )
-    finally:
-        proxy.stop()
+    proxy = start_gateway(burn_after=10)
+    crawler: Crawler = yield crawl(
+        LinkSpider, gateway_settings(proxy), start_url=site.url + "/"
+    )
     stats = stats_of(crawler)
     assert stats["pharox/identity/renewed/ban"] >= 1  # renewals are logged
     assert any("renewed gateway exit" in r.getMessage() for r in caplog.records)
@@ -158,16 +159,13 @@ def stored_exits(crawler: Crawler) -> list[Any]:
 
 @pytest_twisted.inlineCallbacks
 def test_a_session_on_a_burned_exit_moves_on_with_it_to_a_fresh_cookie(
-    site: TargetSite,
+    site: TargetSite, start_gateway: Callable[..., GatewayProxy]
 ) -> Any:
-    proxy = gateway(burn_after=4)
+    proxy = start_gateway(burn_after=4)
     keys = ["flow-a", "flow-b"]
-    try:
-        crawler: Crawler = yield crawl(
-            FlowSpider, gateway_settings(proxy), base_url=site.url, keys=keys
-        )
-    finally:
-        proxy.stop()
+    crawler: Crawler = yield crawl(
+        FlowSpider, gateway_settings(proxy), base_url=site.url, keys=keys
+    )
     assert site.refused == []  # no cookie ever came back through another exit
     for key in keys:
         pages = pages_of_session(crawler.spider.seen, key)
@@ -182,24 +180,21 @@ def test_a_session_on_a_burned_exit_moves_on_with_it_to_a_fresh_cookie(
 
 @pytest_twisted.inlineCallbacks
 def test_a_session_rotates_with_its_exit_before_the_exit_s_time_runs_out(
-    site: TargetSite,
+    site: TargetSite, start_gateway: Callable[..., GatewayProxy]
 ) -> Any:
-    proxy = gateway(session_seconds=0.5)
+    proxy = start_gateway(session_seconds=0.5)
     keys = ["flow-a", "flow-b"]
-    try:
-        crawler: Crawler = yield crawl(
-            FlowSpider,
-            {
-                **gateway_settings(proxy, session_seconds=0.5),
-                # A session's IP waits this long between two requests to the
-                # site: a flow of 6 pages outlasts an exit's 0.5 s.
-                "PHAROX_REUSE_DELAY": 0.15,
-            },
-            base_url=site.url,
-            keys=keys,
-        )
-    finally:
-        proxy.stop()
+    crawler: Crawler = yield crawl(
+        FlowSpider,
+        {
+            **gateway_settings(proxy, session_seconds=0.5),
+            # A session's IP waits this long between two requests to the
+            # site: a flow of 6 pages outlasts an exit's 0.5 s.
+            "PHAROX_REUSE_DELAY": 0.15,
+        },
+        base_url=site.url,
+        keys=keys,
+    )
     assert proxy.expired_requests == 0
     assert site.refused == []
     for key in keys:
