@@ -67,7 +67,9 @@ class GatewayExits:
             and proxy.consecutive_failures + 1 >= report.policy.failures_before_cooldown
         )
 
-    async def renew_due(self, lease: Lease, held: dict[int, Lease]) -> Lease:
+    async def renew_due(
+        self, lease: Lease, held: dict[int, Lease] | None = None
+    ) -> Lease:
         """The lease, on its exit renewed when it is the exit's only lease (or
         with the exit's id as stored, when another renewed it meanwhile), put
         in ``held`` (the keeper's, by ``lease.id.int``) in place of the old."""
@@ -75,7 +77,7 @@ class GatewayExits:
         if proxy is None:
             return lease
         renewed = lease.model_copy(update={"proxy": proxy})
-        if lease.id.int in held:
+        if held is not None and lease.id.int in held:
             held[lease.id.int] = renewed
         return renewed
 

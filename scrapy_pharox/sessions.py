@@ -184,7 +184,7 @@ class Sessions:
                 # Between its requests: the exit renewed, the session with it
                 # (unless the exit carries others' requests: it goes on).
                 old = binding.lease
-                new = await self._keeper.exits.renew_due(old, {})
+                new = await self._keeper.exits.renew_due(old)
                 if GatewayExits.session_of(new) != GatewayExits.session_of(old):
                     reason = "identity"
             if reason is not None:
