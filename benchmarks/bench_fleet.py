@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
-import tempfile
 import time
 import traceback
 from collections import defaultdict
@@ -39,7 +37,15 @@ from typing import Any
 from uuid import uuid4
 
 import psycopg
-from bench_sql import DEFAULT_URL, POOL, PROXIES, fill_ours, fresh_schema, libpq
+from bench_sql import (
+    DEFAULT_URL,
+    POOL,
+    PROXIES,
+    fill_ours,
+    fresh_schema,
+    libpq,
+    run_workers,
+)
 
 from scrapy_pharox import ProxyManager, SqlStorage
 from scrapy_pharox.models import SelectorStrategy
@@ -162,22 +168,8 @@ def overlaps(attempts: list[Attempt]) -> list[tuple[str, Attempt, Attempt]]:
 
 def fleet(kind: str, url: str, processes: int, seconds: float) -> dict[str, Any]:
     """``processes`` workers of ``kind`` at once: leases/s, empty, errors, overlaps."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["psycopg", "sqlalchemy", "scrapy_pharox"])
-    with tempfile.TemporaryDirectory() as folder:
-        outs = [str(Path(folder) / f"{index}.json") for index in range(processes)]
-        start_at = time.time() + 3.0  # every worker started and warmed up
-        workers = [
-            context.Process(
-                target=worker, args=(kind, url, index, start_at, seconds, out)
-            )
-            for index, out in enumerate(outs)
-        ]
-        for process in workers:
-            process.start()
-        for process in workers:
-            process.join()
-        logs = [json.loads(Path(out).read_text()) for out in outs]
+    preload = ["psycopg", "sqlalchemy", "scrapy_pharox"]
+    logs = run_workers(worker, (kind, url), processes, seconds, preload)
     attempts = [attempt for log in logs for attempt in log["attempts"]]
     errors = [error for log in logs for error in log["errors"]]
     leases = sum(attempt[0] is not None for attempt in attempts)

@@ -262,25 +262,34 @@ def worker(
     Path(out).write_text(json.dumps({**totals, "errors": dict(errors)}))
 
 
-def shared_pool(kind: str, url: str, processes: int, seconds: float) -> dict[str, Any]:
+def run_workers(
+    worker: Callable[..., None],
+    args: tuple[Any, ...],
+    processes: int,
+    seconds: float,
+    preload: list[str],
+) -> list[dict[str, Any]]:
+    """``processes`` of ``worker(*args, index, start_at, seconds, out)`` started
+    together; what each wrote to its ``out`` (JSON)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(
-        ["psycopg", "sqlalchemy", "scrapy_pharox", "pharox.storage.postgres"]
-    )
+    context.set_forkserver_preload(preload)
     with tempfile.TemporaryDirectory() as folder:
         outs = [str(Path(folder) / f"{index}.json") for index in range(processes)]
         start_at = time.time() + 3.0  # every worker started and warmed up
         workers = [
-            context.Process(
-                target=worker, args=(kind, url, index, start_at, seconds, out)
-            )
+            context.Process(target=worker, args=(*args, index, start_at, seconds, out))
             for index, out in enumerate(outs)
         ]
         for process in workers:
             process.start()
         for process in workers:
             process.join()
-        logs = [json.loads(Path(out).read_text()) for out in outs]
+        return [json.loads(Path(out).read_text()) for out in outs]
+
+
+def shared_pool(kind: str, url: str, processes: int, seconds: float) -> dict[str, Any]:
+    preload = ["psycopg", "sqlalchemy", "scrapy_pharox", "pharox.storage.postgres"]
+    logs = run_workers(worker, (kind, url), processes, seconds, preload)
     errors = Counter[str]()
     for log in logs:
         errors.update(log["errors"])
