@@ -93,6 +93,37 @@ def closest_lease_reuse(seen: Iterable[dict[str, Any]]) -> float:
     return closest_gap(((p["proxy"], p["host"]), p["acquired_at"]) for p in seen)
 
 
+def closest_arrival_after_lease(
+    requests: Iterable[RecordedRequest], seen: Iterable[dict[str, Any]]
+) -> float:
+    """The shortest time from a lease of one proxy for one host to the arrival
+    at the site of the next request that proxy carried there.
+
+    A request reaches the site after its own lease, so the k-th arrival of a
+    key comes no earlier than its k-th lease: with leases a reuse delay apart,
+    each arrival but the first is at least that delay after the lease before
+    it, whatever the requests' trips took. Both are read by the epoch clock.
+    """
+    leases: dict[Hashable, list[float]] = {}
+    for page in seen:
+        port = int(page["proxy"].rpartition(":")[2])
+        leases.setdefault((port, page["host"]), []).append(page["acquired_at"])
+    arrivals: dict[Hashable, list[float]] = {}
+    for request in requests:
+        key = (request.via_proxy_port, request.host)
+        arrivals.setdefault(key, []).append(request.received_at)
+    assert arrivals.keys() == leases.keys()
+    gaps = []
+    for key, times in arrivals.items():
+        leased = sorted(leases[key])
+        assert len(leased) == len(times), key
+        gaps += [
+            arrived - lease
+            for lease, arrived in zip(leased, sorted(times)[1:], strict=False)
+        ]
+    return min(gaps)
+
+
 def crawl(
     spider_class: type[scrapy.Spider], settings: dict[str, Any], **spider_kwargs: Any
 ) -> Deferred[Crawler]:

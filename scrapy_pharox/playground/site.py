@@ -47,6 +47,8 @@ class RecordedRequest:
     peer: tuple[str, int]
     #: When it arrived (time.monotonic()).
     at: float = field(default_factory=time.monotonic)
+    #: When it arrived by the epoch clock, the one lease times are taken by.
+    received_at: float = field(default_factory=time.time)
 
     @property
     def host(self) -> str:
