@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -127,7 +128,14 @@ def main() -> None:
     parser.add_argument(
         "--profile-dir",
         type=Path,
-        help="run the pharox crawls under cProfile and write .prof files here",
+        help="run every crawl under cProfile and write .prof files here",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="with --marginal: run every crawl under valgrind's callgrind and add "
+        "the instructions per page of the crawl process, which the machine's load "
+        "and clock do not move (some 50x slower)",
     )
     # internal: the child process
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -161,6 +169,10 @@ def main() -> None:
         notes["rotating"] = ["skipped: scrapy-rotating-proxies not installed"]
     runnable = [name for name in variants if name not in notes]
     crawl_cpus, server_cpus, pinning = cpu_split(args.pin)
+    if args.instructions and not args.marginal:
+        parser.error("--instructions goes with --marginal")
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind on PATH")
     if args.marginal:
         marginal_run(args, variants, runnable, notes, crawl_cpus, server_cpus, pinning)
         return

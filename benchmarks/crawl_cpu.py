@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from crawl_child import (
 from crawl_servers import Servers
 
 BENCH_SCRIPT = str(Path(__file__).with_name("bench_crawl.py"))
+#: How much longer a crawl may take under callgrind.
+VALGRIND_SLOWDOWN = 100
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Crawl:
     disturbed: bool = False
     #: CPU seconds of the whole child process, start-up and imports included
     process_seconds: float = 0.0
+    #: instructions the whole child process ran (--instructions), else None
+    instructions: int | None = None
 
     @property
     def pages(self) -> int:
@@ -122,6 +127,7 @@ def measure(
 ) -> Crawl | str:
     """Run one crawl in a fresh child process: its figures, or why it failed."""
     pool = f"bench-crawl-{os.getpid()}-{time.time_ns()}"  # a pool per crawl
+    timeout = CRAWL_TIMEOUT * (VALGRIND_SLOWDOWN if args.instructions else 1)
     command = [
         sys.executable, BENCH_SCRIPT, "--child", name, "--start-url", servers.site_url,
         "--database-url", args.database_url, "--pool", pool,
@@ -132,10 +138,17 @@ def measure(
     ]  # fmt: skip
     if crawl_cpus:
         command += ["--cpus", ",".join(map(str, sorted(crawl_cpus)))]
-    if args.profile_dir and name in PHAROX_VARIANTS:
+    if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         profile = args.profile_dir / f"{name}-{args.round_no + 1}.prof"
         command += ["--profile", str(profile)]
+    counts = None
+    if args.instructions:
+        counts = Path(tempfile.mkstemp(prefix="bench-callgrind-")[1])
+        command = [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}",
+            "--quiet", *command,
+        ]  # fmt: skip
     children_before = children_seconds()
     before = (
         time.perf_counter(), machine_busy_seconds(), own_seconds(),
@@ -147,11 +160,13 @@ def measure(
             capture_output=True,
             text=True,
             check=False,
-            timeout=CRAWL_TIMEOUT,
+            timeout=timeout,
             start_new_session=True,  # Ctrl-C reaches this script, which kills it
         )
     except subprocess.TimeoutExpired:
-        return f"no result within {CRAWL_TIMEOUT:.0f}s"
+        return f"no result within {timeout:.0f}s"
+    finally:
+        instructions = counted_instructions(counts) if counts else None
     wall, busy, own, server, postgres = (
         now - then
         for now, then in zip(
@@ -175,8 +190,29 @@ def measure(
     figures = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
     child = children_seconds() - children_before  # the crawl process: waited for
     return Crawl(
-        args.round_no, figures, server, postgres, others, process_seconds=child
+        args.round_no,
+        figures,
+        server,
+        postgres,
+        others,
+        process_seconds=child,
+        instructions=instructions,
     )
+
+
+def counted_instructions(path: Path) -> int | None:
+    """The instructions callgrind counted (its ``totals:`` line), the file removed;
+    None when it wrote none."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    finally:
+        path.unlink(missing_ok=True)
+    for line in text.splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    return None
 
 
 def others_busy(seconds: float) -> float:
@@ -209,6 +245,8 @@ def measure_quietly(
         wait_until_quiet(args.max_others, args.quiet_wait)
         outcome = measure(name, servers, args, crawl_cpus)
         if isinstance(outcome, str) or outcome.others <= args.max_others:
+            return outcome
+        if args.instructions:  # what it counts, others do not move
             return outcome
         outcome.disturbed = True
     return outcome

@@ -62,6 +62,8 @@ class Marginal:
     postgres_us: float
     #: extra pages over the extra wall time, spider_opened to spider_closed
     pages_per_second: float
+    #: instructions of the whole crawl process (--instructions), else None
+    instructions: float | None = None
 
 
 def marginal(small: Crawl, large: Crawl) -> Marginal:
@@ -77,6 +79,11 @@ def marginal(small: Crawl, large: Crawl) -> Marginal:
         process_us=(large.process_seconds - small.process_seconds) / pages * 1e6,
         postgres_us=(large.postgres_seconds - small.postgres_seconds) / pages * 1e6,
         pages_per_second=pages / seconds if seconds > 0 else 0.0,
+        instructions=(
+            (large.instructions - small.instructions) / pages
+            if large.instructions is not None and small.instructions is not None
+            else None
+        ),
     )
 
 
@@ -104,23 +111,45 @@ def table(
     labels = {**LABELS, **(labels or {})}
     base_rows = rows.get("trivial", [])
     base = statistics.median(m.cpu_us for m in base_rows) if base_rows else 0.0
-    lines = [
-        "| variant | CPU per page | over trivial | pages/s |",
-        "|---|---|---|---|",
-    ]
+    counted = _instructions(base_rows)
+    lines = ["| variant | CPU per page | over trivial | pages/s |", "|---|---|---|---|"]
+    if counted is not None:  # with --instructions, two columns more
+        lines = [
+            lines[0] + " instructions per page | over trivial |",
+            lines[1] + "---|---|",
+        ]
     for name in _ordered(variants):
         label, found = labels.get(name, name), rows.get(name, [])
         if not found:
-            lines.append(f"| {label} | - | - | - |")
+            lines.append(
+                f"| {label} | - | - | - |" + " - | - |" * (counted is not None)
+            )
             continue
         cpu = statistics.median(m.cpu_us for m in found)
         over = "-" if name == "trivial" or not base else _over(cpu, base)
         rate = statistics.median(m.pages_per_second for m in found)
-        lines.append(f"| {label} | {_us(cpu)} | {over} | {rate:,.0f} |")
+        line = f"| {label} | {_us(cpu)} | {over} | {rate:,.0f} |"
+        if counted is not None:
+            mine = _instructions(found)
+            if mine is None:
+                line += " - | - |"
+            else:
+                over = "-" if name == "trivial" else _over(mine, counted)
+                line += f" {mine / 1e6:,.2f} M | {over} |"
+        lines.append(line)
         if name == "pharox-pg":
             server = statistics.median(m.postgres_us for m in found)
-            lines.append(f"| {SERVER_LABEL} | {_us(server)} | | |")
+            lines.append(
+                f"| {SERVER_LABEL} | {_us(server)} | | |"
+                + " | |" * (counted is not None)
+            )
     return lines
+
+
+def _instructions(found: list[Marginal]) -> float | None:
+    """The median instructions per page, None when they were not counted."""
+    counts = [m.instructions for m in found if m.instructions is not None]
+    return statistics.median(counts) if counts else None
 
 
 def paired(variants: list[str], rows: dict[str, list[Marginal]]) -> str:
@@ -203,7 +232,14 @@ def run(
                 if len(pair) == 2:
                     found = marginal(pair[small], pair[large])
                     rows.setdefault(name, []).append(found)
-                    line.append(f"{name} {found.cpu_us:,.0f} us/pg")
+                    line.append(
+                        f"{name} {found.cpu_us:,.0f} us/pg"
+                        + (
+                            f" {found.instructions / 1e6:,.2f} M instructions/pg"
+                            if found.instructions is not None
+                            else ""
+                        )
+                    )
                 else:
                     line.append(f"{name} failed")
             print(f"round {round_no + 1}: " + ", ".join(line), flush=True)

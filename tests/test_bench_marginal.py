@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_fleet import overlaps
-from crawl_cpu import Crawl
+from crawl_cpu import Crawl, counted_instructions
 from crawl_marginal import (
     Marginal,
     marginal,
@@ -30,17 +30,31 @@ def crawl(
     postgres: float = 0.0,
     process: float = 0.0,
     round_no: int = 0,
+    instructions: int | None = None,
 ) -> Crawl:
     figures: dict[str, Any] = {
         "responses": pages,
         "cpu_seconds": cpu,
         "seconds": seconds,
     }
-    return Crawl(round_no, figures, 0.0, postgres, 0.0, process_seconds=process)
+    return Crawl(
+        round_no,
+        figures,
+        0.0,
+        postgres,
+        0.0,
+        process_seconds=process,
+        instructions=instructions,
+    )
 
 
-def row(round_no: int, cpu_us: float, postgres_us: float = 0.0) -> Marginal:
-    return Marginal(round_no, cpu_us, cpu_us, postgres_us, 1000.0)
+def row(
+    round_no: int,
+    cpu_us: float,
+    postgres_us: float = 0.0,
+    instructions: float | None = None,
+) -> Marginal:
+    return Marginal(round_no, cpu_us, cpu_us, postgres_us, 1000.0, instructions)
 
 
 def test_marginal_cpu_per_page_is_the_difference_of_two_crawls_over_the_pages() -> None:
@@ -80,6 +94,45 @@ def test_the_table_gives_medians_over_trivial_and_postgresql_on_a_row_of_its_own
         "| scrapy-pharox, memory | 3,322 us | +6.2% | 1,000 |",
         "| scrapy-pharox, PostgreSQL (client) | 4,062 us | +29.9% | 1,000 |",
         "| PostgreSQL server, per page | 481 us | | |",
+    ]
+
+
+def test_marginal_instructions_per_page_are_the_difference_of_the_counts() -> None:
+    small = crawl(301, 1.0, 1.0, instructions=5_000_000_000)
+    large = crawl(3001, 2.0, 2.0, instructions=42_800_000_000)
+
+    assert marginal(small, large).instructions == pytest.approx(14e6)
+    assert marginal(crawl(301, 1.0, 1.0), large).instructions is None
+
+
+def test_counted_instructions_take_callgrinds_totals_line_and_remove_the_file(
+    tmp_path: Path,
+) -> None:
+    counts = tmp_path / "callgrind.out"
+    counts.write_text("version: 1\ncmd: python\nevents: Ir\ntotals: 123456789\n")
+
+    assert counted_instructions(counts) == 123_456_789
+    assert not counts.exists()
+    assert counted_instructions(counts) is None
+
+
+def test_with_instructions_the_table_adds_them_per_page_and_over_trivial() -> None:
+    rows = {
+        "trivial": [row(0, 3000, instructions=14.0e6)],
+        "pharox-mem": [row(0, 3100, instructions=14.49e6)],
+        "pharox-pg": [row(0, 4000, 300)],
+    }
+
+    lines = table(["trivial", "pharox-mem", "pharox-pg"], rows)
+
+    assert lines == [
+        "| variant | CPU per page | over trivial | pages/s |"
+        " instructions per page | over trivial |",
+        "|---|---|---|---|---|---|",
+        "| trivial round robin | 3,000 us | - | 1,000 | 14.00 M | - |",
+        "| scrapy-pharox, memory | 3,100 us | +3.3% | 1,000 | 14.49 M | +3.5% |",
+        "| scrapy-pharox, PostgreSQL (client) | 4,000 us | +33.3% | 1,000 | - | - |",
+        "| PostgreSQL server, per page | 300 us | | | | |",
     ]
 
 
