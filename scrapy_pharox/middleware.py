@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest
+from scrapy.utils.conf import build_component_list
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import load_object
+from scrapy.utils.python import global_object_name
 
 from .keeper import LeaseKeeper
 from .models import Lease, LeaseOutcome, OutcomeReport
@@ -55,19 +58,28 @@ class PharoxProxyMiddleware:
             else None
         )
         self.hand_back = HandBack(crawler, self._stop_waiting)
+        self._watching_scheduled = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         middleware = cls(LeaseKeeper.for_crawler(crawler), crawler)
-        crawler.signals.connect(
-            middleware.request_scheduled, signal=signals.request_scheduled
-        )
+        if answers_may_pass_us(crawler.settings, cls):
+            middleware._watch_scheduled()
         crawler.signals.connect(middleware.spider_opened, signal=signals.spider_opened)
         if middleware.gate is not None:
             crawler.signals.connect(
                 middleware.gate.entered, signal=signals.request_reached_downloader
             )
         return middleware
+
+    def _watch_scheduled(self) -> None:
+        """Clean every request on its way into the scheduler from now on (a
+        signal handler costs each request, so only where copies need it)."""
+        if not self._watching_scheduled:
+            self._watching_scheduled = True
+            self.crawler.signals.connect(
+                self.request_scheduled, signal=signals.request_scheduled
+            )
 
     def _stop_waiting(self) -> None:
         """The crawl stops: no request waits for a proxy, nor for its turn."""
@@ -81,17 +93,22 @@ class PharoxProxyMiddleware:
 
     def request_scheduled(self, request: Request, spider: Spider | None = None) -> None:
         """A request on its way into the scheduler (and to disk, with a JOBDIR)
-        carries no proxy credentials and holds no lease, whoever copied it: a
-        middleware after ours may answer with a copy of a request that went out
-        through a proxy."""
-        _forget_credentials(request)
+        carries no proxy credentials and holds no lease: a middleware after ours
+        may answer with a copy of a request that went out through a proxy, and
+        our process_response never sees it; and a copy of a session's request
+        (a retry, a redirect) carries its cookies. Connected only once either
+        may happen: such a middleware is enabled (``answers_may_pass_us``), or a
+        session request took its cookies from its session. Otherwise a copy
+        (a retry's, a redirect's, a callback's) is of a request our
+        process_response cleaned already."""
+        self._clean(request)
+        if request.meta.get(OUR_COOKIES_KEY):
+            # Nor the session's cookies: its next turn puts on those of then.
+            request.headers.pop(b"Cookie", None)
         if self.gate is not None:
             # A copy of a request let through to its slot, which it never
             # reached (a middleware after ours answered with this copy).
             self.gate.entered(request)
-        ours = request.meta.get(OUR_PROXY_KEY)
-        if ours is not None and "proxy" in request.meta and self._set_by_us(request):
-            request.meta["proxy"] = ours  # the address, without credentials
         lease = request.meta.get("pharox_lease")
         if isinstance(lease, Lease) and self.keeper.holds(lease):
             # A copy of a request that went out (a middleware after ours answered
@@ -100,9 +117,20 @@ class PharoxProxyMiddleware:
         turn = request.meta.pop(TURN_KEY, None)
         if isinstance(turn, SessionTurn):  # the same for a session's turn
             self.keeper.sessions.leave(turn)
-        if request.meta.get(OUR_COOKIES_KEY):
-            # Nor the session's cookies: its next turn puts on those of then.
-            request.headers.pop(b"Cookie", None)
+
+    def _clean(self, request: Request) -> None:
+        """Strip from a request whose proxy answered the proxy's credentials, in
+        its header and in ``meta["proxy"]``: no copy of it (to the scheduler and
+        a JOBDIR, a callback's) may carry them."""
+        _forget_credentials(request)
+        meta = request.meta
+        ours = meta.get(OUR_PROXY_KEY)
+        if (
+            ours is not None
+            and meta.get("proxy", ours) != ours
+            and self._set_by_us(request)
+        ):
+            meta["proxy"] = ours  # the address, without credentials
 
     # The optional, unused ``spider`` parameters are those of Scrapy's own
     # middlewares (Scrapy before 2.14 passed one to every process_* method).
@@ -156,6 +184,7 @@ class PharoxProxyMiddleware:
         meta = request.meta
         meta[TURN_KEY] = turn
         if meta.get(OUR_COOKIES_KEY):
+            self._watch_scheduled()  # its copies must not carry them
             sessions.add_cookies(turn, request, again=OUR_PROXY_KEY in meta)
         self._use(request, turn.lease)
         return None
@@ -181,6 +210,8 @@ class PharoxProxyMiddleware:
     ) -> Response | Request:
         if self.gate is not None:
             self.gate.entered(request)  # a later middleware answered, say
+        if OUR_PROXY_KEY in request.meta:
+            self._clean(request)
         turn = request.meta.pop(TURN_KEY, None)
         lease = request.meta.get("pharox_lease")
         if isinstance(turn, SessionTurn):
@@ -202,7 +233,6 @@ class PharoxProxyMiddleware:
             latency * 1000 if isinstance(latency, (int, float)) else None,
             rest,
         )
-        _forget_credentials(request)
         if isinstance(turn, SessionTurn):
             if not await self._session_response(turn, request, response, report):
                 return response
@@ -230,9 +260,10 @@ class PharoxProxyMiddleware:
     ) -> None:
         if self.gate is not None:
             self.gate.entered(request)
+        if OUR_PROXY_KEY in request.meta:
+            self._clean(request)
         turn = request.meta.pop(TURN_KEY, None)
         if isinstance(turn, SessionTurn):
-            _forget_credentials(request)
             if isinstance(exception, IgnoreRequest):
                 self.keeper.sessions.leave(turn)
             else:
@@ -242,7 +273,6 @@ class PharoxProxyMiddleware:
         lease = request.meta.get("pharox_lease")
         if not isinstance(lease, Lease):
             return
-        _forget_credentials(request)
         if isinstance(exception, IgnoreRequest):
             # A later middleware dropped the request: no verdict on the proxy.
             await self.keeper.release(lease, "closed")
@@ -290,6 +320,36 @@ class PharoxProxyMiddleware:
         if ours is None or not isinstance(lease, Lease) or lease.proxy is None:
             return False
         return request.meta["proxy"] in (ours, lease.proxy.url)
+
+
+#: Scrapy's downloader middlewares after ours (750-900) that never answer a
+#: request or a response with a request: none can copy one that went out.
+NEVER_ANSWER_WITH_A_REQUEST = frozenset(
+    {
+        "scrapy.downloadermiddlewares.httpproxy.HttpProxyMiddleware",
+        "scrapy.downloadermiddlewares.stats.DownloaderStats",
+        "scrapy.downloadermiddlewares.httpcache.HttpCacheMiddleware",
+    }
+)
+
+
+def answers_may_pass_us(settings: BaseSettings, ours: type) -> bool:
+    """Whether a downloader middleware after ``ours`` may answer with a request
+    (a copy of one that went out through a proxy): one enabled after it that is
+    not one of Scrapy's that never do."""
+    paths = build_component_list(settings.getwithbase("DOWNLOADER_MIDDLEWARES"))
+    classes = [load_object(path) for path in paths]
+    mine = [
+        n
+        for n, cls in enumerate(classes)
+        if isinstance(cls, type) and issubclass(cls, ours)
+    ]
+    if not mine:  # ours built by hand (a test crawler, say): assume the worst
+        return True
+    return any(
+        global_object_name(cls) not in NEVER_ANSWER_WITH_A_REQUEST
+        for cls in classes[mine[0] + 1 :]
+    )
 
 
 def slots_may_delay(settings: BaseSettings) -> bool:

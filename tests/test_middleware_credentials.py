@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 from scrapy.crawler import Crawler
+from scrapy.settings import Settings
 
 from crawl_support import (
     LinkSpider,
@@ -19,11 +20,14 @@ from crawl_support import (
     crawl,
     stats_of,
 )
+from scrapy_pharox import PharoxProxyMiddleware
+from scrapy_pharox.middleware import answers_may_pass_us
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 pytestmark = pytest.mark.crawl
 
 PASSWORD = "pa:ss/w@rd-7431"
+PHAROX = "scrapy_pharox.PharoxProxyMiddleware"
 
 
 @pytest.fixture
@@ -75,6 +79,28 @@ def test_credentials_never_reach_the_target_site(
         names = {name.lower() for name in request.headers}
         assert "proxy-authorization" not in names
         assert not any("crawler" in value for value in request.headers.values())
+
+
+class AnswersWithNothing:
+    """A downloader middleware of the user's, which could answer with a request."""
+
+
+@pytest.mark.parametrize(
+    ("middlewares", "may_pass"),
+    [
+        ({}, False),  # Scrapy's after ours: HttpProxy, DownloaderStats, HttpCache
+        ({f"{__name__}.AnswersWithNothing": 745}, True),
+        ({f"{__name__}.AnswersWithNothing": 600}, False),  # before ours
+        ({f"{__name__}.AnswersWithNothing": 745, PHAROX: 800}, False),
+        ({PHAROX: None}, True),  # ours not among them: built by hand
+    ],
+)
+def test_copies_are_cleaned_as_scheduled_only_when_a_later_middleware_may_answer(
+    middlewares: dict[str, int | None], may_pass: bool
+) -> None:
+    settings = Settings({"DOWNLOADER_MIDDLEWARES": {PHAROX: 740, **middlewares}})
+
+    assert answers_may_pass_us(settings, PharoxProxyMiddleware) is may_pass
 
 
 # Scrapy 2.15 (the oldest admitted) leaves its JOBDIR queue files open at close.
