@@ -233,7 +233,10 @@ def run_child(args: argparse.Namespace) -> None:
         ),
     }
     layer = LayerClock()
-    layer.instrument([load_object(path) for path in settings["DOWNLOADER_MIDDLEWARES"]])
+    if not args.no_layer_clock:  # the marginal mode reads no layer figure
+        layer.instrument(
+            [load_object(path) for path in settings["DOWNLOADER_MIDDLEWARES"]]
+        )
     process = CrawlerProcess(settings)
     crawler = process.create_crawler(
         SessionPagesSpider if args.child == "pharox-mem-sessions" else AllPagesSpider

@@ -138,6 +138,10 @@ def measure(
     ]  # fmt: skip
     if crawl_cpus:
         command += ["--cpus", ",".join(map(str, sorted(crawl_cpus)))]
+    if args.marginal:
+        # Its wrappers and clock reads cost a coroutine method more than a plain
+        # one: they would weigh on the layers that the marginal mode compares.
+        command.append("--no-layer-clock")
     if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         profile = args.profile_dir / f"{name}-{args.round_no + 1}.prof"
