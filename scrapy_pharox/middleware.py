@@ -9,13 +9,11 @@ from typing import TYPE_CHECKING
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest
-from scrapy.utils.conf import build_component_list
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
-from scrapy.utils.misc import load_object
-from scrapy.utils.python import global_object_name
 
 from .keeper import LeaseKeeper
+from .middleware_settings import answers_may_pass_us, slots_may_delay
 from .models import Lease, LeaseOutcome, OutcomeReport
 from .session_state import OUR_COOKIES_KEY, SESSION_META_KEY, TURN_KEY, SessionTurn
 from .slot_gate import SlotGate
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-    from scrapy.settings import BaseSettings
     from typing_extensions import Self
 
 #: The proxy address this middleware put in ``meta["proxy"]``: how a copied
@@ -320,47 +317,6 @@ class PharoxProxyMiddleware:
         if ours is None or not isinstance(lease, Lease) or lease.proxy is None:
             return False
         return request.meta["proxy"] in (ours, lease.proxy.url)
-
-
-#: Scrapy's downloader middlewares after ours (750-900) that never answer a
-#: request or a response with a request: none can copy one that went out.
-NEVER_ANSWER_WITH_A_REQUEST = frozenset(
-    {
-        "scrapy.downloadermiddlewares.httpproxy.HttpProxyMiddleware",
-        "scrapy.downloadermiddlewares.stats.DownloaderStats",
-        "scrapy.downloadermiddlewares.httpcache.HttpCacheMiddleware",
-    }
-)
-
-
-def answers_may_pass_us(settings: BaseSettings, ours: type) -> bool:
-    """Whether a downloader middleware after ``ours`` may answer with a request
-    (a copy of one that went out through a proxy): one enabled after it that is
-    not one of Scrapy's that never do."""
-    paths = build_component_list(settings.getwithbase("DOWNLOADER_MIDDLEWARES"))
-    classes = [load_object(path) for path in paths]
-    mine = [
-        n
-        for n, cls in enumerate(classes)
-        if isinstance(cls, type) and issubclass(cls, ours)
-    ]
-    if not mine:  # ours built by hand (a test crawler, say): assume the worst
-        return True
-    return any(
-        global_object_name(cls) not in NEVER_ANSWER_WITH_A_REQUEST
-        for cls in classes[mine[0] + 1 :]
-    )
-
-
-def slots_may_delay(settings: BaseSettings) -> bool:
-    """Whether a download slot of the crawl may have a delay: DOWNLOAD_DELAY,
-    AutoThrottle, or a DOWNLOAD_SLOTS entry with one."""
-    slots = settings.getdict("DOWNLOAD_SLOTS")
-    return (
-        settings.getfloat("DOWNLOAD_DELAY") > 0
-        or settings.getbool("AUTOTHROTTLE_ENABLED")
-        or any(isinstance(slot, dict) and slot.get("delay") for slot in slots.values())
-    )
 
 
 def retry_after(response: Response) -> float | None:

@@ -21,7 +21,7 @@ from crawl_support import (
     stats_of,
 )
 from scrapy_pharox import PharoxProxyMiddleware
-from scrapy_pharox.middleware import answers_may_pass_us
+from scrapy_pharox.middleware_settings import answers_may_pass_us
 from scrapy_pharox.playground import ForwardProxy, TargetSite
 
 pytestmark = pytest.mark.crawl
