@@ -74,10 +74,15 @@ WHY = {
         "also leased for it within reuse_delay): one range of the (domain,\n"
         "cooldown_until) index, hashed once for the whole search."
     ),
-    "IS NOT true": "IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.",
-    "AND NOT (EXISTS|FROM pharox_lease": (
+    "> now()) IS NOT true": (
+        "IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible."
+    ),
+    "(SELECT min(pharox_lease.expires_at)": (
         "Nothing is picked while an expired lease waits: the caller reclaims\n"
-        "first (reclaim_needed), so a search never runs past a dead lease."
+        "first (reclaim_needed), so a search never runs past a dead lease.\n"
+        "The earliest expiry is one probe of the expiry index (IS NOT TRUE: no\n"
+        "lease at all is none expired); an EXISTS of expires_at <= now() is a\n"
+        "scan of the table, dead rows and all, in the generic plan."
     ),
     "make_interval(secs": (
         "Times are the database's: every process compares with one clock."

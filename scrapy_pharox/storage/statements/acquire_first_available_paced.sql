@@ -25,12 +25,14 @@ WITH cooldowns AS
      AND (pharox_proxy.id NOT IN
             (SELECT cooldowns.proxy_id
              FROM cooldowns))
-     -- Nothing is picked while an expired lease waits: the caller reclaims
-     -- first (reclaim_needed), so a search never runs past a dead lease.
-     AND NOT (EXISTS
-                (SELECT *
-                 FROM pharox_lease
-                 WHERE pharox_lease.expires_at <= now()))
+     AND (
+            -- Nothing is picked while an expired lease waits: the caller reclaims
+            -- first (reclaim_needed), so a search never runs past a dead lease.
+            -- The earliest expiry is one probe of the expiry index (IS NOT TRUE: no
+            -- lease at all is none expired); an EXISTS of expires_at <= now() is a
+            -- scan of the table, dead rows and all, in the generic plan.
+            (SELECT min(pharox_lease.expires_at) AS min_1
+             FROM pharox_lease) <= now()) IS NOT true
    ORDER BY pharox_proxy.checked_at DESC,
             pharox_proxy.id
    LIMIT %(param_1)s::INTEGER
@@ -54,7 +56,6 @@ paced_use AS
      UPDATE
      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      SET leased_at = now() WHERE (pharox_domain_cooldown.cooldown_until > now()) IS NOT true
-     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      -- Times are the database's: every process compares with one clock.
      AND (pharox_domain_cooldown.leased_at > (now() + make_interval(secs => -CAST(%(reuse_delay)s AS DOUBLE PRECISION)))) IS NOT true RETURNING pharox_domain_cooldown.proxy_id AS id),
                                                    claimed AS
@@ -131,10 +132,14 @@ SELECT claimed.*,
        -- only its reuse delay holds back comes out of it (NULL: none does).
        END AS paced_in,
        CASE
-           WHEN (claimed.id IS NULL) THEN EXISTS
-                  (SELECT *
-                   FROM pharox_lease
-                   WHERE pharox_lease.expires_at <= now())
+           WHEN (claimed.id IS NULL) THEN (
+                                             -- Nothing is picked while an expired lease waits: the caller reclaims
+                                             -- first (reclaim_needed), so a search never runs past a dead lease.
+                                             -- The earliest expiry is one probe of the expiry index (IS NOT TRUE: no
+                                             -- lease at all is none expired); an EXISTS of expires_at <= now() is a
+                                             -- scan of the table, dead rows and all, in the generic plan.
+                                             (SELECT min(pharox_lease.expires_at) AS min_1
+                                              FROM pharox_lease) <= now()) IS true
            ELSE false
        END AS reclaim_needed,
        CASE

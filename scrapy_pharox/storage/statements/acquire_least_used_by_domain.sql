@@ -23,12 +23,14 @@ WITH cooldowns AS
      AND (pharox_proxy.id NOT IN
             (SELECT cooldowns.proxy_id
              FROM cooldowns))
-     -- Nothing is picked while an expired lease waits: the caller reclaims
-     -- first (reclaim_needed), so a search never runs past a dead lease.
-     AND NOT (EXISTS
-                (SELECT *
-                 FROM pharox_lease
-                 WHERE pharox_lease.expires_at <= now()))
+     AND (
+            -- Nothing is picked while an expired lease waits: the caller reclaims
+            -- first (reclaim_needed), so a search never runs past a dead lease.
+            -- The earliest expiry is one probe of the expiry index (IS NOT TRUE: no
+            -- lease at all is none expired); an EXISTS of expires_at <= now() is a
+            -- scan of the table, dead rows and all, in the generic plan.
+            (SELECT min(pharox_lease.expires_at) AS min_1
+             FROM pharox_lease) <= now()) IS NOT true
    ORDER BY pharox_proxy.current_leases,
             pharox_proxy.checked_at,
             pharox_proxy.id
@@ -86,10 +88,14 @@ SELECT claimed.*,
        leased.acquired_at,
        leased.expires_at,
        CASE
-           WHEN (claimed.id IS NULL) THEN EXISTS
-                  (SELECT *
-                   FROM pharox_lease
-                   WHERE pharox_lease.expires_at <= now())
+           WHEN (claimed.id IS NULL) THEN (
+                                             -- Nothing is picked while an expired lease waits: the caller reclaims
+                                             -- first (reclaim_needed), so a search never runs past a dead lease.
+                                             -- The earliest expiry is one probe of the expiry index (IS NOT TRUE: no
+                                             -- lease at all is none expired); an EXISTS of expires_at <= now() is a
+                                             -- scan of the table, dead rows and all, in the generic plan.
+                                             (SELECT min(pharox_lease.expires_at) AS min_1
+                                              FROM pharox_lease) <= now()) IS true
            ELSE false
        END AS reclaim_needed,
        CASE

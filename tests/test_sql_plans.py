@@ -1,0 +1,58 @@
+"""The hot PostgreSQL statements' generic plans: what a crawl runs, once a
+prepared statement's plan is cached, reads no table through in full."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import libpq_url
+from test_sql_text import HOT_STATEMENTS
+
+from scrapy_pharox import SqlStorage
+from scrapy_pharox.storage.sql_batch import ServerStatement
+
+pytestmark = pytest.mark.postgres
+
+#: The table every lease is inserted into and deleted from: until a vacuum,
+#: it holds a dead row for every request, and a scan reads them all.
+CHURNED_TABLE = "pharox_lease"
+
+
+@pytest.fixture
+def connection(postgresql_url: str) -> Iterator[psycopg.Connection]:
+    storage = SqlStorage(postgresql_url)
+    storage.create_schema()
+    storage.close()
+    with psycopg.connect(libpq_url(postgresql_url), autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        yield conn
+
+
+def generic_plan(conn: psycopg.Connection, sql: str) -> str:
+    """EXPLAIN of the statement's cached plan (not run: NULLs for arguments)."""
+    statement = ServerStatement(sql, "planned")
+    conn.execute(statement.prepare)
+    nulls = ", ".join("NULL" for _ in statement.names)
+    explain = (
+        f"EXPLAIN {statement.execute}{nulls})"
+        if statement.names
+        else (f"EXPLAIN {statement.execute}")
+    )
+    try:
+        return "\n".join(row[0] for row in conn.execute(explain))
+    finally:
+        conn.execute("DEALLOCATE planned")
+
+
+@pytest.mark.parametrize(
+    "name", sorted(name for name in HOT_STATEMENTS if name.startswith("acquire"))
+)
+def test_an_acquire_finds_expired_leases_through_the_expiry_index(
+    connection: psycopg.Connection, name: str
+) -> None:
+    plan = generic_plan(connection, HOT_STATEMENTS[name]().sql)
+
+    assert f"Seq Scan on {CHURNED_TABLE}" not in plan
+    assert "pharox_lease_expiry" in plan
