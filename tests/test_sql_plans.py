@@ -46,9 +46,20 @@ def generic_plan(conn: psycopg.Connection, sql: str) -> str:
         conn.execute("DEALLOCATE planned")
 
 
-@pytest.mark.parametrize(
-    "name", sorted(name for name in HOT_STATEMENTS if name.startswith("acquire"))
-)
+ACQUIRES = sorted(name for name in HOT_STATEMENTS if name.startswith("acquire"))
+
+
+@pytest.mark.parametrize("name", ACQUIRES)
+def test_an_acquire_scans_no_table_in_full(
+    connection: psycopg.Connection, name: str
+) -> None:
+    # Every pool's proxies, or a dead row per request in the lease table.
+    plan = generic_plan(connection, HOT_STATEMENTS[name]().sql)
+
+    assert "Seq Scan" not in plan
+
+
+@pytest.mark.parametrize("name", ACQUIRES)
 def test_an_acquire_finds_expired_leases_through_the_expiry_index(
     connection: psycopg.Connection, name: str
 ) -> None:

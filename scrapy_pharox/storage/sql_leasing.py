@@ -190,10 +190,14 @@ def pg_acquire_statement(
 
 def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
     """Lease the proxy ``picked`` names; the claim CTE and the one-row result."""
-    # One more slot of the picked proxy is taken; its new row comes back.
+    # One more slot of the picked proxy is taken; its new row comes back. The
+    # round-robin pick is a UNION ALL of two searches, which the generic plan
+    # joined to a scan of every proxy row; as a value (at most one row), the
+    # proxy is found by its key.
+    target = select(picked.c.id).scalar_subquery() if advance_cursor else picked.c.id
     claimed = (
         update(proxy_table)
-        .where(proxy.id == picked.c.id)
+        .where(proxy.id == target)
         .values(current_leases=proxy.current_leases + 1)
         .returning(*proxy_table.c)
         .cte("claimed")
