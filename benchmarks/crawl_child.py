@@ -27,9 +27,20 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PROXIES = 5
 CONCURRENCY = 16
 DEFAULT_VARIANTS = ("trivial", "pharox-mem", "pharox-mem-4", "pharox-pg", "rotating")
-VARIANTS = (*DEFAULT_VARIANTS, "trivial-import", "pharox-mem-sessions")
+VARIANTS = (
+    *DEFAULT_VARIANTS,
+    "trivial-import",
+    "pharox-mem-sessions",
+    "pharox-mem-bare",
+)
 PHAROX_VARIANTS = frozenset(
-    {"pharox-mem", "pharox-mem-4", "pharox-pg", "pharox-mem-sessions"}
+    {
+        "pharox-mem",
+        "pharox-mem-4",
+        "pharox-pg",
+        "pharox-mem-sessions",
+        "pharox-mem-bare",
+    }
 )
 #: Sessions of the ``pharox-mem-sessions`` crawl: every page is in one of them.
 SESSION_KEYS = 32
@@ -106,6 +117,12 @@ def variant_settings(
         return variant_settings("trivial", proxy_urls, database_url, pool)
     if name in ("pharox-mem", "pharox-mem-sessions"):
         return pharox
+    if name == "pharox-mem-bare":  # without the session middlewares
+        return {
+            **pharox,
+            "DOWNLOADER_MIDDLEWARES": {"scrapy_pharox.PharoxProxyMiddleware": 740},
+            "SPIDER_MIDDLEWARES": {},
+        }
     if name == "pharox-mem-4":
         return {**pharox, "PHAROX_PROXY_MAX_CONCURRENCY": 4}
     if name == "pharox-pg":

@@ -257,6 +257,14 @@ def run(
         "medians over the rounds. The PostgreSQL row counts every PostgreSQL "
         "process, so other clients too."
     )
+    if args.instructions:
+        print(
+            "Instructions per page: the same difference of the instructions "
+            "callgrind counted in the\nwhole crawl process. The crawls ran under "
+            "callgrind: their CPU and pages/s are callgrind's\n(and the other "
+            "processes' CPU, PostgreSQL's too, is read beside a busy machine): "
+            "read the instructions."
+        )
     for extra in (paired(variants, rows), whole_process(variants, rows)):
         if extra:
             print(extra + ".")
