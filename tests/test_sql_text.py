@@ -77,12 +77,13 @@ WHY = {
     "> now()) IS NOT true": (
         "IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible."
     ),
-    "(SELECT min(pharox_lease.expires_at)": (
+    "(SELECT pharox_lease.expires_at|pharox_lease.expires_at <= now()": (
         "Nothing is picked while an expired lease waits: the caller reclaims\n"
         "first (reclaim_needed), so a search never runs past a dead lease.\n"
-        "The earliest expiry is one probe of the expiry index (IS NOT TRUE: no\n"
-        "lease at all is none expired); an EXISTS of expires_at <= now() is a\n"
-        "scan of the table, dead rows and all, in the generic plan."
+        "The first expired lease in expiry order: a range of the expiry index\n"
+        "that ends at the first lease not yet expired, dead or alive. As an\n"
+        "EXISTS, the generic plan scans the table; as min(expires_at), the\n"
+        "index walk passes every dead entry until a vacuum."
     ),
     "make_interval(secs": (
         "Times are the database's: every process compares with one clock."

@@ -381,11 +381,16 @@ def has_free_slot() -> ColumnElement[bool]:
 
 @cache
 def expired_lease_exists() -> ColumnElement[bool]:
-    """Whether any active lease is past its expiry: the earliest expiry, one
-    probe of the expiry index. Written as EXISTS (... expires_at <= now()),
-    PostgreSQL's generic plan scans the whole table for a first match, and a
-    table a lease is inserted into and deleted from for every request holds
-    pages of dead rows until it is vacuumed. IS TRUE: no lease at all (NULL)
-    is none expired."""
-    earliest = select(func.min(lease.expires_at)).scalar_subquery()
-    return (earliest <= DbNow()).is_(true())
+    """Whether any active lease is past its expiry: the first expired one in
+    expiry order, a range of the expiry index that ends at the first lease not
+    yet expired, dead or alive. Written as EXISTS, PostgreSQL's generic plan
+    scans the whole table for a first match; as the earliest expiry (min), the
+    index walk passes every dead entry a released lease left, until a vacuum."""
+    first_expired = (
+        select(lease.expires_at)
+        .where(lease.expires_at <= DbNow())
+        .order_by(lease.expires_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return first_expired.is_not(None)
