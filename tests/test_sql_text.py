@@ -48,7 +48,7 @@ HOT_STATEMENTS: dict[str, Callable[[], Prepared]] = {
 #: Why-comments, each put above every line of a file that holds its text (with
 #: "text|later", only where one of the next three lines holds ``later``).
 WHY = {
-    "locked_pool AS MATERIALIZED": (
+    "pool_row AS MATERIALIZED": (
         "The pool row, locked: round-robin acquires of one pool take turns and\n"
         "each reads the cursor the one before it left. MATERIALIZED: run once,\n"
         "before the searches that read it, never inlined into them."
@@ -77,7 +77,7 @@ WHY = {
     "> now()) IS NOT true": (
         "IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible."
     ),
-    "(SELECT pharox_lease.expires_at|pharox_lease.expires_at <= now()": (
+    "(SELECT e.expires_at|e.expires_at <= now()": (
         "Nothing is picked while an expired lease waits: the caller reclaims\n"
         "first (reclaim_needed), so a search never runs past a dead lease.\n"
         "The first expired lease in expiry order: a range of the expiry index\n"

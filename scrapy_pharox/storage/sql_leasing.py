@@ -106,7 +106,7 @@ def pg_acquire_statement(
             select(pool.id, pool.round_robin_cursor)
             .where(pool.name == bindparam("pool_name"))
             .with_for_update(key_share=True)
-            .cte("locked_pool")
+            .cte("pool_row")
             .prefix_with("MATERIALIZED")
         )
         pool_id: Any = select(locked_pool.c.id).scalar_subquery()

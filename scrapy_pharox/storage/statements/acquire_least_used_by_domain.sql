@@ -24,21 +24,15 @@ WITH cooldowns AS
             (SELECT cooldowns.proxy_id
              FROM cooldowns))
      AND
-       -- Nothing is picked while an expired lease waits: the caller reclaims
-       -- first (reclaim_needed), so a search never runs past a dead lease.
-       -- The first expired lease in expiry order: a range of the expiry index
-       -- that ends at the first lease not yet expired, dead or alive. As an
-       -- EXISTS, the generic plan scans the table; as min(expires_at), the
-       -- index walk passes every dead entry until a vacuum.
-       (SELECT pharox_lease.expires_at
-        FROM pharox_lease
-        WHERE pharox_lease.expires_at <= now()
-        ORDER BY pharox_lease.expires_at
-        LIMIT %(param_1)s::INTEGER) IS NULL
+       (SELECT 1
+        FROM pharox_lease AS e
+        WHERE e.expires_at <= now()
+        ORDER BY e.expires_at
+        LIMIT 1) IS NULL
    ORDER BY pharox_proxy.current_leases,
             pharox_proxy.checked_at,
             pharox_proxy.id
-   LIMIT %(param_2)s::INTEGER
+   LIMIT %(param_1)s::INTEGER
    -- Rows other transactions hold are skipped, not waited for. NO KEY
    -- UPDATE is the lock an UPDATE of non-key columns takes anyway.
    FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
@@ -93,17 +87,11 @@ SELECT claimed.*,
        leased.expires_at,
        CASE
            WHEN (claimed.id IS NULL) THEN
-                  -- Nothing is picked while an expired lease waits: the caller reclaims
-                  -- first (reclaim_needed), so a search never runs past a dead lease.
-                  -- The first expired lease in expiry order: a range of the expiry index
-                  -- that ends at the first lease not yet expired, dead or alive. As an
-                  -- EXISTS, the generic plan scans the table; as min(expires_at), the
-                  -- index walk passes every dead entry until a vacuum.
-                  (SELECT pharox_lease.expires_at
-                   FROM pharox_lease
-                   WHERE pharox_lease.expires_at <= now()
-                   ORDER BY pharox_lease.expires_at
-                   LIMIT %(param_1)s::INTEGER) IS NOT NULL
+                  (SELECT 1
+                   FROM pharox_lease AS e
+                   WHERE e.expires_at <= now()
+                   ORDER BY e.expires_at
+                   LIMIT 1) IS NOT NULL
            ELSE false
        END AS reclaim_needed,
        CASE

@@ -1,7 +1,7 @@
 -- The pool row, locked: round-robin acquires of one pool take turns and
 -- each reads the cursor the one before it left. MATERIALIZED: run once,
 -- before the searches that read it, never inlined into them.
-WITH locked_pool AS MATERIALIZED
+WITH pool_row AS MATERIALIZED
   (SELECT pharox_pool.id AS id,
           pharox_pool.round_robin_cursor AS round_robin_cursor
    FROM pharox_pool
@@ -15,30 +15,24 @@ after_cursor AS MATERIALIZED
   (SELECT pharox_proxy.id AS id
    FROM pharox_proxy
    WHERE pharox_proxy.pool_id =
-       (SELECT locked_pool.id
-        FROM locked_pool)
+       (SELECT pool_row.id
+        FROM pool_row)
      AND pharox_proxy.status = 'active'
      AND (pharox_proxy.max_concurrency IS NULL
           OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      AND (pharox_proxy.cooldown_until > now()) IS NOT true
      AND
-       -- Nothing is picked while an expired lease waits: the caller reclaims
-       -- first (reclaim_needed), so a search never runs past a dead lease.
-       -- The first expired lease in expiry order: a range of the expiry index
-       -- that ends at the first lease not yet expired, dead or alive. As an
-       -- EXISTS, the generic plan scans the table; as min(expires_at), the
-       -- index walk passes every dead entry until a vacuum.
-       (SELECT pharox_lease.expires_at
-        FROM pharox_lease
-        WHERE pharox_lease.expires_at <= now()
-        ORDER BY pharox_lease.expires_at
-        LIMIT %(param_1)s::INTEGER) IS NULL
+       (SELECT 1
+        FROM pharox_lease AS e
+        WHERE e.expires_at <= now()
+        ORDER BY e.expires_at
+        LIMIT 1) IS NULL
      AND pharox_proxy.id >
-       (SELECT locked_pool.round_robin_cursor
-        FROM locked_pool)
+       (SELECT pool_row.round_robin_cursor
+        FROM pool_row)
    ORDER BY pharox_proxy.id
-   LIMIT %(param_2)s::INTEGER
+   LIMIT %(param_1)s::INTEGER
    -- Rows other transactions hold are skipped, not waited for. NO KEY
    -- UPDATE is the lock an UPDATE of non-key columns takes anyway.
    FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
@@ -47,30 +41,24 @@ from_start AS MATERIALIZED
   (SELECT pharox_proxy.id AS id
    FROM pharox_proxy
    WHERE pharox_proxy.pool_id =
-       (SELECT locked_pool.id
-        FROM locked_pool)
+       (SELECT pool_row.id
+        FROM pool_row)
      AND pharox_proxy.status = 'active'
      AND (pharox_proxy.max_concurrency IS NULL
           OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      AND (pharox_proxy.cooldown_until > now()) IS NOT true
      AND
-       -- Nothing is picked while an expired lease waits: the caller reclaims
-       -- first (reclaim_needed), so a search never runs past a dead lease.
-       -- The first expired lease in expiry order: a range of the expiry index
-       -- that ends at the first lease not yet expired, dead or alive. As an
-       -- EXISTS, the generic plan scans the table; as min(expires_at), the
-       -- index walk passes every dead entry until a vacuum.
-       (SELECT pharox_lease.expires_at
-        FROM pharox_lease
-        WHERE pharox_lease.expires_at <= now()
-        ORDER BY pharox_lease.expires_at
-        LIMIT %(param_1)s::INTEGER) IS NULL
+       (SELECT 1
+        FROM pharox_lease AS e
+        WHERE e.expires_at <= now()
+        ORDER BY e.expires_at
+        LIMIT 1) IS NULL
      AND NOT (EXISTS
                 (SELECT after_cursor.id
                  FROM after_cursor))
    ORDER BY pharox_proxy.id
-   LIMIT %(param_3)s::INTEGER
+   LIMIT %(param_2)s::INTEGER
    -- Rows other transactions hold are skipped, not waited for. NO KEY
    -- UPDATE is the lock an UPDATE of non-key columns takes anyway.
    FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
@@ -136,17 +124,11 @@ SELECT claimed.*,
        leased.expires_at,
        CASE
            WHEN (claimed.id IS NULL) THEN
-                  -- Nothing is picked while an expired lease waits: the caller reclaims
-                  -- first (reclaim_needed), so a search never runs past a dead lease.
-                  -- The first expired lease in expiry order: a range of the expiry index
-                  -- that ends at the first lease not yet expired, dead or alive. As an
-                  -- EXISTS, the generic plan scans the table; as min(expires_at), the
-                  -- index walk passes every dead entry until a vacuum.
-                  (SELECT pharox_lease.expires_at
-                   FROM pharox_lease
-                   WHERE pharox_lease.expires_at <= now()
-                   ORDER BY pharox_lease.expires_at
-                   LIMIT %(param_1)s::INTEGER) IS NOT NULL
+                  (SELECT 1
+                   FROM pharox_lease AS e
+                   WHERE e.expires_at <= now()
+                   ORDER BY e.expires_at
+                   LIMIT 1) IS NOT NULL
            ELSE false
        END AS reclaim_needed,
        CASE
@@ -154,8 +136,8 @@ SELECT claimed.*,
                   (SELECT *
                    FROM pharox_proxy
                    WHERE pharox_proxy.pool_id =
-                       (SELECT locked_pool.id
-                        FROM locked_pool)
+                       (SELECT pool_row.id
+                        FROM pool_row)
                      AND pharox_proxy.status = 'active'
                      AND (pharox_proxy.max_concurrency IS NULL
                           OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
