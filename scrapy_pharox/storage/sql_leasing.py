@@ -102,15 +102,15 @@ def pg_acquire_statement(
     if strategy is SelectorStrategy.ROUND_ROBIN:
         # The pool row, locked: round-robin acquires of one pool take turns, and
         # each reads the cursor the one before it left.
-        locked_pool = (
+        pool_row = (
             select(pool.id, pool.round_robin_cursor)
             .where(pool.name == bindparam("pool_name"))
             .with_for_update(key_share=True)
             .cte("pool_row")
             .prefix_with("MATERIALIZED")
         )
-        pool_id: Any = select(locked_pool.c.id).scalar_subquery()
-        cursor = select(locked_pool.c.round_robin_cursor).scalar_subquery()
+        pool_id: Any = select(pool_row.c.id).scalar_subquery()
+        cursor = select(pool_row.c.round_robin_cursor).scalar_subquery()
         free = and_(eligible(pool_id, filters, cooldowns), not_(expired_lease_exists()))
         # The first free proxy after the cursor in id order (an index walk) ...
         after_cursor = (
