@@ -33,15 +33,7 @@ VARIANTS = (
     "pharox-mem-sessions",
     "pharox-mem-bare",
 )
-PHAROX_VARIANTS = frozenset(
-    {
-        "pharox-mem",
-        "pharox-mem-4",
-        "pharox-pg",
-        "pharox-mem-sessions",
-        "pharox-mem-bare",
-    }
-)
+PHAROX_VARIANTS = frozenset(name for name in VARIANTS if name.startswith("pharox"))
 #: Sessions of the ``pharox-mem-sessions`` crawl: every page is in one of them.
 SESSION_KEYS = 32
 RESULT_PREFIX = "BENCH-RESULT "

@@ -148,7 +148,9 @@ def measure(
         command += ["--profile", str(profile)]
     counts = None
     if args.instructions:
-        counts = Path(tempfile.mkstemp(prefix="bench-callgrind-")[1])
+        handle, name_of_counts = tempfile.mkstemp(prefix="bench-callgrind-")
+        os.close(handle)  # callgrind writes it
+        counts = Path(name_of_counts)
         command = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={counts}",
             "--quiet", *command,
@@ -248,9 +250,11 @@ def measure_quietly(
             args.vacuum_note = vacuum_pharox_tables(args.database_url)
         wait_until_quiet(args.max_others, args.quiet_wait)
         outcome = measure(name, servers, args, crawl_cpus)
-        if isinstance(outcome, str) or outcome.others <= args.max_others:
-            return outcome
-        if args.instructions:  # what it counts, others do not move
+        if (
+            isinstance(outcome, str)
+            or outcome.others <= args.max_others
+            or args.instructions  # what it counts, others do not move
+        ):
             return outcome
         outcome.disturbed = True
     return outcome
