@@ -103,6 +103,49 @@ def test_copies_are_cleaned_as_scheduled_only_when_a_later_middleware_may_answer
     assert answers_may_pass_us(settings, PharoxProxyMiddleware) is may_pass
 
 
+def count_scheduled_cleaning(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URLs our request_scheduled handler cleans, from now on."""
+    cleaned: list[str] = []
+    original = PharoxProxyMiddleware.request_scheduled
+
+    def counting(self: Any, request: Any, spider: Any = None) -> None:
+        cleaned.append(request.url)
+        original(self, request, spider)
+
+    monkeypatch.setattr(PharoxProxyMiddleware, "request_scheduled", counting)
+    return cleaned
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_crawl_with_only_scrapys_middlewares_after_ours_pays_no_scheduling_handler(
+    site: TargetSite, auth_proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    cleaned = count_scheduled_cleaning(monkeypatch)
+    crawler: Crawler = yield crawl(
+        LinkSpider, {"PHAROX_PROXIES": [auth_proxy.auth_url]}, start_url=site.url + "/"
+    )
+    assert len(crawler.spider.seen) == 31
+    assert cleaned == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_later_middleware_of_the_users_has_every_request_cleaned_as_scheduled(
+    site: TargetSite, auth_proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    cleaned = count_scheduled_cleaning(monkeypatch)
+    crawler: Crawler = yield crawl(
+        LinkSpider,
+        {
+            "PHAROX_PROXIES": [auth_proxy.auth_url],
+            "DOWNLOADER_MIDDLEWARES": {f"{__name__}.AnswersWithNothing": 745},
+        },
+        start_url=site.url + "/",
+    )
+    assert len(crawler.spider.seen) == 31
+    assert site.url + "/" in cleaned
+    assert len(cleaned) >= 31  # every request scheduled, duplicates too
+
+
 # Scrapy 2.15 (the oldest admitted) leaves its JOBDIR queue files open at close.
 JOBDIR_FILES_LEFT_OPEN = pytest.mark.filterwarnings(
     "ignore:Exception ignored in.*requests.queue"
