@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import copyreg
 import io
+import os
 import pickle
+import random
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 from uuid import uuid4
@@ -27,7 +31,7 @@ from scrapy_pharox import (
     ProxySession,
     models,
 )
-from scrapy_pharox.models import build_trusted, snapshot, utc_now
+from scrapy_pharox.models import build_trusted, new_id, snapshot, utc_now
 
 TRUSTED_MODELS = (Lease, OutcomeReport, Proxy, ProxyCredentials, ProxySession)
 
@@ -68,6 +72,46 @@ def test_a_snapshot_does_not_follow_later_changes_of_the_original() -> None:
     proxy.current_leases = 1
     assert copy == proxy.model_copy(update={"current_leases": 0})
     assert copy.current_leases == 0
+
+
+def test_lease_ids_are_random_version_4_uuids() -> None:
+    ids = [new_id() for _ in range(1000)]
+    assert {(lease_id.version, lease_id.variant) for lease_id in ids} == {
+        (4, "specified in RFC 4122")
+    }
+    assert len(set(ids)) == len(ids)
+
+
+def test_seeding_the_random_module_does_not_repeat_lease_ids() -> None:
+    random.seed(7)
+    first = new_id()
+    random.seed(7)
+    assert new_id() != first
+
+
+FORKED_IDS = """
+import os
+from scrapy_pharox.models import new_id
+reading, writing = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(writing, b"".join(new_id().bytes for _ in range(4)))
+    os._exit(0)
+os.close(writing)
+child = os.fdopen(reading, "rb").read()
+os.waitpid(pid, 0)
+parent = b"".join(new_id().bytes for _ in range(4))
+print(len(child), child != parent)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_process_draws_other_lease_ids_than_its_parent() -> None:
+    # In a process of its own: forking this one, with its threads, may deadlock.
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_IDS], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["64", "True"]
 
 
 class PicklerOfBefore(pickle.Pickler):

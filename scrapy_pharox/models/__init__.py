@@ -11,7 +11,7 @@ cooldowns) and ``base`` (the clock and the trusted constructors).
 
 from __future__ import annotations
 
-from .base import Model, build_trusted, snapshot, utc_now
+from .base import Model, build_trusted, new_id, snapshot, utc_now
 from .identities import (
     DEFAULT_SESSION_SECONDS,
     SESSION_PLACEHOLDER,
@@ -97,6 +97,7 @@ __all__ = [
     "haversine_km",
     "lease_or_none",
     "mask_url_password",
+    "new_id",
     "new_session_id",
     "renewed_credentials",
     "snapshot",

@@ -31,6 +31,7 @@ from ..models import (
     ProxyStatus,
     SelectorStrategy,
     build_trusted,
+    new_id,
     snapshot,
 )
 from .base import IStorage, check_lease_seconds
@@ -341,7 +342,7 @@ class InMemoryStorage(MemorySessions, MemorySources, MemoryIdentities, IStorage)
         expires_at = now + duration_seconds
         # What can fail comes before the claim: a failed acquire takes no slot.
         fields = {
-            "id": uuid4(),
+            "id": new_id(),
             "proxy_id": slot.proxy.id,
             "consumer_id": self._consumer_id(consumer_name),
             "pool_id": pool.model.id,

@@ -41,6 +41,7 @@ from ..models import (
     SelectorStrategy,
     credentials_problem,
     mask_url_password,
+    new_id,
 )
 from . import sql_admin as admin
 from . import sql_errors
@@ -274,7 +275,7 @@ class SqlStorage(SqlSessions, SqlSources, SqlIdentities, IStorage):
         seconds = check_lease_seconds(duration_seconds)
         return {
             "proxy_id": proxy.id,
-            "lease_id": uuid4(),
+            "lease_id": new_id(),
             "consumer_id": self.ensure_consumer(consumer_name),
             "seconds": seconds,
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from ..durations import check_seconds
 from ..models import (
@@ -19,6 +19,7 @@ from ..models import (
     ProxyProtocol,
     ProxyStatus,
     build_trusted,
+    new_id,
 )
 from .base import check_lease_seconds
 
@@ -116,7 +117,7 @@ def acquire_parameters(
     """
     params = {
         "pool_name": pool_name,
-        "lease_id": uuid4(),
+        "lease_id": new_id(),
         "consumer_id": consumer_id,
         "seconds": check_lease_seconds(duration_seconds),
         "target_domain": domain,
