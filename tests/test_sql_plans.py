@@ -67,3 +67,20 @@ def test_an_acquire_finds_expired_leases_through_the_expiry_index(
 
     assert f"Seq Scan on {CHURNED_TABLE}" not in plan
     assert "pharox_lease_expiry" in plan
+
+
+UNPACED_ACQUIRES = [name for name in ACQUIRES if "paced" not in name]
+
+
+@pytest.mark.parametrize("name", UNPACED_ACQUIRES)
+def test_an_acquire_asks_why_it_missed_only_after_a_miss(
+    connection: psycopg.Connection, name: str
+) -> None:
+    # The server sets up every node of a plan on every run, hit or miss: the
+    # flags of a miss (an expired lease? a free proxy held locked?) are asked
+    # by a statement of their own, and the acquire reads the expiry index in
+    # its searches only (round robin has two: after the cursor, from the start).
+    plan = generic_plan(connection, HOT_STATEMENTS[name]().sql)
+    searches = 2 if name.startswith("acquire_round_robin") else 1
+
+    assert plan.count("pharox_lease_expiry") == searches

@@ -93,7 +93,7 @@ WHY = {
         "domain would pass psycopg's 4096-byte cache of parsed queries."
     ),
     "(SELECT 1 AS one) AS one": (
-        "One row even when nothing was claimed, to carry the two flags."
+        "One row even when nothing was claimed: its NULL id says so."
     ),
     "gone AS": (
         "The lease leaves the active table. A second or late release matches\n"

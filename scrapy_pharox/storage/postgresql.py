@@ -232,7 +232,11 @@ def _acquire(
     )
     check = domain_check(domain, params.get("reuse_delay", 0.0))
     statement = leasing.pg_acquire(strategy, filters, check)
-    return lambda retrying: acquire_steps(statement, params, retrying)
+
+    def flags() -> Prepared | None:  # built after a miss only
+        return leasing.pg_acquire_flags(strategy, filters, check)
+
+    return lambda retrying: acquire_steps(statement, params, retrying, flags)
 
 
 def _release_statement(report: OutcomeReport | None) -> Prepared:

@@ -10,7 +10,7 @@ is in ``statements/``. SQLite has neither, so its steps run one after another.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Double,
@@ -83,6 +83,40 @@ def pg_acquire(
     return Prepared(pg_acquire_statement(strategy, filters, check))
 
 
+@_cached_per_filters
+def pg_acquire_flags(
+    strategy: SelectorStrategy, filters: ProxyFilters | None, check: int
+) -> Prepared | None:
+    """``pg_acquire_flags_statement``, compiled; None for a ``PACED`` acquire,
+    whose statement carries its flags itself."""
+    if check == PACED:
+        return None
+    return Prepared(pg_acquire_flags_statement(filters, check))
+
+
+def pg_acquire_flags_statement(
+    filters: ProxyFilters | None, check: int = NO_DOMAIN
+) -> Select[Any]:
+    """Why an acquire (``pg_acquire_statement``, not ``PACED``) claimed
+    nothing, asked after it: ``reclaim_needed``, an expired lease exists;
+    ``contended``, a proxy it may lease exists that other transactions held
+    locked, so another try may get it. Parameters: pool_name, and
+    target_domain with a domain ``check``.
+
+    Apart from the acquire, whose plan the server sets up in full on every run:
+    with these two subplans in it, that cost a tenth more server CPU per
+    acquire and release, for a question only a miss asks.
+    """
+    cooldowns = domain_cooldowns_now(check) if check else None
+    flags = select(
+        expired_lease_exists().label("reclaim_needed"),
+        exists()
+        .where(eligible(pool_id_named(), filters, cooldowns))
+        .label("contended"),
+    )
+    return cast("Select[Any]", flags)
+
+
 def pg_acquire_statement(
     strategy: SelectorStrategy, filters: ProxyFilters | None, check: int = NO_DOMAIN
 ) -> Select[Any]:
@@ -90,12 +124,14 @@ def pg_acquire_statement(
 
     Parameters: pool_name, lease_id, consumer_id, seconds; target_domain with a
     domain ``check`` (``sql_clauses.domain_check``), and reuse_delay with
-    ``PACED``. Always one row. When it claimed nothing, ``reclaim_needed`` says
-    an expired lease exists (the claim never runs past one, so reclaiming always
-    comes before the search), ``contended`` says a free proxy existed that other
-    transactions held locked, so another try may get it, and with ``PACED``
-    ``paced_in`` says when the first free proxy held back by its reuse delay
-    only comes out of it (NULL: none is). A ``PACED`` claim stamps the (proxy,
+    ``PACED``. Always one row, its id NULL when it claimed nothing (the claim
+    never runs past an expired lease, so reclaiming always comes before the
+    search); ``pg_acquire_flags_statement`` then says why. A ``PACED`` acquire
+    says it itself, in the same row: ``reclaim_needed`` (an expired lease
+    exists), ``contended`` (a free proxy existed that other transactions held
+    locked, or its pick was refused, so another try may get it) and
+    ``paced_in`` (when the first free proxy held back by its reuse delay only
+    comes out of it; NULL: none is). A ``PACED`` claim stamps the (proxy,
     domain) row's ``leased_at``.
     """
     cooldowns = domain_cooldowns_now(check) if check else None
@@ -172,15 +208,15 @@ def pg_acquire_statement(
     claimed, statement = _claim(
         picked, advance_cursor=strategy is SelectorStrategy.ROUND_ROBIN
     )
+    if check != PACED:
+        return statement
+    # The flags are evaluated only when nothing was claimed. A refused pick
+    # is known here only: a PACED acquire's flags stay in its statement.
     nothing_claimed = claimed.c.id.is_(None)
-    if check == PACED:
-        statement = statement.add_columns(
-            case((nothing_claimed, paced_in(pool_id, filters)), else_=null()).label(
-                "paced_in"
-            )
-        )
-    # The flags are evaluated only when nothing was claimed.
     return statement.add_columns(
+        case((nothing_claimed, paced_in(pool_id, filters)), else_=null()).label(
+            "paced_in"
+        ),
         case((nothing_claimed, expired_lease_exists()), else_=false()).label(
             "reclaim_needed"
         ),
@@ -219,7 +255,7 @@ def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
         .returning(lease.acquired_at, lease.expires_at)
         .cte("leased")
     )
-    # One row even when nothing was claimed, to carry the caller's flags. The
+    # One row even when nothing was claimed: its NULL id says so. The
     # proxy row as claimed.*: spelled out, it would take the round-robin acquire
     # by domain past PSYCOPG_CACHED_QUERY_BYTES.
     one = select(literal_column("1").label("one")).subquery("one")

@@ -6,6 +6,7 @@ Either runner of the executor drives them: blocking on a psycopg connection
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -28,10 +29,15 @@ _RELEASE, _ACQUIRE, _EXTEND = 0, 1, 2
 
 
 def acquire_steps(
-    statement: Prepared, params: dict[str, Any], retrying: bool
+    statement: Prepared,
+    params: dict[str, Any],
+    retrying: bool,
+    flags: Callable[[], Prepared | None],
 ) -> Steps[Lease | Paced | None]:
     """One acquire: the statement again while it found only rows others hold
-    locked, after reclaiming expired leases when it says some block the way.
+    locked, after reclaiming expired leases when some block the way. After a
+    miss, ``flags()`` is the statement that says which (``sql_leasing.
+    pg_acquire_flags``; None: the acquire's row says it).
 
     A retry first looks for the lease its lost try may have taken: the lease id
     is the caller's, so a reply lost on the wire never leaks a slot.
@@ -54,6 +60,9 @@ def acquire_steps(
             raise
         if row.id is not None:
             return lease_from_row(row, params, params["pool_name"])
+        asked = flags()
+        if asked is not None:
+            row = yield Query(asked, params, (_ACQUIRE, ""))
         if row.reclaim_needed:
             yield Query(expiry.pg_reclaim(), {})
         elif not row.contended:

@@ -160,7 +160,7 @@ SELECT claimed.*,
            ELSE false
        END AS contended
 FROM
-  -- One row even when nothing was claimed, to carry the two flags.
+  -- One row even when nothing was claimed: its NULL id says so.
   (SELECT 1 AS one) AS one
 LEFT OUTER JOIN claimed ON true
 LEFT OUTER JOIN leased ON true

@@ -73,33 +73,9 @@ claimed AS
 -- domain would pass psycopg's 4096-byte cache of parsed queries.
 SELECT claimed.*,
        leased.acquired_at,
-       leased.expires_at,
-       CASE
-           WHEN (claimed.id IS NULL) THEN
-                  (SELECT 1
-                   FROM pharox_lease AS e
-                   WHERE e.expires_at <= now()
-                   ORDER BY e.expires_at
-                   LIMIT 1) IS NOT NULL
-           ELSE false
-       END AS reclaim_needed,
-       CASE
-           WHEN (claimed.id IS NULL) THEN EXISTS
-                  (SELECT *
-                   FROM pharox_proxy
-                   WHERE pharox_proxy.pool_id =
-                       (SELECT pharox_pool.id
-                        FROM pharox_pool
-                        WHERE pharox_pool.name = %(pool_name)s::VARCHAR)
-                     AND pharox_proxy.status = 'active'
-                     AND (pharox_proxy.max_concurrency IS NULL
-                          OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
-                     -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
-                     AND (pharox_proxy.cooldown_until > now()) IS NOT true)
-           ELSE false
-       END AS contended
+       leased.expires_at
 FROM
-  -- One row even when nothing was claimed, to carry the two flags.
+  -- One row even when nothing was claimed: its NULL id says so.
   (SELECT 1 AS one) AS one
 LEFT OUTER JOIN claimed ON true
 LEFT OUTER JOIN leased ON true
