@@ -84,3 +84,17 @@ def test_an_acquire_asks_why_it_missed_only_after_a_miss(
     searches = 2 if name.startswith("acquire_round_robin") else 1
 
     assert plan.count("pharox_lease_expiry") == searches
+
+
+RELEASES = sorted(name for name in HOT_STATEMENTS if name.startswith("release"))
+
+
+@pytest.mark.parametrize("name", RELEASES)
+def test_a_release_reads_no_pool_row_for_its_notice(
+    connection: psycopg.Connection, name: str
+) -> None:
+    # The notice of a freed slot names the lease's pool, which the caller
+    # knows: no join of the pool row in every release's plan for it.
+    plan = generic_plan(connection, HOT_STATEMENTS[name]().sql)
+
+    assert "pharox_pool " not in plan

@@ -106,14 +106,12 @@ WHY = {
     "locked_proxies AS MATERIALIZED": (
         "Their proxies, locked in id order, so two reclaims never deadlock."
     ),
-    "(SELECT pg_notify": (
+    "WHEN (pharox_proxy.max_concurrency = pharox_proxy.current_leases + 1)": (
         "A notice of the release, sent at commit, to the waiters of every\n"
-        "process (sql_release.RELEASE_CHANNEL); none when nothing was released."
-    ),
-    "freed.max_concurrency = freed.current_leases": (
-        "Only when the proxy was full before (freed is its row after): a\n"
-        "request waits only when it found no free slot, so a slot given back\n"
-        "on a proxy with one left, or without a limit, wakes nobody."
+        "process (sql_release.RELEASE_CHANNEL), only when the proxy was full\n"
+        "before (RETURNING sees the row after): a request waits only when it\n"
+        "found no free slot, so a slot given back on a proxy with one left, or\n"
+        "without a limit, wakes nobody."
     ),
     "ON CONFLICT": (
         "The (proxy, domain) row is created on its first ban, rest or paced\n"

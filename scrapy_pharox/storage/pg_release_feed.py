@@ -1,7 +1,7 @@
 """PostgreSQL's release feed: LISTEN on a connection of its own.
 
 A release statement that takes a full proxy back under its limit sends a
-notice at its commit (``sql_release.released_and_told``); the feed hears them
+notice at its commit (``sql_release.told``); the feed hears them
 all, keeps those of its own schema (tests and fleets may share one database)
 and tells their pool names.
 """

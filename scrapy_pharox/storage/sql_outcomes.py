@@ -48,12 +48,7 @@ from .sql_clauses import (
     upsert_domain_row,
 )
 from .sql_query import Prepared
-from .sql_release import (
-    FREED_COLUMNS,
-    logged_leases,
-    released_and_told,
-    removed_lease,
-)
+from .sql_release import logged_leases, released, removed_lease, told
 from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
 proxy, lease = proxy_table.c, lease_table.c
@@ -214,7 +209,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
 
     One statement per outcome, with or without a domain: each stays short
     (``Prepared``) and its generic plan does not hang on the outcome.
-    Parameters: lease_id and the outcome parameters. Every change hangs off
+    Parameters: lease_id, pool_name and the outcome parameters. Every change hangs off
     ``gone``: a lease no longer active records nothing.
     """
     gone = removed_lease()
@@ -226,7 +221,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
             current_leases=proxy.current_leases - 1,
             **outcome_values(outcome, by_domain),
         )
-        .returning(*FREED_COLUMNS)
+        .returning(proxy.id, told(gone))
         .cte("freed")
     )
     changes = [freed, logged_leases(gone, "released")]
@@ -244,7 +239,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
             .returning(domain_cooldown.proxy_id)
             .cte("domain_rested")
         )
-    return Prepared(released_and_told(gone, freed).add_cte(*changes))
+    return Prepared(released(gone).add_cte(*changes))
 
 
 # -- SQLite: the same clauses after the lease left, in its transaction -------------

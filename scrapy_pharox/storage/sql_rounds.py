@@ -17,6 +17,7 @@ from . import sql_release as releasing
 from .sql_batch import Batcher
 from .sql_psycopg import connection_lost, usable
 from .sql_query import Query, Steps
+from .sql_rows import release_parameters
 from .sql_steps import release_steps
 
 T = TypeVar("T")
@@ -194,7 +195,7 @@ class Pipeliner:
         """Release a lease whose coroutine stopped waiting for it (cancelled
         while its acquire was out): nobody else would, before it expires."""
         steps = release_steps(
-            releasing.pg_release(), {"lease_id": lease.id}, lease.proxy_id
+            releasing.pg_release(), release_parameters(lease, None), lease.proxy_id
         )
         loop = self._loop or asyncio.get_running_loop()
         self._queue.append(_Pending(steps, next(steps), loop.create_future()))

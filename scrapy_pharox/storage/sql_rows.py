@@ -137,7 +137,9 @@ def paced_or_none(row: Any) -> Paced | None:
 
 
 def release_parameters(lease: Lease, report: OutcomeReport | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"lease_id": lease.id}
+    """A release's parameters: the lease, its pool's name (for the notice of a
+    freed slot, ``sql_release.told``) and the report's."""
+    params: dict[str, Any] = {"lease_id": lease.id, "pool_name": lease.pool_name}
     if report is not None:
         params.update(outcome_parameters(report))
     return params

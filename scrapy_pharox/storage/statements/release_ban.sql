@@ -23,8 +23,15 @@ WITH gone AS
                   cooldown_until=(now() + make_interval(secs => (least(CAST(%(max_seconds)s AS DOUBLE PRECISION), CAST(%(base_seconds)s AS DOUBLE PRECISION) * power(CAST(2 AS float8), least(greatest(pharox_proxy.consecutive_bans + %(consecutive_bans_1)s::INTEGER, 1) - 1, 62))) * (1 + CAST(%(jitter)s AS DOUBLE PRECISION) * (2 * CAST(%(draw)s AS DOUBLE PRECISION) - 1)))))
    FROM gone
    WHERE pharox_proxy.id = gone.proxy_id RETURNING pharox_proxy.id,
-                                                   pharox_proxy.current_leases,
-                                                   pharox_proxy.max_concurrency),
+                                                   CASE
+                                                       -- A notice of the release, sent at commit, to the waiters of every
+                                                       -- process (sql_release.RELEASE_CHANNEL), only when the proxy was full
+                                                       -- before (RETURNING sees the row after): a request waits only when it
+                                                       -- found no free slot, so a slot given back on a proxy with one left, or
+                                                       -- without a limit, wakes nobody.
+                                                       WHEN (pharox_proxy.max_concurrency = pharox_proxy.current_leases + 1) THEN pg_notify(%(pg_notify_1)s::VARCHAR, CAST(json_build_array(current_schema(), %(pool_name)s::VARCHAR, gone.id) AS TEXT))
+                                                       ELSE NULL
+                                                   END AS told),
      logged_released AS
   (INSERT INTO pharox_lease_history (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at, released_at, outcome) SELECT gone.id AS id,
                                                                                                                                gone.proxy_id AS proxy_id,
@@ -37,16 +44,4 @@ WITH gone AS
    FROM gone RETURNING pharox_lease_history.id)
 SELECT EXISTS
   (SELECT gone.id
-   FROM gone) AS released,
-
-  -- A notice of the release, sent at commit, to the waiters of every
-  -- process (sql_release.RELEASE_CHANNEL); none when nothing was released.
-  (SELECT pg_notify(%(pg_notify_2)s::VARCHAR, CAST(json_build_array(current_schema(), pharox_pool.name, gone.id) AS TEXT)) AS pg_notify_1
-   FROM pharox_pool,
-        gone,
-        freed
-   WHERE pharox_pool.id = gone.pool_id
-     -- Only when the proxy was full before (freed is its row after): a
-     -- request waits only when it found no free slot, so a slot given back
-     -- on a proxy with one left, or without a limit, wakes nobody.
-     AND freed.max_concurrency = freed.current_leases + 1) AS told
+   FROM gone) AS released

@@ -22,8 +22,15 @@ WITH gone AS
                   END
    FROM gone
    WHERE pharox_proxy.id = gone.proxy_id RETURNING pharox_proxy.id,
-                                                   pharox_proxy.current_leases,
-                                                   pharox_proxy.max_concurrency),
+                                                   CASE
+                                                       -- A notice of the release, sent at commit, to the waiters of every
+                                                       -- process (sql_release.RELEASE_CHANNEL), only when the proxy was full
+                                                       -- before (RETURNING sees the row after): a request waits only when it
+                                                       -- found no free slot, so a slot given back on a proxy with one left, or
+                                                       -- without a limit, wakes nobody.
+                                                       WHEN (pharox_proxy.max_concurrency = pharox_proxy.current_leases + 1) THEN pg_notify(%(pg_notify_1)s::VARCHAR, CAST(json_build_array(current_schema(), %(pool_name)s::VARCHAR, gone.id) AS TEXT))
+                                                       ELSE NULL
+                                                   END AS told),
      logged_released AS
   (INSERT INTO pharox_lease_history (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at, released_at, outcome) SELECT gone.id AS id,
                                                                                                                                gone.proxy_id AS proxy_id,
@@ -36,16 +43,4 @@ WITH gone AS
    FROM gone RETURNING pharox_lease_history.id)
 SELECT EXISTS
   (SELECT gone.id
-   FROM gone) AS released,
-
-  -- A notice of the release, sent at commit, to the waiters of every
-  -- process (sql_release.RELEASE_CHANNEL); none when nothing was released.
-  (SELECT pg_notify(%(pg_notify_2)s::VARCHAR, CAST(json_build_array(current_schema(), pharox_pool.name, gone.id) AS TEXT)) AS pg_notify_1
-   FROM pharox_pool,
-        gone,
-        freed
-   WHERE pharox_pool.id = gone.pool_id
-     -- Only when the proxy was full before (freed is its row after): a
-     -- request waits only when it found no free slot, so a slot given back
-     -- on a proxy with one left, or without a limit, wakes nobody.
-     AND freed.max_concurrency = freed.current_leases + 1) AS told
+   FROM gone) AS released
