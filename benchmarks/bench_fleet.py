@@ -109,7 +109,7 @@ def raw(url: str, consumer: str) -> tuple[Cycle, Callable[[], None]]:
         if row is None or row[0] is None:
             return [None, called, acquired, None, None]
         releasing = time.monotonic()
-        params = release.parameters({"lease_id": lease_id})
+        params = release.parameters({"lease_id": lease_id, "pool_name": POOL})
         released = conn.execute(release.sql, params, prepare=True).fetchone()
         done = time.monotonic()
         if not released or not released[0]:
