@@ -103,9 +103,9 @@ def pg_acquire_flags_statement(
     locked, so another try may get it. Parameters: pool_name, and
     target_domain with a domain ``check``.
 
-    Apart from the acquire, whose plan the server sets up in full on every run:
-    with these two subplans in it, that cost a tenth more server CPU per
-    acquire and release, for a question only a miss asks.
+    A statement of its own, not two subplans of the acquire: the server sets
+    up every node of a plan on every run, hit or miss, and in the acquire they
+    cost a tenth of the server's instructions per acquire and release.
     """
     cooldowns = domain_cooldowns_now(check) if check else None
     flags = select(

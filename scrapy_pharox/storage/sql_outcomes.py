@@ -209,8 +209,8 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
 
     One statement per outcome, with or without a domain: each stays short
     (``Prepared``) and its generic plan does not hang on the outcome.
-    Parameters: lease_id, pool_name and the outcome parameters. Every change hangs off
-    ``gone``: a lease no longer active records nothing.
+    Parameters: lease_id, pool_name and the outcome parameters. Every change
+    hangs off ``gone``: a lease no longer active records nothing.
     """
     gone = removed_lease()
     # Its slot is given back and the outcome counted: one update of the row.
