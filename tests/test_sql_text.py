@@ -50,8 +50,10 @@ HOT_STATEMENTS: dict[str, Callable[[], Prepared]] = {
 WHY = {
     "pool_row AS MATERIALIZED": (
         "The pool row, locked: round-robin acquires of one pool take turns and\n"
-        "each reads the cursor the one before it left. MATERIALIZED: run once,\n"
-        "before the searches that read it, never inlined into them."
+        "each reads the cursor the one before it left; none while an expired\n"
+        "lease waits to be reclaimed (both searches then find nothing).\n"
+        "MATERIALIZED: run once, before the searches that read it, never\n"
+        "inlined into them."
     ),
     "after_cursor AS MATERIALIZED": (
         "The first free proxy after the cursor, in id order (an index walk).\n"

@@ -1,11 +1,19 @@
 -- The pool row, locked: round-robin acquires of one pool take turns and
--- each reads the cursor the one before it left. MATERIALIZED: run once,
--- before the searches that read it, never inlined into them.
+-- each reads the cursor the one before it left; none while an expired
+-- lease waits to be reclaimed (both searches then find nothing).
+-- MATERIALIZED: run once, before the searches that read it, never
+-- inlined into them.
 WITH pool_row AS MATERIALIZED
   (SELECT pharox_pool.id AS id,
           pharox_pool.round_robin_cursor AS round_robin_cursor
    FROM pharox_pool
    WHERE pharox_pool.name = %(pool_name)s::VARCHAR
+     AND
+       (SELECT 1
+        FROM pharox_lease AS e
+        WHERE e.expires_at <= now()
+        ORDER BY e.expires_at
+        LIMIT 1) IS NULL
      FOR NO KEY
      UPDATE),
 -- The first free proxy after the cursor, in id order (an index walk).
@@ -22,12 +30,6 @@ after_cursor AS MATERIALIZED
           OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      AND (pharox_proxy.cooldown_until > now()) IS NOT true
-     AND
-       (SELECT 1
-        FROM pharox_lease AS e
-        WHERE e.expires_at <= now()
-        ORDER BY e.expires_at
-        LIMIT 1) IS NULL
      AND pharox_proxy.id >
        (SELECT pool_row.round_robin_cursor
         FROM pool_row)
@@ -48,12 +50,6 @@ from_start AS MATERIALIZED
           OR pharox_proxy.current_leases < pharox_proxy.max_concurrency)
      -- IS NOT TRUE: a NULL cooldown_until (never cooled) is eligible.
      AND (pharox_proxy.cooldown_until > now()) IS NOT true
-     AND
-       (SELECT 1
-        FROM pharox_lease AS e
-        WHERE e.expires_at <= now()
-        ORDER BY e.expires_at
-        LIMIT 1) IS NULL
      AND NOT (EXISTS
                 (SELECT after_cursor.id
                  FROM after_cursor))

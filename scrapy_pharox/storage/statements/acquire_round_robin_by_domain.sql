@@ -1,11 +1,19 @@
 -- The pool row, locked: round-robin acquires of one pool take turns and
--- each reads the cursor the one before it left. MATERIALIZED: run once,
--- before the searches that read it, never inlined into them.
+-- each reads the cursor the one before it left; none while an expired
+-- lease waits to be reclaimed (both searches then find nothing).
+-- MATERIALIZED: run once, before the searches that read it, never
+-- inlined into them.
 WITH pool_row AS MATERIALIZED
   (SELECT pharox_pool.id AS id,
           pharox_pool.round_robin_cursor AS round_robin_cursor
    FROM pharox_pool
    WHERE pharox_pool.name = %(pool_name)s::VARCHAR
+     AND
+       (SELECT 1
+        FROM pharox_lease AS e
+        WHERE e.expires_at <= now()
+        ORDER BY e.expires_at
+        LIMIT 1) IS NULL
      FOR NO KEY
      UPDATE),
 -- Proxies held back from the target domain now (resting there; paced,
@@ -33,12 +41,6 @@ cooldowns AS
      AND (pharox_proxy.id NOT IN
             (SELECT cooldowns.proxy_id
              FROM cooldowns))
-     AND
-       (SELECT 1
-        FROM pharox_lease AS e
-        WHERE e.expires_at <= now()
-        ORDER BY e.expires_at
-        LIMIT 1) IS NULL
      AND pharox_proxy.id >
        (SELECT pool_row.round_robin_cursor
         FROM pool_row)
@@ -62,12 +64,6 @@ from_start AS MATERIALIZED
      AND (pharox_proxy.id NOT IN
             (SELECT cooldowns.proxy_id
              FROM cooldowns))
-     AND
-       (SELECT 1
-        FROM pharox_lease AS e
-        WHERE e.expires_at <= now()
-        ORDER BY e.expires_at
-        LIMIT 1) IS NULL
      AND NOT (EXISTS
                 (SELECT after_cursor.id
                  FROM after_cursor))
