@@ -386,8 +386,9 @@ def expired_lease_exists() -> ColumnElement[bool]:
     yet expired, dead or alive. Written as EXISTS, PostgreSQL's generic plan
     scans the whole table for a first match; as the earliest expiry (min), the
     index walk passes every dead entry a released lease left, until a vacuum."""
-    # A one-letter alias and a literal LIMIT: the round-robin acquire by domain
-    # holds this three times, within PSYCOPG_CACHED_QUERY_BYTES.
+    # A one-letter alias and a literal LIMIT: short, as a statement must be to
+    # stay within PSYCOPG_CACHED_QUERY_BYTES (a paced acquire holds this twice,
+    # in its search and in its flags).
     expired = lease_table.alias("e").c.expires_at
     first_expired = (
         select(literal_column("1"))
