@@ -47,6 +47,7 @@ from bench_sql import libpq, schema_url
 from scrapy_pharox import SqlStorage, bootstrap_pool, bootstrap_proxy
 from scrapy_pharox.models import (
     CooldownPolicy,
+    Lease,
     LeaseOutcome,
     OutcomeReport,
     SelectorStrategy,
@@ -97,7 +98,7 @@ def counted_cluster() -> Iterator[tuple[str, Path]]:
         deadline = time.monotonic() + 180  # a server under valgrind starts slowly
         while True:
             try:
-                psycopg.connect(f"host=127.0.0.1 port={port} user=postgres").close()
+                psycopg.connect(libpq(url)).close()
                 break
             except psycopg.OperationalError as exc:
                 if postmaster.poll() is not None or time.monotonic() > deadline:
@@ -163,9 +164,10 @@ def leases(
                 for _ in range(batch)
             )
         )
-        assert all(got), "an acquire came back empty"
+        leased = [lease for lease in got if isinstance(lease, Lease)]
+        assert len(leased) == batch, "an acquire came back empty"
         released = await asyncio.gather(
-            *(storage.release_lease_async(lease, report) for lease in got)  # type: ignore[arg-type]
+            *(storage.release_lease_async(lease, report) for lease in leased)
         )
         assert all(released), "a release found no active lease"
 
@@ -173,8 +175,10 @@ def leases(
         for _ in range(WARM_ROUNDS + rounds):
             await page_round()
 
-    asyncio.run(run())
-    storage.close()
+    try:
+        asyncio.run(run())
+    finally:
+        storage.close()
     # The rounds' connection: the one opened on the loop (the set-up ran on
     # another, before the hook was in).
     return sum(backend_count(counts, pid) for pid in backends)
