@@ -108,6 +108,12 @@ def test_a_schema_of_another_version_is_refused_and_left_as_it_is(
         storage.close()
 
 
+VERSION_5_FOREIGN_KEYS = (
+    ("pharox_proxy", "pool_id", "pharox_pool"),
+    ("pharox_session", "pool_id", "pharox_pool"),
+    ("pharox_session", "proxy_id", "pharox_proxy"),
+    ("pharox_source", "pool_id", "pharox_pool"),
+)
 GATEWAY_COLUMNS = ("identity", "session_id", "session_seconds", "session_started_at")
 
 
@@ -115,6 +121,12 @@ def downgrade(url: str, version: int) -> None:
     """Take what the versions after ``version`` added out of the database at
     ``url``, and say it is of that version."""
     with sql_engine(url) as engine, engine.begin() as conn:
+        if version < 6 and conn.dialect.name == "postgresql":
+            for table, column, parent in VERSION_5_FOREIGN_KEYS:
+                conn.execute(
+                    text(f"ALTER TABLE {table} ADD FOREIGN KEY ({column})"
+                         f" REFERENCES {parent} (id)")
+                )  # fmt: skip
         if version < 5:
             conn.execute(text("DROP INDEX pharox_proxy_endpoint"))
             for column in GATEWAY_COLUMNS:
@@ -144,7 +156,7 @@ def test_a_version_2_schema_is_upgraded_in_place_keeping_its_data(
         bootstrap_pool(storage, name="pool")
         downgrade(sql_url, 2)
         open_storage(sql_url).close()
-        assert stored_versions(sql_url) == [SCHEMA_VERSION] == [5]
+        assert stored_versions(sql_url) == [SCHEMA_VERSION] == [6]
         assert [pool.name for pool in storage.list_pools()] == ["pool"]
         with sql_engine(sql_url) as engine, engine.connect() as conn:
             conn.execute(text("SELECT leased_at FROM pharox_domain_cooldown"))
@@ -165,7 +177,7 @@ def test_a_version_3_schema_is_upgraded_in_place_and_then_keeps_sessions_and_lis
         with pytest.raises(StorageError, match="pharox_session"):
             storage.list_sessions("pool")
         open_storage(sql_url).close()
-        assert stored_versions(sql_url) == [5]
+        assert stored_versions(sql_url) == [6]
         assert [proxy.port for proxy in storage.list_proxies("pool")] == [3128]
         binding = storage.bind_session("pool", "login", "worker", 60, 3000)
         assert binding is not None and binding.event == "created"
@@ -188,7 +200,7 @@ def test_a_version_4_schema_is_upgraded_in_place_and_then_holds_gateway_exits(
         with pytest.raises(StorageError, match="identity"):
             storage.list_proxies("pool")
         open_storage(sql_url).close()
-        assert stored_versions(sql_url) == [5]
+        assert stored_versions(sql_url) == [6]
         [kept] = storage.list_proxies("pool")
         assert (kept.port, kept.identity) == (3128, None)
         # Two exits that differ by password only: the new endpoint index
@@ -242,3 +254,45 @@ def test_the_proxy_table_leaves_room_on_its_pages_for_hot_updates(
             )
         ).scalar_one()
     assert options == ["fillfactor=70"]
+
+
+def foreign_keys(url: str) -> list[str]:
+    """The foreign keys of the schema the storage at ``url`` uses."""
+    with sql_engine(url) as engine, engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT conname FROM pg_constraint WHERE contype = 'f'"
+                    " AND connamespace = current_schema()::regnamespace"
+                )
+            ).scalars()
+        )
+
+
+@pytest.mark.postgres
+def test_no_table_has_a_foreign_key_whose_check_would_cost_every_second_update(
+    postgresql_url: str,
+) -> None:
+    open_storage(postgresql_url).close()
+    assert foreign_keys(postgresql_url) == []
+
+
+@pytest.mark.postgres
+def test_a_version_5_schema_is_upgraded_in_place_dropping_its_foreign_keys(
+    postgresql_url: str,
+) -> None:
+    storage = open_storage(postgresql_url)
+    assert isinstance(storage, SqlStorage)
+    try:
+        pool = bootstrap_pool(storage, name="pool")
+        bootstrap_proxy(storage, pool=pool, host="127.0.0.1", port=3128)
+        assert storage.bind_session("pool", "login", "worker", 60, 3000) is not None
+        downgrade(postgresql_url, 5)
+        assert len(foreign_keys(postgresql_url)) == len(VERSION_5_FOREIGN_KEYS)
+        open_storage(postgresql_url).close()
+        assert stored_versions(postgresql_url) == [6]
+        assert foreign_keys(postgresql_url) == []
+        assert [proxy.port for proxy in storage.list_proxies("pool")] == [3128]
+        assert [session.key for session in storage.list_sessions("pool")] == ["login"]
+    finally:
+        storage.close()

@@ -10,7 +10,15 @@ A database of an earlier schema version is upgraded in place (``_UPGRADES``),
 one of a later version refused, never changed: version 2 is the first one
 scrapy-pharox released; version 3 added ``pharox_domain_cooldown.leased_at``
 (reuse delays); version 4 added ``pharox_session`` (sessions) and
-``pharox_source`` (live lists).
+``pharox_source`` (live lists); version 5 added gateway exits to
+``pharox_proxy``; version 6 dropped the foreign keys.
+
+No table has a foreign key. Only this adapter's statements write the tables,
+and it deletes no pool and no proxy (``add_proxy`` checks its pool first). A
+key check is a query of its own: PostgreSQL runs one for every second update
+of a row in one transaction (the row's version is then its own), which is every
+acquire and release of a round that leases one proxy twice, a sixteenth of the
+server's instructions per lease (``benchmarks/bench_pg_server.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Double,
-    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -42,7 +49,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from ..exceptions import StorageError
 from .sql_query import Prepared, Query, Steps
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -104,7 +111,7 @@ proxy_table = Table(
     "pharox_proxy",
     metadata,
     Column("id", Uuid, primary_key=True),
-    Column("pool_id", Uuid, ForeignKey("pharox_pool.id"), nullable=False),
+    Column("pool_id", Uuid, nullable=False),
     Column("protocol", String, nullable=False),
     Column("host", String, nullable=False),
     # The host lower-cased, for the endpoint identity (Proxy.endpoint_key).
@@ -184,8 +191,7 @@ consumer_table = Table(
     Column("name", String, nullable=False, unique=True),
 )
 
-# Only the leases that hold a slot now. No foreign keys: only this adapter's
-# statements write here, and a key check would cost every acquire.
+# Only the leases that hold a slot now.
 lease_table = Table(
     "pharox_lease",
     metadata,
@@ -202,8 +208,7 @@ Index("pharox_lease_expiry", lease_table.c.expires_at)
 # What a proxy did with one target domain: its rest there (a ban reported with
 # a domain, a Retry-After) and when it was leased for it last (an acquire with a
 # reuse delay). Rows stay after the rest: consecutive_bans is where the next
-# ban's strikes start. No foreign key, as for leases: only this adapter writes
-# here.
+# ban's strikes start.
 domain_cooldown_table = Table(
     "pharox_domain_cooldown",
     metadata,
@@ -244,7 +249,7 @@ lease_history_table = Table(
 session_table = Table(
     "pharox_session",
     metadata,
-    Column("pool_id", Uuid, ForeignKey("pharox_pool.id"), primary_key=True),
+    Column("pool_id", Uuid, primary_key=True),
     # Listed in code point order, as in memory: PostgreSQL's "C" collation.
     Column(
         "key",
@@ -252,7 +257,7 @@ session_table = Table(
         primary_key=True,
     ),
     Column("generation", Integer, nullable=False),
-    Column("proxy_id", Uuid, ForeignKey("pharox_proxy.id"), nullable=False),
+    Column("proxy_id", Uuid, nullable=False),
     Column("lease_id", Uuid),
     Column("consumer_id", Uuid),
     Column("lease_expires_at", UtcDateTime),
@@ -269,7 +274,7 @@ session_table = Table(
 source_table = Table(
     "pharox_source",
     metadata,
-    Column("pool_id", Uuid, ForeignKey("pharox_pool.id"), primary_key=True),
+    Column("pool_id", Uuid, primary_key=True),
     Column("holder", Text, nullable=False),
     Column("claimed_until", UtcDateTime, nullable=False),
     Column("listed", Text, nullable=False),
@@ -345,8 +350,34 @@ def _add_identities(dialect: Dialect) -> list[Any]:
     return [*added, dropped, CreateIndex(endpoint_index)]
 
 
+#: The foreign keys of version 5, by table, as PostgreSQL named them.
+_FOREIGN_KEYS = {
+    "pharox_proxy": ("pharox_proxy_pool_id_fkey",),
+    "pharox_session": ("pharox_session_pool_id_fkey", "pharox_session_proxy_id_fkey"),
+    "pharox_source": ("pharox_source_pool_id_fkey",),
+}
+
+
+def _drop_foreign_keys(dialect: Dialect) -> list[Any]:
+    # SQLite checks foreign keys only with PRAGMA foreign_keys on, which the
+    # adapter never sets, and drops one only by copying its table: its upgrade
+    # is the version number alone.
+    if dialect.name != "postgresql":
+        return []
+    return [
+        text(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
+        for table, names in _FOREIGN_KEYS.items()
+        for name in names
+    ]
+
+
 #: The statements that take a schema from a version to the next, by version.
-_UPGRADES = {2: _add_leased_at, 3: _add_sessions, 4: _add_identities}
+_UPGRADES = {
+    2: _add_leased_at,
+    3: _add_sessions,
+    4: _add_identities,
+    5: _drop_foreign_keys,
+}
 
 _SCHEMA_LOCK = text(
     "SELECT pg_advisory_xact_lock("
