@@ -58,7 +58,7 @@ def acquire_steps(
             ):
                 return lease
             raise
-        if row.id is not None:
+        if row is not None and row.id is not None:  # None: a miss (not PACED)
             return lease_from_row(row, params, params["pool_name"])
         asked = flags()
         if asked is not None:

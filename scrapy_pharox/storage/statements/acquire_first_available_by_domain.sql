@@ -9,7 +9,8 @@ WITH cooldowns AS
      -- The first free proxy in selector order. MATERIALIZED: the row lock is
      -- taken once, here; inlined into the UPDATE it could lock other rows.
      picked AS MATERIALIZED
-  (SELECT pharox_proxy.id AS id
+  (SELECT pharox_proxy.id AS id,
+          pharox_proxy.pool_id AS pool_id
    FROM pharox_proxy
    WHERE pharox_proxy.pool_id =
        (SELECT pharox_pool.id
@@ -35,57 +36,22 @@ WITH cooldowns AS
    -- Rows other transactions hold are skipped, not waited for. NO KEY
    -- UPDATE is the lock an UPDATE of non-key columns takes anyway.
    FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
-claimed AS
-  (UPDATE pharox_proxy
-   SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
-   FROM picked
-   WHERE pharox_proxy.id = picked.id RETURNING pharox_proxy.id,
-                                               pharox_proxy.pool_id,
-                                               pharox_proxy.protocol,
-                                               pharox_proxy.host,
-                                               pharox_proxy.host_key,
-                                               pharox_proxy.port,
-                                               pharox_proxy.username,
-                                               pharox_proxy.password,
-                                               pharox_proxy.status,
-                                               pharox_proxy.checked_at,
-                                               pharox_proxy.source,
-                                               pharox_proxy.country,
-                                               pharox_proxy.city,
-                                               pharox_proxy.latitude,
-                                               pharox_proxy.longitude,
-                                               pharox_proxy.isp,
-                                               pharox_proxy.asn,
-                                               pharox_proxy.max_concurrency,
-                                               pharox_proxy.current_leases,
-                                               pharox_proxy.successes,
-                                               pharox_proxy.bans,
-                                               pharox_proxy.failures,
-                                               pharox_proxy.consecutive_bans,
-                                               pharox_proxy.consecutive_failures,
-                                               pharox_proxy.latency_ms,
-                                               pharox_proxy.cooldown_until,
-                                               pharox_proxy.identity,
-                                               pharox_proxy.session_id,
-                                               pharox_proxy.session_seconds,
-                                               pharox_proxy.session_started_at),
-                                                   leased AS
+leased AS
   (INSERT INTO pharox_lease (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at) SELECT %(lease_id)s::UUID AS anon_1,
-                                                                                                 claimed.id AS id,
-                                                                                                 claimed.pool_id AS pool_id,
+                                                                                                 picked.id AS id,
+                                                                                                 picked.pool_id AS pool_id,
                                                                                                  %(consumer_id)s::UUID AS anon_2,
                                                                                                  now() AS anon_3,
                                                                                                  -- Times are the database's: every process compares with one clock.
                                                                                                  (now() + make_interval(secs => %(seconds)s)) AS anon_4
-   FROM claimed RETURNING pharox_lease.acquired_at,
-                          pharox_lease.expires_at)
--- claimed.*, not each column: spelled out, the round-robin acquire by
--- domain would pass psycopg's 4096-byte cache of parsed queries.
-SELECT claimed.*,
-       leased.acquired_at,
-       leased.expires_at
-FROM
-  -- One row even when nothing was claimed: its NULL id says so.
-  (SELECT 1 AS one) AS one
-LEFT OUTER JOIN claimed ON true
-LEFT OUTER JOIN leased ON true
+   FROM picked)
+UPDATE pharox_proxy
+SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
+WHERE pharox_proxy.id =
+    (SELECT picked.id
+     -- The claim is the statement, and no row comes back when nothing was
+     -- picked: no CTE of the claim to scan, no one-row join around it.
+     FROM picked) RETURNING pharox_proxy.*,
+                            now() AS acquired_at,
+                            -- Times are the database's: every process compares with one clock.
+                            (now() + make_interval(secs => %(seconds)s)) AS expires_at

@@ -11,7 +11,8 @@ WITH cooldowns AS
      -- The first free proxy in selector order. MATERIALIZED: the row lock is
      -- taken once, here; inlined into the UPDATE it could lock other rows.
      picked AS MATERIALIZED
-  (SELECT pharox_proxy.id AS id
+  (SELECT pharox_proxy.id AS id,
+          pharox_proxy.pool_id AS pool_id
    FROM pharox_proxy
    WHERE pharox_proxy.pool_id =
        (SELECT pharox_pool.id

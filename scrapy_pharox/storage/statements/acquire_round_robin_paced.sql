@@ -30,7 +30,8 @@ cooldowns AS
               -- MATERIALIZED: its row lock is taken here, once; inlined, the planner
               -- could evaluate it again in from_start and in picked.
               after_cursor AS MATERIALIZED
-  (SELECT pharox_proxy.id AS id
+  (SELECT pharox_proxy.id AS id,
+          pharox_proxy.pool_id AS pool_id
    FROM pharox_proxy
    WHERE pharox_proxy.pool_id =
        (SELECT pool_row.id
@@ -53,7 +54,8 @@ cooldowns AS
    FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
 -- Only when none is after the cursor: the first from the start (wrap).
 from_start AS MATERIALIZED
-  (SELECT pharox_proxy.id AS id
+  (SELECT pharox_proxy.id AS id,
+          pharox_proxy.pool_id AS pool_id
    FROM pharox_proxy
    WHERE pharox_proxy.pool_id =
        (SELECT pool_row.id
@@ -75,9 +77,11 @@ from_start AS MATERIALIZED
    -- UPDATE is the lock an UPDATE of non-key columns takes anyway.
    FOR NO KEY UPDATE OF pharox_proxy SKIP LOCKED),
 picked AS
-  (SELECT after_cursor.id AS id
+  (SELECT after_cursor.id AS id,
+          after_cursor.pool_id AS pool_id
    FROM after_cursor
-   UNION ALL SELECT from_start.id AS id
+   UNION ALL SELECT from_start.id AS id,
+                    from_start.pool_id AS pool_id
    FROM from_start),
                                                    -- The pick stamps leased_at of its (proxy, domain) row, and is claimed
                                                    -- only if that row, read as committed now (ON CONFLICT reads the latest
