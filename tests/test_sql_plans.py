@@ -85,6 +85,18 @@ def test_an_acquire_asks_why_it_missed_only_after_a_miss(
     assert plan.count("pharox_lease_expiry") == 1
 
 
+@pytest.mark.parametrize("name", UNPACED_ACQUIRES)
+def test_an_acquire_is_the_update_of_its_proxy_row_with_nothing_around_it(
+    connection: psycopg.Connection, name: str
+) -> None:
+    # Every node is set up on every run: the claim is the statement, not a
+    # CTE that a one-row join scans again.
+    plan = generic_plan(connection, HOT_STATEMENTS[name]().sql)
+
+    assert plan.startswith("Update on pharox_proxy")
+    assert "CTE Scan on claimed" not in plan
+
+
 RELEASES = sorted(name for name in HOT_STATEMENTS if name.startswith("release"))
 
 
