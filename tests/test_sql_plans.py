@@ -109,3 +109,15 @@ def test_a_release_reads_no_pool_row_for_its_notice(
     plan = generic_plan(connection, HOT_STATEMENTS[name]().sql)
 
     assert "pharox_pool " not in plan
+
+
+@pytest.mark.parametrize("name", RELEASES)
+def test_a_release_is_the_insert_of_its_history_row_with_nothing_around_it(
+    connection: psycopg.Connection, name: str
+) -> None:
+    # Whether the lease was active is whether the history row came back: no
+    # scan of the removed lease again, no whole row of it joined to its proxy.
+    plan = generic_plan(connection, HOT_STATEMENTS[name]().sql)
+
+    assert plan.startswith("Insert on pharox_lease_history")
+    assert "Nested Loop" not in plan.split("CTE freed")[1].split("CTE ")[0]

@@ -105,6 +105,10 @@ WHY = {
         "The lease leaves the active table. A second or late release matches\n"
         "no row, and everything below hangs off gone: it changes nothing."
     ),
+    "RETURNING true AS released": (
+        "The history row is the statement: a row when the lease was released,\n"
+        "none when it was no longer active (no scan of gone again to say so)."
+    ),
     "doomed AS MATERIALIZED": (
         "Expired leases no other release or reclaim holds now. MATERIALIZED:\n"
         "the DELETE removes exactly the rows locked here."

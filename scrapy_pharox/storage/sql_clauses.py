@@ -17,7 +17,6 @@ from pydantic_core import PydanticSerializationError
 from sqlalchemy import (
     ColumnElement,
     Double,
-    Select,
     String,
     and_,
     bindparam,
@@ -35,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.elements import ClauseElement, ColumnClause
 from sqlalchemy.sql.functions import FunctionElement
 
 from ..exceptions import InvalidArgumentError
@@ -71,7 +70,7 @@ _SQLITE_NOW_US = (
 S = TypeVar("S")
 
 
-def _prepared(build: Callable[[], Select[Any]]) -> Callable[[], Prepared]:
+def _prepared(build: Callable[[], ClauseElement]) -> Callable[[], Prepared]:
     """A PostgreSQL statement builder, built and compiled once."""
     return cache(lambda: Prepared(build()))
 

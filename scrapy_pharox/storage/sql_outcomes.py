@@ -48,7 +48,7 @@ from .sql_clauses import (
     upsert_domain_row,
 )
 from .sql_query import Prepared
-from .sql_release import logged_leases, released, removed_lease, told
+from .sql_release import freed_slot, logged_release, removed_lease
 from .sql_schema import domain_cooldown_table, lease_table, proxy_table
 
 proxy, lease = proxy_table.c, lease_table.c
@@ -205,7 +205,8 @@ def domain_success(proxy_id: Any) -> ReturningUpdate[Any]:
 
 @cache
 def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
-    """``pg_release`` that also records ``outcome``, still one statement.
+    """``pg_release`` that also records ``outcome``, still one statement (a
+    row, ``released``, if the lease was still active).
 
     One statement per outcome, with or without a domain: each stays short
     (``Prepared``) and its generic plan does not hang on the outcome.
@@ -214,17 +215,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
     """
     gone = removed_lease()
     # Its slot is given back and the outcome counted: one update of the row.
-    freed = (
-        update(proxy_table)
-        .where(proxy.id == gone.c.proxy_id)
-        .values(
-            current_leases=proxy.current_leases - 1,
-            **outcome_values(outcome, by_domain),
-        )
-        .returning(proxy.id, told(gone))
-        .cte("freed")
-    )
-    changes = [freed, logged_leases(gone, "released")]
+    changes = [freed_slot(gone, outcome_values(outcome, by_domain))]
     if by_domain and outcome is LeaseOutcome.BAN:
         changes.append(
             domain_ban("postgresql", gone.c.proxy_id)
@@ -239,7 +230,7 @@ def pg_release_reported(outcome: LeaseOutcome, by_domain: bool) -> Prepared:
             .returning(domain_cooldown.proxy_id)
             .cte("domain_rested")
         )
-    return Prepared(released(gone).add_cte(*changes))
+    return Prepared(logged_release(gone).add_cte(*changes))
 
 
 # -- SQLite: the same clauses after the lease left, in its transaction -------------

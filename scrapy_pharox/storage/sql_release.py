@@ -12,14 +12,12 @@ from typing import Any
 
 from sqlalchemy import (
     Insert,
-    Select,
     String,
     Text,
     Update,
     bindparam,
     case,
     delete,
-    exists,
     func,
     insert,
     literal,
@@ -38,25 +36,39 @@ from .sql_schema import lease_history_table, lease_table, proxy_table
 
 
 @_prepared
-def pg_release() -> Select[Any]:
+def pg_release() -> Insert:
     """Release the lease ``lease_id`` (of pool ``pool_name``) if it is still
-    active; whether it was.
+    active; a row (``released``) if it was, none if not.
 
     A lease leaves the active table when it is released or reclaimed, so a
     second or late release matches no row and changes nothing.
     """
     gone = removed_lease()
     # Its slot is given back (and the fleet told, when that frees one) ...
-    freed = (
+    freed = freed_slot(gone, {})
+    # ... and it is kept in the history: the statement itself.
+    return logged_release(gone).add_cte(freed)
+
+
+def freed_slot(gone: Any, values: dict[str, Any]) -> Any:
+    """The UPDATE (a CTE) that gives the slot of the lease ``gone`` (one row at
+    most) back to its proxy, with ``values`` of the outcome, and tells the
+    fleet (``told``). The proxy and the lease id are values read from
+    ``gone``, not a join of it: a join carries the whole row of ``gone``."""
+    return (
         update(proxy_table)
-        .where(proxy.id == gone.c.proxy_id)
-        .values(current_leases=proxy.current_leases - 1)
-        .returning(proxy.id, told(gone))
+        .where(proxy.id == select(gone.c.proxy_id).scalar_subquery())
+        .values(current_leases=proxy.current_leases - 1, **values)
+        .returning(told(select(gone.c.id).scalar_subquery()))
         .cte("freed")
     )
-    # ... and it is kept in the history.
-    logged = logged_leases(gone, "released")
-    return released(gone).add_cte(freed, logged)
+
+
+def logged_release(gone: Any) -> Insert:
+    """The history row of the released lease ``gone``, returning
+    ``released`` (true): no row when the lease was no longer active. The
+    release's statement: no scan of ``gone`` again to say whether it was."""
+    return _logged(gone, "released").returning(literal_column("true").label("released"))
 
 
 #: The channel of release notices: every process listening there hears, at
@@ -65,12 +77,13 @@ def pg_release() -> Select[Any]:
 RELEASE_CHANNEL = "pharox_release"
 
 
-def told(gone: Any) -> Any:
-    """For the RETURNING of the UPDATE that gives the slot of lease ``gone``
-    back: when that brought the proxy back under its limit, a notice of it on
-    ``RELEASE_CHANNEL``, sent at commit: ``[schema, pool name, lease id]``, the
-    pool's name the ``pool_name`` parameter (the lease's own). In the
-    RETURNING, not in a subquery of its own: the server sets up every node of
+def told(lease_id: Any) -> Any:
+    """For the RETURNING of the UPDATE that gives the slot of lease
+    ``lease_id`` (an expression) back: when that brought the proxy back under
+    its limit, a notice of it on ``RELEASE_CHANNEL``, sent at commit:
+    ``[schema, pool name, lease id]``, the pool's name the ``pool_name``
+    parameter (the lease's own). In the RETURNING, not in a subquery of its
+    own: the server sets up every node of
     a plan on every run, and that subquery, with its join of the pool row,
     cost some 6% of the server's instructions per acquire and release.
 
@@ -83,7 +96,7 @@ def told(gone: Any) -> Any:
     one transaction into one, and a round releases several leases of a pool.
     """
     notice = func.json_build_array(
-        func.current_schema(), bindparam("pool_name", type_=String), gone.c.id
+        func.current_schema(), bindparam("pool_name", type_=String), lease_id
     )
     # RETURNING sees the row as updated: full before, one below its limit now.
     was_full = proxy.max_concurrency == proxy.current_leases + literal_column("1")
@@ -91,11 +104,6 @@ def told(gone: Any) -> Any:
         (was_full, func.pg_notify(RELEASE_CHANNEL, notice.cast(Text))),
         else_=null(),
     ).label("told")
-
-
-def released(gone: Any) -> Select[Any]:
-    """Whether the lease ``gone`` was released (it was still active)."""
-    return select(exists(select(gone.c.id)).label("released"))
 
 
 def removed_lease() -> Any:
@@ -113,17 +121,20 @@ def removed_lease() -> Any:
 def logged_leases(gone: Any, outcome: str) -> Any:
     """The history rows of the leases ``gone`` returned (a CTE)."""
     return (
-        insert(lease_history_table)
-        .from_select(
-            [*_LEASE_COLUMNS, "released_at", "outcome"],
-            select(
-                *(gone.c[name] for name in _LEASE_COLUMNS),
-                DbNow(),
-                literal(outcome),
-            ),
-        )
+        _logged(gone, outcome)
         .returning(lease_history_table.c.id)
         .cte(f"logged_{outcome}")
+    )
+
+
+def _logged(gone: Any, outcome: str) -> Insert:
+    return insert(lease_history_table).from_select(
+        [*_LEASE_COLUMNS, "released_at", "outcome"],
+        select(
+            *(gone.c[name] for name in _LEASE_COLUMNS),
+            DbNow(),
+            literal(outcome),
+        ),
     )
 
 

@@ -73,9 +73,10 @@ def acquire_steps(
 def release_steps(
     statement: Prepared, params: dict[str, Any], proxy_id: UUID
 ) -> Steps[bool]:
-    """One release: whether the statement released the lease (it was active)."""
+    """One release: whether the statement released the lease (it was active:
+    a row came back)."""
     row = yield Query(statement, params, (_RELEASE, str(proxy_id)))
-    return bool(row.released)
+    return row is not None and bool(row.released)
 
 
 def extend_steps(params: dict[str, Any], lease_id: UUID) -> Steps[datetime | None]:

@@ -24,27 +24,28 @@ WITH gone AS
                                      WHEN (((pharox_proxy.consecutive_failures + %(consecutive_failures_1)s::INTEGER) - %(failures_before_cooldown)s::INTEGER) + 1 >= %(param_3)s::INTEGER) THEN (now() + make_interval(secs => (least(CAST(%(max_seconds)s AS DOUBLE PRECISION), CAST(%(base_seconds)s AS DOUBLE PRECISION) * power(CAST(2 AS float8), least(greatest(((pharox_proxy.consecutive_failures + %(consecutive_failures_1)s::INTEGER) - %(failures_before_cooldown)s::INTEGER) + 1, 1) - 1, 62))) * (1 + CAST(%(jitter)s AS DOUBLE PRECISION) * (2 * CAST(%(draw)s AS DOUBLE PRECISION) - 1)))))
                                      ELSE pharox_proxy.cooldown_until
                                  END
-   FROM gone
-   WHERE pharox_proxy.id = gone.proxy_id RETURNING pharox_proxy.id,
-                                                   CASE
-                                                       -- A notice of the release, sent at commit, to the waiters of every
-                                                       -- process (sql_release.RELEASE_CHANNEL), only when the proxy was full
-                                                       -- before (RETURNING sees the row after): a request waits only when it
-                                                       -- found no free slot, so a slot given back on a proxy with one left, or
-                                                       -- without a limit, wakes nobody.
-                                                       WHEN (pharox_proxy.max_concurrency = pharox_proxy.current_leases + 1) THEN pg_notify(%(pg_notify_1)s::VARCHAR, CAST(json_build_array(current_schema(), %(pool_name)s::VARCHAR, gone.id) AS TEXT))
-                                                       ELSE NULL
-                                                   END AS told),
-     logged_released AS
-  (INSERT INTO pharox_lease_history (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at, released_at, outcome) SELECT gone.id AS id,
-                                                                                                                               gone.proxy_id AS proxy_id,
-                                                                                                                               gone.pool_id AS pool_id,
-                                                                                                                               gone.consumer_id AS consumer_id,
-                                                                                                                               gone.acquired_at AS acquired_at,
-                                                                                                                               gone.expires_at AS expires_at,
-                                                                                                                               now() AS anon_1,
-                                                                                                                               %(param_4)s::VARCHAR AS anon_2
-   FROM gone RETURNING pharox_lease_history.id)
-SELECT EXISTS
-  (SELECT gone.id
-   FROM gone) AS released
+   WHERE pharox_proxy.id =
+       (SELECT gone.proxy_id
+        FROM gone) RETURNING CASE
+                                 -- A notice of the release, sent at commit, to the waiters of every
+                                 -- process (sql_release.RELEASE_CHANNEL), only when the proxy was full
+                                 -- before (RETURNING sees the row after): a request waits only when it
+                                 -- found no free slot, so a slot given back on a proxy with one left, or
+                                 -- without a limit, wakes nobody.
+                                 WHEN (pharox_proxy.max_concurrency = pharox_proxy.current_leases + 1) THEN pg_notify(%(pg_notify_1)s::VARCHAR, CAST(json_build_array(current_schema(), %(pool_name)s::VARCHAR,
+                                                                                                                                                                        (SELECT gone.id
+                                                                                                                                                                         FROM gone)) AS TEXT))
+                                 ELSE NULL
+                             END AS told)
+INSERT INTO pharox_lease_history (id, proxy_id, pool_id, consumer_id, acquired_at, expires_at, released_at, outcome)
+SELECT gone.id,
+       gone.proxy_id,
+       gone.pool_id,
+       gone.consumer_id,
+       gone.acquired_at,
+       gone.expires_at,
+       now() AS anon_1,
+       %(param_4)s::VARCHAR AS anon_2
+-- The history row is the statement: a row when the lease was released,
+-- none when it was no longer active (no scan of gone again to say so).
+FROM gone RETURNING true AS released
