@@ -83,9 +83,9 @@ def told(lease_id: Any) -> Any:
     its limit, a notice of it on ``RELEASE_CHANNEL``, sent at commit:
     ``[schema, pool name, lease id]``, the pool's name the ``pool_name``
     parameter (the lease's own). In the RETURNING, not in a subquery of its
-    own: the server sets up every node of
-    a plan on every run, and that subquery, with its join of the pool row,
-    cost some 6% of the server's instructions per acquire and release.
+    own: the server sets up every node of a plan on every run, and that
+    subquery, with its join of the pool row, cost some 6% of the server's
+    instructions per acquire and release.
 
     Only such a release wakes anyone: a request waits when no proxy had a free
     slot for it, so a slot given back on a proxy that had one left (or has no
