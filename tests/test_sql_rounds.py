@@ -275,3 +275,27 @@ def total_leases(storage: SqlStorage) -> int:
     stats = storage.get_pool_stats("pool")
     assert stats is not None
     return stats.total_leases
+
+
+@pytest.mark.parametrize("selector", list(SelectorStrategy))
+def test_an_acquire_prepared_before_a_column_joined_the_proxy_table_still_runs(
+    storage: SqlStorage, postgresql_url: str, selector: SelectorStrategy
+) -> None:
+    # A later schema version (or an operator) may add a column while crawls
+    # run: a prepared statement's result must not be "the table's columns",
+    # which PostgreSQL fixes at PREPARE and then refuses to change.
+    manager = ProxyManager(storage)
+
+    async def lease_and_release() -> None:
+        lease = await manager.acquire_proxy_async("pool", "worker", selector=selector)
+        assert isinstance(lease, Lease)
+        assert await manager.release_proxy_async(lease)
+
+    async def scenario() -> None:
+        await lease_and_release()  # the statements are prepared now
+        with psycopg.connect(libpq_url(postgresql_url), autocommit=True) as conn:
+            conn.execute("ALTER TABLE pharox_proxy ADD COLUMN added_later integer")
+        await lease_and_release()
+
+    run_on_a_loop(scenario())
+    assert [proxy.current_leases for proxy in storage.list_proxies("pool")] == [0] * 3

@@ -94,9 +94,11 @@ WHY = {
         "claimed.*, not each column: spelled out, the round-robin acquire by\n"
         "domain would pass psycopg's 4096-byte cache of parsed queries."
     ),
-    "RETURNING pharox_proxy.*": (
+    "FROM picked) RETURNING pharox_proxy.id": (
         "The claim is the statement, and no row comes back when nothing was\n"
-        "picked: no CTE of the claim to scan, no one-row join around it."
+        "picked: no CTE of the claim to scan, no one-row join around it. Its\n"
+        "columns are named, not *: PostgreSQL fixes what * stands for at\n"
+        "PREPARE, and refuses the statement once a column is added."
     ),
     "(SELECT 1 AS one) AS one": (
         "One row even when nothing was claimed: its NULL id says so."

@@ -68,8 +68,7 @@ from .sql_schema import (
 
 
 def locked(query: Select[Any], *, skip_locked: bool) -> Select[Any]:
-    # FOR NO KEY UPDATE: the row lock an UPDATE of non-key columns takes; it lets
-    # foreign-key checks through.
+    # FOR NO KEY UPDATE: the row lock an UPDATE of non-key columns takes.
     return query.with_for_update(
         key_share=True, skip_locked=skip_locked, of=proxy_table
     )
@@ -264,8 +263,10 @@ def _lease_picked(picked: Any, *, advance_cursor: bool) -> Update:
         .where(proxy.id == picked_id)
         .values(current_leases=proxy.current_leases + 1)
         .returning(
-            # pharox_proxy.*: the columns are read by name (sql_rows).
-            literal_column(f"{proxy_table.name}.*"),
+            # Each column by name, not pharox_proxy.*: PostgreSQL fixes what *
+            # stands for when it prepares the statement, and after a column
+            # is added (a schema upgrade while crawls run) refuses to run it.
+            *proxy_table.c,
             DbNow().label("acquired_at"),
             DbNowPlus(bindparam("seconds", type_=Double())).label("expires_at"),
         )

@@ -50,8 +50,39 @@ SET current_leases=(pharox_proxy.current_leases + %(current_leases_1)s::INTEGER)
 WHERE pharox_proxy.id =
     (SELECT picked.id
      -- The claim is the statement, and no row comes back when nothing was
-     -- picked: no CTE of the claim to scan, no one-row join around it.
-     FROM picked) RETURNING pharox_proxy.*,
+     -- picked: no CTE of the claim to scan, no one-row join around it. Its
+     -- columns are named, not *: PostgreSQL fixes what * stands for at
+     -- PREPARE, and refuses the statement once a column is added.
+     FROM picked) RETURNING pharox_proxy.id,
+                            pharox_proxy.pool_id,
+                            pharox_proxy.protocol,
+                            pharox_proxy.host,
+                            pharox_proxy.host_key,
+                            pharox_proxy.port,
+                            pharox_proxy.username,
+                            pharox_proxy.password,
+                            pharox_proxy.status,
+                            pharox_proxy.checked_at,
+                            pharox_proxy.source,
+                            pharox_proxy.country,
+                            pharox_proxy.city,
+                            pharox_proxy.latitude,
+                            pharox_proxy.longitude,
+                            pharox_proxy.isp,
+                            pharox_proxy.asn,
+                            pharox_proxy.max_concurrency,
+                            pharox_proxy.current_leases,
+                            pharox_proxy.successes,
+                            pharox_proxy.bans,
+                            pharox_proxy.failures,
+                            pharox_proxy.consecutive_bans,
+                            pharox_proxy.consecutive_failures,
+                            pharox_proxy.latency_ms,
+                            pharox_proxy.cooldown_until,
+                            pharox_proxy.identity,
+                            pharox_proxy.session_id,
+                            pharox_proxy.session_seconds,
+                            pharox_proxy.session_started_at,
                             now() AS acquired_at,
                             -- Times are the database's: every process compares with one clock.
                             (now() + make_interval(secs => %(seconds)s)) AS expires_at
