@@ -13,12 +13,15 @@ scrapy-pharox released; version 3 added ``pharox_domain_cooldown.leased_at``
 ``pharox_source`` (live lists); version 5 added gateway exits to
 ``pharox_proxy``; version 6 dropped the foreign keys.
 
-No table has a foreign key. Only this adapter's statements write the tables,
-and it deletes no pool and no proxy (``add_proxy`` checks its pool first). A
-key check is a query of its own: PostgreSQL runs one for every second update
-of a row in one transaction (the row's version is then its own), which is every
-acquire and release of a round that leases one proxy twice, a sixteenth of the
-server's instructions per lease (``benchmarks/bench_pg_server.py``).
+The tables have no foreign keys (an SQLite database of an earlier version
+keeps its REFERENCES clauses, which SQLite checks only with ``PRAGMA
+foreign_keys`` on; the adapter never sets it). Only this adapter's statements
+write the tables, and it deletes no pool and no proxy (``add_proxy`` checks its
+pool first). A key check is a query of its own: PostgreSQL runs one for every
+second update of a row in one transaction (the row's version is then its own),
+which is every acquire and release of a round that leases one proxy twice, a
+sixteenth of the server's instructions per lease
+(``benchmarks/bench_pg_server.py``).
 """
 
 from __future__ import annotations
@@ -350,25 +353,33 @@ def _add_identities(dialect: Dialect) -> list[Any]:
     return [*added, dropped, CreateIndex(endpoint_index)]
 
 
-#: The foreign keys of version 5, by table, as PostgreSQL named them.
-_FOREIGN_KEYS = {
-    "pharox_proxy": ("pharox_proxy_pool_id_fkey",),
-    "pharox_session": ("pharox_session_pool_id_fkey", "pharox_session_proxy_id_fkey"),
-    "pharox_source": ("pharox_source_pool_id_fkey",),
-}
+# Every foreign key of the adapter's tables, whatever its name (version 5's
+# were PostgreSQL's defaults, but a database may have been set up by hand).
+_DROP_FOREIGN_KEYS = text(
+    """DO $drop$
+DECLARE
+  found record;
+BEGIN
+  FOR found IN
+    SELECT conrelid::regclass AS table_name, conname
+    FROM pg_constraint
+    WHERE contype = 'f'
+      AND conrelid IN (to_regclass('pharox_proxy'), to_regclass('pharox_session'),
+                       to_regclass('pharox_source'))
+  LOOP
+    EXECUTE 'ALTER TABLE ' || found.table_name
+      || ' DROP CONSTRAINT ' || quote_ident(found.conname);
+  END LOOP;
+END
+$drop$"""
+)
 
 
 def _drop_foreign_keys(dialect: Dialect) -> list[Any]:
     # SQLite checks foreign keys only with PRAGMA foreign_keys on, which the
     # adapter never sets, and drops one only by copying its table: its upgrade
     # is the version number alone.
-    if dialect.name != "postgresql":
-        return []
-    return [
-        text(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
-        for table, names in _FOREIGN_KEYS.items()
-        for name in names
-    ]
+    return [_DROP_FOREIGN_KEYS] if dialect.name == "postgresql" else []
 
 
 #: The statements that take a schema from a version to the next, by version.

@@ -63,6 +63,7 @@ def acquire_steps(
         asked = flags()
         if asked is not None:
             row = yield Query(asked, params, (_ACQUIRE, ""))
+        assert row is not None  # the flags, or a PACED acquire's one row
         if row.reclaim_needed:
             yield Query(expiry.pg_reclaim(), {})
         elif not row.contended:
