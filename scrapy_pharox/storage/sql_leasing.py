@@ -243,21 +243,7 @@ def _lease_picked(picked: Any, *, advance_cursor: bool) -> Update:
     picked_id = select(picked.c.id).scalar_subquery()
     # The lease row, timed by the database clock: the same now() as the
     # times returned (one transaction).
-    leased = (
-        insert(lease_table)
-        .from_select(
-            ["id", "proxy_id", "pool_id", "consumer_id", "acquired_at", "expires_at"],
-            select(
-                bindparam("lease_id", type_=lease.id.type),
-                picked.c.id,
-                picked.c.pool_id,
-                bindparam("consumer_id", type_=lease.consumer_id.type),
-                DbNow(),
-                DbNowPlus(bindparam("seconds", type_=Double())),
-            ),
-        )
-        .cte("leased")
-    )
+    leased = _lease_row(picked).cte("leased")
     statement: Update = (
         update(proxy_table)
         .where(proxy.id == picked_id)
@@ -284,6 +270,22 @@ def _lease_picked(picked: Any, *, advance_cursor: bool) -> Update:
     return statement
 
 
+def _lease_row(source: Any) -> Insert:
+    """The lease row of the proxy ``source`` holds (its ``id`` and ``pool_id``,
+    one row at most), timed by the database clock."""
+    return insert(lease_table).from_select(
+        ["id", "proxy_id", "pool_id", "consumer_id", "acquired_at", "expires_at"],
+        select(
+            bindparam("lease_id", type_=lease.id.type),
+            source.c.id,
+            source.c.pool_id,
+            bindparam("consumer_id", type_=lease.consumer_id.type),
+            DbNow(),
+            DbNowPlus(bindparam("seconds", type_=Double())),
+        ).select_from(source),
+    )
+
+
 def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
     """Lease the proxy ``picked`` names; the claim CTE and the one-row result
     (a ``PACED`` acquire's flags, and create_lease's, hang off it)."""
@@ -301,20 +303,7 @@ def _claim(picked: Any, *, advance_cursor: bool) -> tuple[Any, Select[Any]]:
     )
     # The lease row, timed by the database clock.
     leased = (
-        insert(lease_table)
-        .from_select(
-            ["id", "proxy_id", "pool_id", "consumer_id", "acquired_at", "expires_at"],
-            select(
-                bindparam("lease_id", type_=lease.id.type),
-                claimed.c.id,
-                claimed.c.pool_id,
-                bindparam("consumer_id", type_=lease.consumer_id.type),
-                DbNow(),
-                DbNowPlus(bindparam("seconds", type_=Double())),
-            ).select_from(claimed),
-        )
-        .returning(lease.acquired_at, lease.expires_at)
-        .cte("leased")
+        _lease_row(claimed).returning(lease.acquired_at, lease.expires_at).cte("leased")
     )
     # One row even when nothing was claimed: its NULL id says so. The
     # proxy row as claimed.*: spelled out, it would take the round-robin acquire
